@@ -1,0 +1,3 @@
+from meshca.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""`meshca serve | request | dev token`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshca.cli.durations import parse_duration
+from meshca.config import DEFAULT_DNS_NAMES, Settings
+from meshca.core.keys import KeyType
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"MESHCA_{name}", default)
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(_env("DATA_DIR", "meshca-data") or "meshca-data"),
+        help="directory holding the database, CA keys and trust bundle "
+             "(env MESHCA_DATA_DIR; default ./meshca-data)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshca", description="Workload-identity CA for meshes")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the CA")
+    _data_dir_arg(serve)
+    serve.add_argument("--database-url", default=_env("DATABASE_URL"),
+                       help="SQLAlchemy URL (default: SQLite in the data dir)")
+    serve.add_argument("--grpc-addr", default=_env("GRPC_ADDR", "127.0.0.1:15012"))
+    serve.add_argument("--metrics-addr", default=_env("METRICS_ADDR", "127.0.0.1:15014"))
+    serve.add_argument("--server-dns-name", action="append", dest="server_dns_names",
+                       help="DNS name in the serving certificate (repeatable)")
+    serve.add_argument("--trust-domain", default=_env("TRUST_DOMAIN", "cluster.local"))
+    serve.add_argument("--ca-key-type", type=KeyType, choices=list(KeyType),
+                       default=KeyType(_env("CA_KEY_TYPE", "ec-p256")))
+    serve.add_argument("--default-ttl", type=parse_duration,
+                       default=parse_duration(_env("DEFAULT_TTL", "24h") or "24h"))
+    serve.add_argument("--max-ttl", type=parse_duration,
+                       default=parse_duration(_env("MAX_TTL", "7d") or "7d"))
+    serve.add_argument("--backdate", type=parse_duration,
+                       default=parse_duration(_env("BACKDATE", "60s") or "60s"),
+                       help="how far notBefore is set in the past, for clock skew")
+    serve.add_argument("--token-issuer", default=_env("TOKEN_ISSUER"),
+                       help="the cluster's service-account issuer URL (iss)")
+    serve.add_argument("--token-jwks", default=_env("TOKEN_JWKS"),
+                       help="path or URL of the issuer's JWKS")
+    serve.add_argument("--token-audience", action="append", dest="token_audiences",
+                       help="accepted token audience (repeatable; default istio-ca)")
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+    request = commands.add_parser("request", help="get a workload certificate, as a sidecar would")
+    _data_dir_arg(request)
+    request.add_argument("--namespace", required=True)
+    request.add_argument("--service-account", required=True)
+    request.add_argument("--out", type=Path, required=True)
+    request.add_argument("--addr", default=None,
+                         help="meshca's gRPC address (default: the one the data dir's server uses)")
+    request.add_argument("--token-file", type=Path,
+                         help="service-account token (default: a development token)")
+    request.add_argument("--ttl", type=parse_duration, help="requested lifetime")
+    request.add_argument("--server-name", default="localhost",
+                         help="name to verify in meshca's certificate")
+
+    dev = commands.add_parser("dev", help="development helpers")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    token = dev_commands.add_parser("token", help="print a development service-account token")
+    _data_dir_arg(token)
+    token.add_argument("--namespace", required=True)
+    token.add_argument("--service-account", required=True)
+    token.add_argument("--audience", action="append", dest="audiences")
+    token.add_argument("--ttl", type=parse_duration, default=parse_duration("1h"))
+    token.add_argument("--pod-name")
+    token.add_argument("--node-name")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        grpc_addr=args.grpc_addr,
+        metrics_addr=args.metrics_addr,
+        server_dns_names=tuple(args.server_dns_names or DEFAULT_DNS_NAMES),
+        trust_domain=args.trust_domain,
+        ca_key_type=args.ca_key_type,
+        default_ttl=args.default_ttl,
+        max_ttl=args.max_ttl,
+        backdate=args.backdate,
+        token_issuer=args.token_issuer,
+        token_jwks=args.token_jwks,
+        token_audiences=tuple(args.token_audiences or ("istio-ca",)),
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        settings = settings_from(args)
+        if settings.default_ttl > settings.max_ttl:
+            print("meshca: --default-ttl must not exceed --max-ttl", file=sys.stderr)
+            return 2
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from meshca.wiring import serve
+
+        asyncio.run(serve(settings))
+        return 0
+    if args.command == "request":
+        from meshca.cli.request import run_request
+
+        return run_request(args)
+    if args.command == "dev":
+        from meshca.infra.dev_issuer import DevIssuer
+
+        try:
+            issuer = DevIssuer.load(args.data_dir)
+        except FileNotFoundError as exc:
+            print(f"meshca: {exc}", file=sys.stderr)
+            return 1
+        print(issuer.token(args.namespace, args.service_account,
+                           audiences=args.audiences or ["istio-ca"],
+                           ttl_seconds=int(args.ttl.total_seconds()),
+                           pod_name=args.pod_name, node_name=args.node_name))
+        return 0
+    return 2

@@ -1,0 +1,74 @@
+"""`meshca request`: make a key and CSR, call CreateCertificate over TLS, write the files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from meshca.infra.dev_issuer import DevIssuer
+from meshca.infra.keyfiles import private_key_pem, write_private_file
+from meshca.wiring import ENDPOINTS_FILE
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if spiffe_id:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM).decode()
+
+
+def run_request(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    bundle_path = data_dir / "root-cert.pem"
+    if not bundle_path.exists():
+        print(f"meshca: no trust bundle at {bundle_path}; is meshca serving there?", file=sys.stderr)
+        return 1
+    addr = args.addr
+    if addr is None:
+        endpoints = data_dir / ENDPOINTS_FILE
+        addr = json.loads(endpoints.read_text())["grpc"] if endpoints.exists() else "localhost:15012"
+    if args.token_file:
+        token = args.token_file.read_text().strip()
+    else:
+        token = DevIssuer.load(data_dir).token(
+            args.namespace, args.service_account, audiences=["istio-ca"], ttl_seconds=600
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = ca_pb2.IstioCertificateRequest(
+        csr=make_csr(key, None),
+        validity_duration=int(args.ttl.total_seconds()) if args.ttl else 0,
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=bundle_path.read_bytes())
+    options = [("grpc.ssl_target_name_override", args.server_name)]
+    with grpc.secure_channel(addr, credentials, options=options) as channel:
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
+        try:
+            response = stub.CreateCertificate(
+                request, metadata=[("authorization", f"Bearer {token}")], timeout=30
+            )
+        except grpc.RpcError as exc:
+            print(f"meshca: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    chain = list(response.cert_chain)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cert-chain.pem").write_text("".join(chain[:-1]))
+    (out / "root-cert.pem").write_text(chain[-1])
+    write_private_file(out / "key.pem", private_key_pem(key))
+    leaf = x509.load_pem_x509_certificate(chain[0].encode())
+    spiffe = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    print(f"{spiffe.get_values_for_type(x509.UniformResourceIdentifier)[0]} "
+          f"valid until {leaf.not_valid_after_utc.isoformat()}; wrote {out}/cert-chain.pem, "
+          f"key.pem, root-cert.pem")
+    return 0

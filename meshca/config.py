@@ -1,0 +1,49 @@
+"""Settings for `meshca serve`, built once by the CLI and passed in (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from meshca.core.keys import KeyType
+
+DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("meshca-data")
+    database_url: str | None = None  # None: SQLite in the data dir
+    grpc_addr: str = "127.0.0.1:15012"
+    metrics_addr: str = "127.0.0.1:15014"
+    server_dns_names: tuple[str, ...] = DEFAULT_DNS_NAMES
+    trust_domain: str = "cluster.local"
+    ca_key_type: KeyType = KeyType.EC_P256
+    ca_organization: str = "meshca"
+    root_ttl: timedelta = timedelta(days=3650)
+    intermediate_ttl: timedelta = timedelta(days=365)
+    default_ttl: timedelta = timedelta(hours=24)
+    max_ttl: timedelta = timedelta(days=7)
+    backdate: timedelta = timedelta(minutes=1)
+    token_issuer: str | None = None  # None: a development issuer in the data dir
+    token_jwks: str | None = None
+    token_audiences: tuple[str, ...] = ("istio-ca",)
+    token_skew: timedelta = timedelta(seconds=60)
+    log_level: str = "INFO"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.data_dir / "root-cert.pem"
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); ValueError on anything else."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"address {addr!r} must be HOST:PORT")
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"port {number} is out of range")
+    return host.strip("[]"), number

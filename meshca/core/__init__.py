@@ -1,0 +1,1 @@
+"""Pure logic: no I/O, only the standard library and `cryptography`."""

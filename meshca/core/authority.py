@@ -1,0 +1,77 @@
+"""A signing CA and the one way a leaf leaves it: template → sign → validate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from meshca.core.bundle import TrustBundle, certificate_pem
+from meshca.core.keys import SigningKey, signature_hash
+from meshca.core.spiffe import SpiffeId
+
+
+class SigningFailed(Exception):
+    """A signed certificate failed its own checks: a meshca fault, never the caller's."""
+
+
+@dataclass(frozen=True, slots=True)
+class SigningAuthority:
+    """The active intermediate: its key, the chain above it (without roots) and the bundle."""
+
+    generation_id: int
+    certificate: x509.Certificate
+    private_key: SigningKey
+    chain: tuple[x509.Certificate, ...]
+    bundle: TrustBundle
+    chain_pem: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        issuer_public = self.certificate.public_key()
+        own_public = self.private_key.public_key()
+        if issuer_public != own_public:
+            raise ValueError("signing key does not match the signing certificate")
+        pems = tuple(certificate_pem(c) for c in (self.certificate, *self.chain))
+        object.__setattr__(self, "chain_pem", pems)
+
+    @property
+    def not_after(self) -> datetime:
+        return self.certificate.not_valid_after_utc
+
+    def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self.private_key, signature_hash(self.private_key))
+
+
+def sign_leaf(
+    authority: SigningAuthority, builder: x509.CertificateBuilder, expected: SpiffeId
+) -> x509.Certificate:
+    """Sign, then check the result as a relying party would before it leaves meshca."""
+    cert = authority.sign(builder)
+    validate_leaf(cert, authority.certificate, expected)
+    return cert
+
+
+def validate_leaf(cert: x509.Certificate, issuer: x509.Certificate, expected: SpiffeId) -> None:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, Exception) as exc:  # noqa: BLE001 - any failure is ours
+        raise SigningFailed("leaf signature does not verify under its issuer") from exc
+    if cert.not_valid_after_utc > issuer.not_valid_after_utc:
+        raise SigningFailed("leaf would outlive its issuer")
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    if not san.critical and len(cert.subject) == 0:
+        raise SigningFailed("leaf with an empty subject needs a critical SAN")
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    if uris != [expected.uri] or len(list(san.value)) != 1:
+        raise SigningFailed("leaf SAN is not exactly the expected SPIFFE ID")
+    if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+        raise SigningFailed("leaf is marked as a CA")
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    if not usage.critical or not usage.value.digital_signature or usage.value.key_cert_sign:
+        raise SigningFailed("leaf key usage is wrong")
+
+
+def is_supported_ca_key(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)

@@ -1,0 +1,99 @@
+"""What makes a Kubernetes projected service-account token acceptable (contracts.md §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from meshca.errors import AuthenticationError
+
+LEGACY_ISSUER = "kubernetes/serviceaccount"
+_SUBJECT_PREFIX = "system:serviceaccount:"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """The workload a token speaks for."""
+
+    namespace: str
+    name: str
+    pod_name: str | None = None
+    pod_uid: str | None = None
+    node_name: str | None = None
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRules:
+    issuer: str
+    audiences: frozenset[str]
+    skew_seconds: int = 60
+
+
+def parse_subject(sub: object) -> tuple[str, str]:
+    """`system:serviceaccount:<ns>:<sa>` → (ns, sa)."""
+    if not isinstance(sub, str) or not sub.startswith(_SUBJECT_PREFIX):
+        raise AuthenticationError("token subject is not a Kubernetes service account")
+    parts = sub[len(_SUBJECT_PREFIX):].split(":")
+    if len(parts) != 2 or not all(parts):
+        raise AuthenticationError("token subject is not a Kubernetes service account")
+    return parts[0], parts[1]
+
+
+def check_claims(claims: dict[str, Any], rules: TokenRules, now: float) -> ServiceAccount:
+    """Check issuer, audience, times, subject and the `kubernetes.io` claim; return who it is."""
+    iss = claims.get("iss")
+    if iss == LEGACY_ISSUER:
+        raise AuthenticationError("legacy secret-based service-account tokens are not accepted")
+    if iss != rules.issuer:
+        raise AuthenticationError("token issuer is not the configured issuer")
+    if not _audience_matches(claims.get("aud"), rules.audiences):
+        raise AuthenticationError("token audience does not include an accepted audience")
+    _check_times(claims, rules.skew_seconds, now)
+    namespace, name = parse_subject(claims.get("sub"))
+    k8s = claims.get("kubernetes.io")
+    if not isinstance(k8s, dict):
+        raise AuthenticationError("token lacks the kubernetes.io claim of a projected token")
+    sa = k8s.get("serviceaccount")
+    if k8s.get("namespace") != namespace or not isinstance(sa, dict) or sa.get("name") != name:
+        raise AuthenticationError("token subject and kubernetes.io claim disagree")
+    pod = k8s.get("pod") if isinstance(k8s.get("pod"), dict) else {}
+    node = k8s.get("node") if isinstance(k8s.get("node"), dict) else {}
+    return ServiceAccount(
+        namespace=namespace,
+        name=name,
+        pod_name=_str_or_none(pod.get("name")),
+        pod_uid=_str_or_none(pod.get("uid")),
+        node_name=_str_or_none(node.get("name")),
+        expires_at=int(claims["exp"]),
+    )
+
+
+def _audience_matches(aud: object, accepted: frozenset[str]) -> bool:
+    if isinstance(aud, str):
+        return aud in accepted
+    if isinstance(aud, list):
+        return any(isinstance(a, str) and a in accepted for a in aud)
+    return False
+
+
+def _check_times(claims: dict[str, Any], skew: int, now: float) -> None:
+    exp = claims.get("exp")
+    if exp is None:
+        raise AuthenticationError("token never expires (no exp claim)")
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise AuthenticationError(f"token {name} claim is not a number")
+    if now > float(exp) + skew:
+        raise AuthenticationError("token has expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and now + skew < float(nbf):
+        raise AuthenticationError("token is not valid yet (nbf)")
+    iat = claims.get("iat")
+    if iat is not None and now + skew < float(iat):
+        raise AuthenticationError("token was issued in the future (iat)")
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,31 @@
+"""The exceptions meshca raises, in one tree.
+
+MeshcaError
+├── AuthenticationError   the caller could not be authenticated (gRPC UNAUTHENTICATED)
+├── PermissionDenied      authenticated, but not allowed (PERMISSION_DENIED)
+├── InvalidRequest        the request itself is wrong: bad CSR, lifetime, metadata (INVALID_ARGUMENT)
+└── CaUnavailable         the CA cannot sign right now (UNAVAILABLE)
+
+Transports map these to status codes in one table each; anything else escaping a handler
+is a bug in meshca, not in the caller. Messages never carry secrets or token material.
+"""
+
+
+class MeshcaError(Exception):
+    """Base of every error meshca raises on purpose."""
+
+
+class AuthenticationError(MeshcaError):
+    """The caller's credentials are missing, malformed or not acceptable."""
+
+
+class PermissionDenied(MeshcaError):
+    """The caller is known but may not do this."""
+
+
+class InvalidRequest(MeshcaError):
+    """The request is malformed or asks for something meshca will not grant."""
+
+
+class CaUnavailable(MeshcaError):
+    """The CA cannot sign or record right now; the caller may retry."""

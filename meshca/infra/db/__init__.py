@@ -1,0 +1,1 @@
+"""SQLAlchemy storage: SQLite embedded by default, PostgreSQL for several replicas."""

@@ -1,0 +1,82 @@
+"""Tables. Changes go through an Alembic migration in `migrations/versions`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+ca_generations = Table(
+    "ca_generations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # root | intermediate
+    Column("parent_id", Integer, ForeignKey("ca_generations.id"), nullable=True),
+    Column("subject", Text, nullable=False),
+    Column("serial", String(40), nullable=False, unique=True),
+    Column("key_type", String(16), nullable=False),
+    Column("key_location", Text, nullable=False),
+    Column("not_before", UtcDateTime, nullable=False),
+    Column("not_after", UtcDateTime, nullable=False),
+    Column("state", String(16), nullable=False),  # prepared | active | retired | tainted
+    Column("certificate_pem", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+issued_certificates = Table(
+    "issued_certificates",
+    metadata,
+    Column("serial", String(40), primary_key=True),
+    Column("spiffe_id", Text, nullable=False),
+    Column("namespace", String(253), nullable=False),
+    Column("service_account", String(253), nullable=False),
+    Column("pod_name", String(253), nullable=True),
+    Column("pod_uid", String(64), nullable=True),
+    Column("not_before", UtcDateTime, nullable=False),
+    Column("not_after", UtcDateTime, nullable=False),
+    Column("issuer_generation_id", Integer, ForeignKey("ca_generations.id"), nullable=False),
+    Column("fingerprint_sha256", String(64), nullable=False),
+    Column("key_type", String(32), nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+    Column("certificate_pem", Text, nullable=False),
+    Index("ix_issued_spiffe_id", "spiffe_id"),
+    Index("ix_issued_namespace_sa", "namespace", "service_account"),
+    Index("ix_issued_not_after", "not_after"),
+)

@@ -1,0 +1,1 @@
+"""Use cases, each against ports (typing.Protocol) that infra/ implements."""

@@ -1,0 +1,1 @@
+"""Thin protocol edges: decode, call a service, encode, map errors in one table."""

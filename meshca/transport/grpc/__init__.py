@@ -1,0 +1,1 @@
+"""gRPC: Istio's certificate API, health and reflection."""

@@ -1,0 +1,107 @@
+"""TLS in front of the gRPC server, so that client certificates are verified when presented.
+
+grpcio's Python server can either require a client certificate or not ask for one at all;
+Istio's CA contract needs the middle ground (Go's VerifyClientCertIfGiven): token callers
+without a certificate, and renewing callers presenting a mesh certificate. This front
+terminates TLS with the standard `ssl` module (CERT_OPTIONAL against the trust bundle),
+then pipes the HTTP/2 bytes to the gRPC server on a loopback-only port. The verified peer
+certificate is remembered under the upstream connection's local port, which the gRPC
+handler sees as its peer address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+_CHUNK = 256 * 1024
+
+
+class PeerCertificates:
+    """Verified client certificates (DER) by the gRPC peer string of the upstream connection."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[str, bytes] = {}
+
+    def lookup(self, grpc_peer: str) -> bytes | None:
+        return self._by_peer.get(grpc_peer)
+
+    def _add(self, port: int, der: bytes) -> str:
+        key = f"ipv4:127.0.0.1:{port}"
+        self._by_peer[key] = der
+        return key
+
+    def _remove(self, key: str) -> None:
+        self._by_peer.pop(key, None)
+
+
+class TlsFront:
+    def __init__(
+        self,
+        upstream_port: int,
+        ssl_context: Callable[[], ssl.SSLContext],
+        peers: PeerCertificates,
+    ) -> None:
+        self._upstream_port = upstream_port
+        self._ssl_context = ssl_context
+        self._peers = peers
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, host, port, ssl=self._ssl_context(), backlog=1024,
+            ssl_handshake_timeout=10,
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        peer_key = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        except OSError:
+            writer.close()
+            return
+        try:
+            if der:
+                peer_key = self._peers._add(up_writer.get_extra_info("sockname")[1], der)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            if peer_key is not None:
+                self._peers._remove(peer_key)
+            for w in (up_writer, writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(_CHUNK):
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            dst.close()
+
+
+def server_ssl_context(cert_chain_file: str, key_file: str, bundle_pem: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_chain_file, key_file)
+    context.load_verify_locations(cadata=bundle_pem)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.set_alpn_protocols(["h2"])
+    return context
