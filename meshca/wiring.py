@@ -40,6 +40,10 @@ from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_co
 log = logging.getLogger("meshca")
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
 MAX_MESSAGE_BYTES = 256 * 1024
+# Request headers: gRPC's defaults (8 KiB soft, 16 KiB hard) would refuse a long token with
+# RESOURCE_EXHAUSTED, which Istio's agent retries forever, before the token decoder could
+# refuse it (above 16 KiB) with UNAUTHENTICATED. Soft = hard: no probabilistic rejections.
+MAX_METADATA_BYTES = 64 * 1024
 ENDPOINTS_FILE = "endpoints.json"
 
 
@@ -126,6 +130,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
         ]
     )

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="DNS name in the serving certificate (repeatable)")
     serve.add_argument("--trust-domain", default=_env("TRUST_DOMAIN", "cluster.local"))
     serve.add_argument("--ca-key-type", type=KeyType, choices=list(KeyType),
-                       default=KeyType(_env("CA_KEY_TYPE", "ec-p256")))
+                       default=KeyType(_env("CA_KEY_TYPE") or "ec-p256"))
     serve.add_argument("--default-ttl", type=parse_duration,
                        default=parse_duration(_env("DEFAULT_TTL", "24h") or "24h"))
     serve.add_argument("--max-ttl", type=parse_duration,

@@ -1,0 +1,218 @@
+"""Helpers the tests share: a real meshca server in a subprocess, a sidecar-like client,
+CSRs and tokens of every shape (good and bad)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from google.protobuf import struct_pb2
+from sqlalchemy import create_engine, func, select
+
+from meshca.core import jwt
+from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from meshca.infra.db.engine import open_engine
+from meshca.infra.db.schema import issued_certificates
+from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
+
+CA_METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+
+
+@dataclass
+class MeshcaProcess:
+    """`meshca serve` running in a subprocess on ephemeral ports."""
+
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    grpc_addr: str
+    metrics_addr: str
+    database_url: str
+    log_path: Path
+    _channel: grpc.Channel | None = field(default=None, repr=False)
+
+    @property
+    def bundle_pem(self) -> bytes:
+        return (self.data_dir / "root-cert.pem").read_bytes()
+
+    @property
+    def issuer(self) -> DevIssuer:
+        return DevIssuer.load(self.data_dir)
+
+    def token(self, namespace: str = "default", account: str = "web", **kw: Any) -> str:
+        kw.setdefault("audiences", ["istio-ca"])
+        kw.setdefault("ttl_seconds", 600)
+        return self.issuer.token(namespace, account, **kw)
+
+    def channel(self, client_chain: bytes | None = None, client_key: bytes | None = None) -> grpc.Channel:
+        if client_chain is None and self._channel is not None:
+            return self._channel
+        credentials = grpc.ssl_channel_credentials(self.bundle_pem, client_key, client_chain)
+        channel = grpc.secure_channel(
+            self.grpc_addr, credentials,
+            options=[("grpc.ssl_target_name_override", "localhost"),
+                     ("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        )
+        if client_chain is None:
+            self._channel = channel
+        return channel
+
+    def create_certificate(
+        self,
+        csr: str,
+        *,
+        token: str | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        validity: int = 0,
+        struct: dict[str, Any] | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> list[str]:
+        request = ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=validity)
+        if struct is not None:
+            s = struct_pb2.Struct()
+            s.update(struct)
+            request.metadata.CopyFrom(s)
+        if metadata is None:
+            metadata = [("authorization", f"Bearer {token or self.token()}")]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel or self.channel())
+        response = stub.CreateCertificate(request, metadata=list(metadata), timeout=30)
+        return list(response.cert_chain)
+
+    def issued_count(self) -> int:
+        engine = open_engine(self.database_url)
+        try:
+            with engine.connect() as connection:
+                return int(connection.execute(
+                    select(func.count()).select_from(issued_certificates)).scalar_one())
+        finally:
+            engine.dispose()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
+                 timeout: float = 60.0) -> MeshcaProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    endpoints = data_dir / "endpoints.json"
+    endpoints.unlink(missing_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    args = [sys.executable, "-m", "meshca", "serve", "--data-dir", str(data_dir),
+            "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", *extra]
+    if database_url:
+        args += ["--database-url", database_url]
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    while not endpoints.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"meshca exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"meshca did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    info = json.loads(endpoints.read_text())
+    url = database_url or f"sqlite:///{data_dir / 'meshca.db'}"
+    return MeshcaProcess(data_dir, process, info["grpc"], info["metrics"], url, log_path)
+
+
+# ---- CSRs -------------------------------------------------------------------------------
+
+def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve or ec.SECP256R1())
+
+
+def csr_pem(key: Any = None, *, sans: Sequence[x509.GeneralName] = (), ca: bool | None = None,
+            key_usage: x509.KeyUsage | None = None, san_critical: bool = False,
+            hash_alg: hashes.HashAlgorithm | None = None) -> str:
+    key = key or ec_key()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=san_critical)
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    algorithm = None if _is_edwards(key) else (hash_alg or hashes.SHA256())
+    return builder.sign(key, algorithm).public_bytes(Encoding.PEM).decode()
+
+
+def _is_edwards(key: Any) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+    return isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+
+
+def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def uri(value: str) -> x509.UniformResourceIdentifier:
+    return x509.UniformResourceIdentifier(value)
+
+
+# ---- tokens -----------------------------------------------------------------------------
+
+def projected_claims(namespace: str = "default", account: str = "web", *, now: float | None = None,
+                     ttl: int = 600, audience: Sequence[str] = ("istio-ca",),
+                     issuer: str = DEV_ISSUER) -> dict[str, Any]:
+    issued = int(time.time() if now is None else now)
+    return {
+        "aud": list(audience), "exp": issued + ttl, "iat": issued, "nbf": issued, "iss": issuer,
+        "jti": "6b1a7c0e-0c4e-4d1c-9a51-2f5d3f0f9a11",
+        "sub": f"system:serviceaccount:{namespace}:{account}",
+        "kubernetes.io": {"namespace": namespace,
+                          "serviceaccount": {"name": account, "uid": "0f1e2d3c-aaaa-bbbb-cccc-1234567890ab"}},
+    }
+
+
+def signed_token(server: MeshcaProcess, claims: dict[str, Any],
+                 header: dict[str, Any] | None = None) -> str:
+    """A token signed by the server's development issuer key with arbitrary claims/header."""
+    issuer = server.issuer
+    token = jwt.sign(claims, issuer._key, issuer.kid)  # noqa: SLF001 - test-only access
+    if header is None:
+        return token
+    _, body, _ = token.split(".")
+    head = jwt.b64url_encode(json.dumps(header).encode())
+    key = issuer._key  # noqa: SLF001
+    signing_input = f"{head}.{body}".encode()
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+    return f"{head}.{body}.{jwt.b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("MESHCA_TEST_POSTGRES_URL")
+
+
+def reset_postgres(url: str) -> None:
+    """Drop meshca's tables so a test starts from an empty database."""
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "DROP TABLE IF EXISTS issued_certificates, ca_generations, alembic_version CASCADE")
+    engine.dispose()
