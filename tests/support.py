@@ -193,12 +193,12 @@ def signed_token(server: MeshcaProcess, claims: dict[str, Any],
                  header: dict[str, Any] | None = None) -> str:
     """A token signed by the server's development issuer key with arbitrary claims/header."""
     issuer = server.issuer
-    token = jwt.sign(claims, issuer._key, issuer.kid)  # noqa: SLF001 - test-only access
+    token = jwt.sign(claims, issuer._key, issuer.kid)
     if header is None:
         return token
     _, body, _ = token.split(".")
     head = jwt.b64url_encode(json.dumps(header).encode())
-    key = issuer._key  # noqa: SLF001
+    key = issuer._key
     signing_input = f"{head}.{body}".encode()
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
     r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))

@@ -62,16 +62,21 @@ def decode(token: str) -> Jws:
     try:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
-        signature = b64url_decode(parts[2])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested too deeply for the parser, still just a malformed token.
         raise AuthenticationError("token is not valid base64url-encoded JSON") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise AuthenticationError("token header and claims must be JSON objects")
     alg = header.get("alg")
-    if alg not in ALGORITHMS:
+    if not isinstance(alg, str) or alg not in ALGORITHMS:
         raise AuthenticationError("token algorithm is not accepted; RS256 or ES256 required")
     if "crit" in header:
         raise AuthenticationError("token carries critical header parameters meshca does not know")
+    # Only now the signature, so that `alg: none` with its empty signature is named as such.
+    try:
+        signature = b64url_decode(parts[2])
+    except (ValueError, binascii.Error):
+        raise AuthenticationError("token signature is not valid base64url") from None
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     return Jws(header, claims, signing_input, signature)
 

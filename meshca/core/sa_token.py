@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ from meshca.errors import AuthenticationError
 
 LEGACY_ISSUER = "kubernetes/serviceaccount"
 _SUBJECT_PREFIX = "system:serviceaccount:"
+_MAX_NUMERIC_DATE = 2**53  # seconds; far beyond any real date, still exact as a float
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +59,8 @@ def check_claims(claims: dict[str, Any], rules: TokenRules, now: float) -> Servi
     sa = k8s.get("serviceaccount")
     if k8s.get("namespace") != namespace or not isinstance(sa, dict) or sa.get("name") != name:
         raise AuthenticationError("token subject and kubernetes.io claim disagree")
-    pod = k8s.get("pod") if isinstance(k8s.get("pod"), dict) else {}
-    node = k8s.get("node") if isinstance(k8s.get("node"), dict) else {}
+    pod = _object_or_empty(k8s.get("pod"))
+    node = _object_or_empty(k8s.get("node"))
     return ServiceAccount(
         namespace=namespace,
         name=name,
@@ -83,8 +85,14 @@ def _check_times(claims: dict[str, Any], skew: int, now: float) -> None:
         raise AuthenticationError("token never expires (no exp claim)")
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise AuthenticationError(f"token {name} claim is not a number")
+        # JSON allows NaN, Infinity and integers too large for a float: none is a NumericDate.
+        finite = isinstance(value, int) or math.isfinite(value)
+        if not finite or abs(value) > _MAX_NUMERIC_DATE:
+            raise AuthenticationError(f"token {name} claim is not a finite number of seconds")
     if now > float(exp) + skew:
         raise AuthenticationError("token has expired")
     nbf = claims.get("nbf")
@@ -93,6 +101,10 @@ def _check_times(claims: dict[str, Any], skew: int, now: float) -> None:
     iat = claims.get("iat")
     if iat is not None and now + skew < float(iat):
         raise AuthenticationError("token was issued in the future (iat)")
+
+
+def _object_or_empty(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _str_or_none(value: object) -> str | None:

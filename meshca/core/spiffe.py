@@ -39,6 +39,9 @@ class SpiffeId:
     def for_service_account(cls, trust_domain: str, namespace: str, account: str) -> SpiffeId:
         """Istio's convention: `spiffe://<td>/ns/<namespace>/sa/<service-account>`."""
         _check_trust_domain(trust_domain)
+        if "/" in namespace or "/" in account:
+            # Otherwise ("a/sa/b", "c") and ("a", "b/sa/c") would name the same identity.
+            raise ValueError("namespace and service account must each be one path segment")
         path = f"/ns/{namespace}/sa/{account}"
         _check_path(path)
         return cls(trust_domain, path)

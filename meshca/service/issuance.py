@@ -67,7 +67,15 @@ class IssuanceService:
         if request.cluster_id:
             raise AuthenticationError("unknown cluster id; no other clusters are configured")
         account = self._authenticator.authenticate(token)
-        identity = SpiffeId.for_service_account(self._trust_domain, account.namespace, account.name)
+        try:
+            identity = SpiffeId.for_service_account(
+                self._trust_domain, account.namespace, account.name
+            )
+        except ValueError:
+            # A signed token, but its names cannot be SPIFFE path segments ("..", "a/b", " ").
+            raise AuthenticationError(
+                "token service account name or namespace cannot form a SPIFFE ID"
+            ) from None
         return account, identity
 
     async def create_certificate(self, request: CertificateRequest) -> IssuedChain:

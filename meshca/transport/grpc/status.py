@@ -25,7 +25,7 @@ STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
 def status_for(exc: Exception) -> grpc.StatusCode:
     for kind in type(exc).__mro__:
         if kind in STATUS_FOR:
-            return STATUS_FOR[kind]  # type: ignore[index]
+            return STATUS_FOR[kind]
     return grpc.StatusCode.INTERNAL
 
 
