@@ -7,6 +7,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshca.core.bundle import TrustBundle, certificate_pem
 from meshca.core.keys import SigningKey, signature_hash
@@ -56,10 +57,17 @@ def sign_leaf(
 def validate_leaf(cert: x509.Certificate, issuer: x509.Certificate, expected: SpiffeId) -> None:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, Exception) as exc:  # noqa: BLE001 - any failure is ours
+    except Exception as exc:  # any failure here is meshca's own
         raise SigningFailed("leaf signature does not verify under its issuer") from exc
     if cert.not_valid_after_utc > issuer.not_valid_after_utc:
         raise SigningFailed("leaf would outlive its issuer")
+    try:
+        _check_leaf_extensions(cert, expected)
+    except x509.ExtensionNotFound as exc:
+        raise SigningFailed(f"leaf lacks a required extension: {exc.oid.dotted_string}") from exc
+
+
+def _check_leaf_extensions(cert: x509.Certificate, expected: SpiffeId) -> None:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     if not san.critical and len(cert.subject) == 0:
         raise SigningFailed("leaf with an empty subject needs a critical SAN")
@@ -71,6 +79,14 @@ def validate_leaf(cert: x509.Certificate, issuer: x509.Certificate, expected: Sp
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
     if not usage.critical or not usage.value.digital_signature or usage.value.key_cert_sign:
         raise SigningFailed("leaf key usage is wrong")
+    if usage.value.crl_sign:
+        raise SigningFailed("leaf key usage is wrong")
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(eku):
+        raise SigningFailed("leaf extended key usage lacks serverAuth or clientAuth")
 
 
 def is_supported_ca_key(key: object) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from meshca.errors import AuthenticationError
 MAX_TOKEN_BYTES = 16 * 1024
 ALGORITHMS = frozenset({"RS256", "ES256"})
 VerificationKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,9 @@ class Jws:
 
 
 def b64url_decode(part: str) -> bytes:
-    if not part or any(c in part for c in "+/= \t\r\n"):
+    # RFC 7515 §2: the URL-safe alphabet only. The standard decoder silently skips other
+    # characters, which would give one signature many accepted spellings.
+    if not _B64URL.fullmatch(part):
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 

@@ -52,6 +52,8 @@ class JwksTokenAuthenticator:
             jwt.verify(jws, key)
         elif len(keys) == 1:
             jwt.verify(jws, next(iter(keys.values())))
+        elif not keys:
+            raise AuthenticationError("no keys of the token issuer are available")
         else:
             raise AuthenticationError("token has no key id and the issuer has several keys")
         return check_claims(jws.claims, self._rules, self._clock.now().timestamp())
