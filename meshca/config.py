@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,7 +31,7 @@ class Settings:
     token_audiences: tuple[str, ...] = ("istio-ca",)
     token_skew: timedelta = timedelta(seconds=60)
     log_level: str = "INFO"
-    extra: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
 
     @property
     def bundle_path(self) -> Path:

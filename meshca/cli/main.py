@@ -27,6 +27,12 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshca", description="Workload-identity CA for meshes")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-audience", action="append", dest="token_audiences",
                        help="accepted token audience (repeatable; default istio-ca)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    serve.add_argument("--workers", type=_positive_int, default=_positive_int(_env("WORKERS") or "1"),
+                       help="worker processes sharing the gRPC port (default 1; use one per core)")
 
     request = commands.add_parser("request", help="get a workload certificate, as a sidecar would")
     _data_dir_arg(request)
@@ -99,6 +107,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         token_jwks=args.token_jwks,
         token_audiences=tuple(args.token_audiences or ("istio-ca",)),
         log_level=args.log_level,
+        workers=args.workers,
     )
 
 

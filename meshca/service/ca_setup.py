@@ -58,6 +58,14 @@ def ensure_signing_authority(
         intermediate = _create(
             repo, keys, profile, clock, kind="intermediate", parent=(root, root_key)
         )
+    return load_signing_authority(repo, keys)
+
+
+def load_signing_authority(repo: SqlCaRepository, keys: KeyStore) -> SigningAuthority:
+    """The active intermediate and bundle as the database has them; never creates anything."""
+    intermediate = repo.active("intermediate")
+    if intermediate is None:
+        raise RuntimeError("no active intermediate CA generation in the database")
     bundle = TrustBundle(tuple(x509.load_pem_x509_certificate(g.certificate_pem.encode())
                                for g in repo.in_bundle()))
     return SigningAuthority(

@@ -1,77 +1,112 @@
 """Prometheus metrics under Istio's names, so existing dashboards and alerts keep working.
 
-prometheus_client's Counter would expose `<name>_total`; Istio's series are named
-`citadel_server_csr_count` and so on, so those counters are served by a small collector.
+Each worker process counts into its own row of a shared array (one writer per row, no
+locks); the process serving `/metrics` sums the rows. prometheus_client's Counter would
+also expose `<name>_total`, while Istio's series are `citadel_server_csr_count` and so on,
+so the families are built here.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter as Tally
-from collections.abc import Iterator
+import bisect
+import multiprocessing
+from collections.abc import Iterator, MutableSequence
 
-from prometheus_client import CollectorRegistry, Histogram
+import grpc
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-_HELP = {
+_COUNTERS = {
     "citadel_server_csr_count": "CreateCertificate requests received.",
     "citadel_server_success_cert_issuance_count": "Certificates issued.",
     "citadel_server_authentication_failure_count": "Requests whose caller was not authenticated.",
 }
 _SIGN_ERR = "citadel_server_csr_sign_err_count"
+_ERRORS = tuple(code.name.lower() for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
+_HISTOGRAM = "meshca_issuance_duration_seconds"
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+# Row layout: counters, then one slot per error, then histogram buckets (+Inf last), sum.
+_CSR, _SUCCESS, _AUTH = 0, 1, 2
+_ERR0 = len(_COUNTERS)
+_BUCKET0 = _ERR0 + len(_ERRORS)
+_SUM = _BUCKET0 + len(BUCKETS) + 1
+ROW_WIDTH = _SUM + 1
 
 
-class CaMetrics(Collector):
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._lock = threading.Lock()
-        self._counts: Tally[str] = Tally()
-        self._sign_errors: Tally[str] = Tally()
-        self._root_expiry = 0.0
-        registry.register(self)
-        self.issuance_seconds = Histogram(
-            "meshca_issuance_duration_seconds",
-            "Time from request to a signed, recorded certificate.",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=registry,
-        )
+def shared_slots(workers: int) -> MutableSequence[float]:
+    """Zeroed shared memory for `workers` rows; pass it to each worker process."""
+    array: MutableSequence[float] = multiprocessing.get_context("spawn").RawArray(
+        "d", workers * ROW_WIDTH
+    )
+    return array
+
+
+class CaMetrics:
+    """What one worker counts, into its own row."""
+
+    def __init__(self, slots: MutableSequence[float], row: int) -> None:
+        self._slots = slots
+        self._base = row * ROW_WIDTH
 
     def csr_received(self) -> None:
-        self._add("citadel_server_csr_count")
+        self._slots[self._base + _CSR] += 1
 
-    def issued(self) -> None:
-        self._add("citadel_server_success_cert_issuance_count")
+    def issued(self, seconds: float) -> None:
+        slots, base = self._slots, self._base
+        slots[base + _SUCCESS] += 1
+        slots[base + _BUCKET0 + bisect.bisect_left(BUCKETS, seconds)] += 1
+        slots[base + _SUM] += seconds
 
     def authentication_failed(self) -> None:
-        self._add("citadel_server_authentication_failure_count")
+        self._slots[self._base + _AUTH] += 1
 
-    def sign_error(self, error: str) -> None:
-        with self._lock:
-            self._sign_errors[error] += 1
+    def sign_error(self, code: grpc.StatusCode) -> None:
+        self._slots[self._base + _ERR0 + _ERRORS.index(code.name.lower())] += 1
 
-    def set_root_expiry(self, unix_time: float) -> None:
-        self._root_expiry = unix_time
 
-    def _add(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
+class CaMetricsCollector(Collector):
+    """Sums every worker's row; registered once, in the process that serves /metrics."""
+
+    def __init__(self, slots: MutableSequence[float], workers: int,
+                 registry: CollectorRegistry) -> None:
+        self._slots = slots
+        self._workers = workers
+        self.root_expiry = 0.0
+        registry.register(self)
+
+    def _total(self, offset: int) -> float:
+        return sum(self._slots[w * ROW_WIDTH + offset] for w in range(self._workers))
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            counts = dict(self._counts)
-            errors = dict(self._sign_errors)
-        for name, help_text in _HELP.items():
+        for index, (name, help_text) in enumerate(_COUNTERS.items()):
             metric = Metric(name, help_text, "counter")
-            metric.add_sample(name, {}, float(counts.get(name, 0)))
+            metric.add_sample(name, {}, self._total(index))
             yield metric
-        metric = Metric(_SIGN_ERR, "Requests that ended without a certificate, by error.", "counter")
-        for error, count in sorted(errors.items()):
-            metric.add_sample(_SIGN_ERR, {"error": error}, float(count))
-        yield metric
-        gauge = Metric(
-            "citadel_server_root_cert_expiry_timestamp",
-            "Unix time at which the earliest root in the trust bundle expires.",
-            "gauge",
-        )
-        gauge.add_sample("citadel_server_root_cert_expiry_timestamp", {}, self._root_expiry)
+        per_worker = Metric("meshca_worker_issued_count",
+                            "Certificates issued, by worker process.", "counter")
+        for worker in range(self._workers):
+            per_worker.add_sample("meshca_worker_issued_count", {"worker": str(worker)},
+                                  self._slots[worker * ROW_WIDTH + _SUCCESS])
+        yield per_worker
+        errors = Metric(_SIGN_ERR, "Requests that ended without a certificate, by error.", "counter")
+        for index, error in enumerate(_ERRORS):
+            count = self._total(_ERR0 + index)
+            if count:
+                errors.add_sample(_SIGN_ERR, {"error": error}, count)
+        yield errors
+        gauge = Metric("citadel_server_root_cert_expiry_timestamp",
+                       "Unix time at which the earliest root in the trust bundle expires.", "gauge")
+        gauge.add_sample("citadel_server_root_cert_expiry_timestamp", {}, self.root_expiry)
         yield gauge
+        histogram = Metric(_HISTOGRAM, "Time from request to a signed, recorded certificate.",
+                           "histogram")
+        cumulative = 0.0
+        for index, bound in enumerate((*BUCKETS, float("inf"))):
+            cumulative += self._total(_BUCKET0 + index)
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            histogram.add_sample(f"{_HISTOGRAM}_bucket", {"le": le}, cumulative)
+        histogram.add_sample(f"{_HISTOGRAM}_count", {}, cumulative)
+        histogram.add_sample(f"{_HISTOGRAM}_sum", {}, self._total(_SUM))
+        yield histogram

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -51,12 +52,11 @@ class TlsFront:
         self._peers = peers
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, sock: socket.socket) -> None:
+        """Accept on an already bound, listening socket."""
         self._server = await asyncio.start_server(
-            self._serve, host, port, ssl=self._ssl_context(), backlog=1024,
-            ssl_handshake_timeout=10,
+            self._serve, sock=sock, ssl=self._ssl_context(), ssl_handshake_timeout=10
         )
-        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._server is not None:

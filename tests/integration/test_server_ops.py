@@ -191,3 +191,53 @@ def test_cli_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _worker_pids(pid: int) -> list[int]:
+    """Spawned worker processes of `pid` (not multiprocessing's resource tracker)."""
+    children = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cmdline = (stat_file.parent / "cmdline").read_bytes()
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            children.append(int(stat_file.parent.name))
+    return children
+
+
+def test_workers_share_the_port_records_and_metrics(tmp_path: Path) -> None:
+    server = start_meshca(tmp_path / "data", "--workers", "2")
+    try:
+        assert len(_worker_pids(server.process.pid)) == 1, "one worker beside the first"
+        token = server.token()
+        for _ in range(30):  # a new connection each time, so the kernel spreads them
+            channel = grpc.secure_channel(
+                server.grpc_addr, grpc.ssl_channel_credentials(server.bundle_pem),
+                options=[("grpc.ssl_target_name_override", "localhost")])
+            server.create_certificate(csr_pem(), token=token, channel=channel)
+            channel.close()
+        assert server.issued_count() == 30
+        metrics = _metrics(server)
+        assert metrics["citadel_server_success_cert_issuance_count"] == 30
+        per_worker = [metrics['meshca_worker_issued_count{worker="0"}'],
+                      metrics['meshca_worker_issued_count{worker="1"}']]
+        assert sum(per_worker) == 30 and min(per_worker) > 0, per_worker
+        assert "Traceback" not in server.log_text()
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
+
+
+def test_a_dead_worker_stops_the_server(tmp_path: Path) -> None:
+    import os
+    import signal
+    server = start_meshca(tmp_path / "data", "--workers", "2")
+    try:
+        [worker] = _worker_pids(server.process.pid)
+        os.kill(worker, signal.SIGKILL)
+        assert server.process.wait(20) == 1
+        assert "exited with code -9; stopping meshca" in server.log_text()
+    finally:
+        server.stop()

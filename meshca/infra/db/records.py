@@ -22,6 +22,7 @@ from meshca.service.ports import IssuedRecord
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
+_COLUMNS = tuple(f.name for f in dataclasses.fields(IssuedRecord))
 
 
 class SqlCertificateLog:
@@ -45,7 +46,7 @@ class SqlCertificateLog:
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                rows = [dataclasses.asdict(r) for r, _ in batch]
+                rows = [{name: getattr(r, name) for name in _COLUMNS} for r, _ in batch]
                 try:
                     await loop.run_in_executor(self._writer, self._insert, rows)
                 except SQLAlchemyError as exc:

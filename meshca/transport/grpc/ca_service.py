@@ -47,13 +47,12 @@ class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
             if isinstance(exc, AuthenticationError):
                 self._metrics.authentication_failed()
             else:
-                self._metrics.sign_error(code.name.lower())
+                self._metrics.sign_error(code)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("CreateCertificate failed inside meshca")
             else:
                 log.info("CreateCertificate refused: %s: %s", code.name, exc)
             await context.abort(code, public_message(exc))
             raise  # unreachable: abort raises
-        self._metrics.issued()
-        self._metrics.issuance_seconds.observe(time.perf_counter() - started)
+        self._metrics.issued(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=list(issued.cert_chain))
