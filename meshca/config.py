@@ -33,6 +33,17 @@ class Settings:
     log_level: str = "INFO"
     workers: int = 1
 
+    def __post_init__(self) -> None:
+        if self.default_ttl > self.max_ttl:
+            raise ValueError("--default-ttl must not exceed --max-ttl")
+        if self.max_ttl * 2 > self.intermediate_ttl:
+            raise ValueError(
+                f"--max-ttl must be at most half the intermediate CA lifetime "
+                f"({self.intermediate_ttl.days} days), so that leaves are not cut short"
+            )
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+
     @property
     def bundle_path(self) -> Path:
         return self.data_dir / "root-cert.pem"

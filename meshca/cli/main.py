@@ -114,9 +114,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        settings = settings_from(args)
-        if settings.default_ttl > settings.max_ttl:
-            print("meshca: --default-ttl must not exceed --max-ttl", file=sys.stderr)
+        try:
+            settings = settings_from(args)
+        except ValueError as exc:
+            print(f"meshca: {exc}", file=sys.stderr)
             return 2
         logging.basicConfig(
             level=settings.log_level.upper(),

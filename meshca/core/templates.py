@@ -38,31 +38,11 @@ def leaf_svid(
     not_before: datetime,
     not_after: datetime,
 ) -> x509.CertificateBuilder:
-    """An X509-SVID: empty subject, critical URI SAN, CA:false, mTLS key usages."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.subject)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            _key_usage(
-                digital_signature=True,
-                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                cert_sign=False,
-            ),
-            critical=True,
-        )
-        .add_extension(_EKU_MTLS, critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id.uri)]),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_id(issuer), critical=False)
+    """An X509-SVID: empty subject, so the one URI SAN is critical; CA:false, mTLS usages."""
+    return _end_entity(
+        public_key=public_key, subject=x509.Name([]),
+        names=[x509.UniformResourceIdentifier(spiffe_id.uri)],
+        issuer=issuer, serial=serial, not_before=not_before, not_after=not_after,
     )
 
 
@@ -82,6 +62,22 @@ def server_tls(
     names += [x509.IPAddress(ip) for ip in ip_addresses]
     names.append(x509.UniformResourceIdentifier(spiffe_id.uri))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])] if dns_names else [])
+    return _end_entity(
+        public_key=public_key, subject=subject, names=names,
+        issuer=issuer, serial=serial, not_before=not_before, not_after=not_after,
+    )
+
+
+def _end_entity(
+    *,
+    public_key: CertificatePublicKeyTypes,
+    subject: x509.Name,
+    names: list[x509.GeneralName],
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -100,7 +96,8 @@ def server_tls(
             critical=True,
         )
         .add_extension(_EKU_MTLS, critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=not dns_names)
+        # RFC 5280: with an empty subject the SAN extension must be critical.
+        .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_authority_key_id(issuer), critical=False)
     )
