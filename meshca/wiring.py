@@ -187,6 +187,7 @@ async def start_worker(
         authority=lambda: authority,
         lifetimes=LifetimePolicy(settings.default_ttl, settings.max_ttl, settings.backdate),
         certificate_log=records,
+        audit=records,
         clock=clock,
     )
     server = grpc.aio.server(
@@ -197,8 +198,9 @@ async def start_worker(
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ]
     )
+    peers = PeerCertificates()
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
-        IstioCertificateServicer(issuance, CaMetrics(slots, row)), server
+        IstioCertificateServicer(issuance, CaMetrics(slots, row), peers), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -213,7 +215,7 @@ async def start_worker(
     front = TlsFront(
         upstream_port,
         lambda: server_ssl_context(str(chain_file), str(key_file), authority.bundle.pem),
-        PeerCertificates(),
+        peers,
     )
     await front.start(sock)
     for service in ("", CA_SERVICE):

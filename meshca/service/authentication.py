@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
 
 from meshca.core import jwt
 from meshca.core.clock import Clock
 from meshca.core.jwt import VerificationKey
 from meshca.core.sa_token import ServiceAccount, TokenRules, check_claims
+from meshca.core.spiffe import SpiffeId
 from meshca.errors import AuthenticationError
 
 _BEARER = "Bearer "
@@ -57,3 +62,36 @@ class JwksTokenAuthenticator:
         else:
             raise AuthenticationError("token has no key id and the issuer has several keys")
         return check_claims(jws.claims, self._rules, self._clock.now().timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateCaller:
+    """A caller that proved itself with a meshca certificate over mutual TLS."""
+
+    account: ServiceAccount
+    spiffe_id: SpiffeId
+    serial: str
+
+
+def caller_from_certificate(der: bytes, trust_domain: str, now: datetime) -> CertificateCaller:
+    """The TLS layer verified the chain; here the certificate must name a workload of ours.
+
+    Whether it is on record and unrevoked is checked when the new certificate is committed.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        spiffe_id = SpiffeId.parse(uris[0]) if len(uris) == 1 else None
+    except (ValueError, x509.ExtensionNotFound):
+        spiffe_id = None
+    if spiffe_id is None:
+        raise AuthenticationError("client certificate does not carry exactly one SPIFFE ID")
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise AuthenticationError("client certificate is not valid now")
+    segments = spiffe_id.path.split("/")
+    if spiffe_id.trust_domain != trust_domain or len(segments) != 5 \
+            or segments[1] != "ns" or segments[3] != "sa":
+        raise AuthenticationError("client certificate is not a workload identity of this trust domain")
+    account = ServiceAccount(namespace=segments[2], name=segments[4])
+    return CertificateCaller(account, spiffe_id, f"{cert.serial_number:x}")

@@ -16,9 +16,15 @@ from meshca.core.lifetime import LifetimePolicy, leaf_validity
 from meshca.core.sa_token import ServiceAccount
 from meshca.core.spiffe import SpiffeId
 from meshca.core.templates import leaf_svid
-from meshca.errors import AuthenticationError, InvalidRequest
-from meshca.service.authentication import bearer_token
-from meshca.service.ports import CertificateLog, IssuedRecord, TokenAuthenticator
+from meshca.errors import AuthenticationError, InvalidRequest, PermissionDenied
+from meshca.service.authentication import bearer_token, caller_from_certificate
+from meshca.service.ports import (
+    AuditEntry,
+    AuditSink,
+    CertificateLog,
+    IssuedRecord,
+    TokenAuthenticator,
+)
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 CERT_SIGNER = "CertSigner"
@@ -33,6 +39,16 @@ class CertificateRequest:
     metadata: Mapping[str, object]
     authorization: Sequence[str]
     cluster_id: str | None = None
+    # DER of a client certificate the TLS layer verified against the bundle, if one was shown.
+    peer_certificate: bytes | None = None
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    account: ServiceAccount
+    spiffe_id: SpiffeId
+    renewing_serial: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +69,7 @@ class IssuanceService:
         authority: Callable[[], SigningAuthority],
         lifetimes: LifetimePolicy,
         certificate_log: CertificateLog,
+        audit: AuditSink,
         clock: Clock,
     ) -> None:
         self._trust_domain = trust_domain
@@ -60,13 +77,19 @@ class IssuanceService:
         self._authority = authority
         self._lifetimes = lifetimes
         self._log = certificate_log
+        self._audit = audit
         self._clock = clock
 
-    def authenticate(self, request: CertificateRequest) -> tuple[ServiceAccount, SpiffeId]:
-        token = bearer_token(request.authorization)
+    def authenticate(self, request: CertificateRequest) -> Caller:
+        """A bearer token when one is sent; otherwise a verified client certificate (renewal)."""
         if request.cluster_id:
             raise AuthenticationError("unknown cluster id; no other clusters are configured")
-        account = self._authenticator.authenticate(token)
+        if not request.authorization and request.peer_certificate is not None:
+            by_cert = caller_from_certificate(
+                request.peer_certificate, self._trust_domain, self._clock.now()
+            )
+            return Caller(by_cert.account, by_cert.spiffe_id, by_cert.serial)
+        account = self._authenticator.authenticate(bearer_token(request.authorization))
         try:
             identity = SpiffeId.for_service_account(
                 self._trust_domain, account.namespace, account.name
@@ -76,11 +99,24 @@ class IssuanceService:
             raise AuthenticationError(
                 "token service account name or namespace cannot form a SPIFFE ID"
             ) from None
-        return account, identity
+        return Caller(account, identity)
 
     async def create_certificate(self, request: CertificateRequest) -> IssuedChain:
-        account, identity = self.authenticate(request)
-        _check_metadata(request.metadata)
+        caller: Caller | None = None
+        try:
+            _check_impersonation(request.metadata)
+            caller = self.authenticate(request)
+            return await self._issue(request, caller)
+        except (AuthenticationError, PermissionDenied) as exc:
+            self._audit.append(AuditEntry(
+                at=self._clock.now(), actor=f"grpc:{request.peer}", action="CreateCertificate",
+                target=caller.spiffe_id.uri if caller else "", outcome="refused", detail=str(exc),
+            ))
+            raise
+
+    async def _issue(self, request: CertificateRequest, caller: Caller) -> IssuedChain:
+        _check_signer(request.metadata)
+        account, identity = caller.account, caller.spiffe_id
         checked = check_csr(request.csr_pem, identity)
         authority = self._authority()
         now = self._clock.now()
@@ -113,15 +149,19 @@ class IssuanceService:
                 key_type=checked.key_description,
                 issued_at=now,
                 certificate_pem=leaf_pem,
-            )
+            ),
+            renewing_serial=caller.renewing_serial,
         )
         return IssuedChain((leaf_pem, *authority.chain_pem, authority.bundle.pem), serial, identity)
 
 
-def _check_metadata(metadata: Mapping[str, object]) -> None:
+def _check_impersonation(metadata: Mapping[str, object]) -> None:
     if IMPERSONATED_IDENTITY in metadata:
         # Node agents asking for others arrive with a later issue; until then, fail closed.
         raise AuthenticationError("impersonation (ImpersonatedIdentity) is not permitted")
+
+
+def _check_signer(metadata: Mapping[str, object]) -> None:
     # Other keys are ignored: newer agents may send hints this version does not know.
     signer = metadata.get(CERT_SIGNER)
     if signer not in (None, ""):

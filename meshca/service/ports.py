@@ -29,9 +29,32 @@ class IssuedRecord:
     certificate_pem: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the append-only audit log. `detail` never holds secrets."""
+
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str  # "ok" | "refused" | "failed"
+    detail: str | None = None
+
+
 class CertificateLog(Protocol):
-    async def record(self, record: IssuedRecord) -> None:
-        """Return only once the record is durably committed; raise CaUnavailable otherwise."""
+    async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None) -> None:
+        """Commit the record, or raise; return only once it is durable.
+
+        Checked in the same transaction: the identity is not blocked (PermissionDenied) and,
+        for a renewal by client certificate, the presented certificate is on record and not
+        revoked (AuthenticationError). CaUnavailable when the database cannot be written.
+        """
+        ...
+
+
+class AuditSink(Protocol):
+    def append(self, entry: AuditEntry) -> None:
+        """Queue an audit entry; written with the next batch, never blocking the caller."""
         ...
 
 

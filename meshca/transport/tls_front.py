@@ -17,27 +17,48 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    address: str  # the client's own address, "host:port"
+    certificate: bytes | None  # DER of its verified certificate, if it showed one
+
+
 class PeerCertificates:
-    """Verified client certificates (DER) by the gRPC peer string of the upstream connection."""
+    """Who is behind each upstream connection, keyed by that connection's local port.
+
+    The gRPC server sees the peer `ipv4:127.0.0.1:<port>`, the HTTP server `("127.0.0.1", port)`.
+    """
 
     def __init__(self) -> None:
-        self._by_peer: dict[str, bytes] = {}
+        self._by_port: dict[int, Peer] = {}
 
     def lookup(self, grpc_peer: str) -> bytes | None:
-        return self._by_peer.get(grpc_peer)
+        peer = self._by_port.get(_port_of(grpc_peer))
+        return peer.certificate if peer else None
 
-    def _add(self, port: int, der: bytes) -> str:
-        key = f"ipv4:127.0.0.1:{port}"
-        self._by_peer[key] = der
-        return key
+    def client_address(self, grpc_peer: str) -> str:
+        peer = self._by_port.get(_port_of(grpc_peer))
+        return peer.address if peer else "unknown"
 
-    def _remove(self, key: str) -> None:
-        self._by_peer.pop(key, None)
+    def by_port(self, port: int) -> Peer | None:
+        return self._by_port.get(port)
+
+    def _add(self, port: int, peer: Peer) -> None:
+        self._by_port[port] = peer
+
+    def _remove(self, port: int) -> None:
+        self._by_port.pop(port, None)
+
+
+def _port_of(grpc_peer: str) -> int:
+    _, _, port = grpc_peer.rpartition(":")
+    return int(port) if port.isdigit() else -1
 
 
 class TlsFront:
@@ -67,19 +88,20 @@ class TlsFront:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        peer_key = None
+        client = writer.get_extra_info("peername")
+        address = f"{client[0]}:{client[1]}" if client else "unknown"
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         except OSError:
             writer.close()
             return
+        # Registered before the first byte is piped, so the server never sees an unknown peer.
+        local_port = int(up_writer.get_extra_info("sockname")[1])
+        self._peers._add(local_port, Peer(address, der or None))
         try:
-            if der:
-                peer_key = self._peers._add(up_writer.get_extra_info("sockname")[1], der)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
-            if peer_key is not None:
-                self._peers._remove(peer_key)
+            self._peers._remove(local_port)
             for w in (up_writer, writer):
                 with contextlib.suppress(Exception):
                     w.close()

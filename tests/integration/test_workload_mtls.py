@@ -13,7 +13,7 @@ from cryptography import x509
 from spiffe import X509Bundle, X509Svid
 
 from meshca.infra.keyfiles import private_key_pem
-from tests.support import MeshcaProcess, csr_pem, ec_key, rsa_key
+from tests.support import MeshcaProcess, csr_pem, ec_key, rsa_key, uri
 
 
 def _svid_files(meshca: MeshcaProcess, tmp: Path, namespace: str, account: str,
@@ -120,3 +120,25 @@ def test_mesh_client_certificate_is_accepted(meshca: MeshcaProcess, tmp_path: Pa
     chain = meshca.create_certificate(csr_pem(), channel=channel)
     channel.close()
     assert len(chain) == 3
+
+
+def test_renewal_by_client_certificate_without_a_token(meshca: MeshcaProcess, tmp_path: Path) -> None:
+    chain_path, key_path, _ = _svid_files(meshca, tmp_path, "shop", "renew-me")
+    channel = meshca.channel(chain_path.read_bytes(), key_path.read_bytes())
+    before = meshca.issued_count()
+    chain = meshca.create_certificate(csr_pem(), metadata=[], channel=channel)
+    channel.close()
+    leaf = x509.load_pem_x509_certificate(chain[0].encode())
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/shop/sa/renew-me"]
+    assert meshca.issued_count() == before + 1
+
+
+def test_renewal_cannot_change_identity(meshca: MeshcaProcess, tmp_path: Path) -> None:
+    chain_path, key_path, _ = _svid_files(meshca, tmp_path, "shop", "holder")
+    channel = meshca.channel(chain_path.read_bytes(), key_path.read_bytes())
+    with pytest.raises(grpc.RpcError) as err:
+        meshca.create_certificate(csr_pem(sans=[uri("spiffe://cluster.local/ns/shop/sa/other")]),
+                                  metadata=[], channel=channel)
+    channel.close()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

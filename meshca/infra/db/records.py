@@ -4,6 +4,11 @@ Every issuance must be committed before its response leaves, but one transaction
 request would cap throughput at one database round trip per certificate. Requests that
 arrive while a commit is under way wait together and go in the next transaction: under
 load one commit carries many records, with no added delay for a lone request.
+
+The same transaction checks what must hold at the moment of issuance (the identity is not
+blocked; a renewing caller's certificate is not revoked), so a block or a revocation made
+on any replica takes effect on the very next commit, with no cache to go stale. Audit
+entries of refused authentications ride along in the same batches.
 """
 
 from __future__ import annotations
@@ -12,58 +17,113 @@ import asyncio
 import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from meshca.errors import CaUnavailable
-from meshca.infra.db.schema import issued_certificates
-from meshca.service.ports import IssuedRecord
+from meshca.errors import AuthenticationError, CaUnavailable, MeshcaError, PermissionDenied
+from meshca.infra.db.schema import audit_log, blocked_identities, issued_certificates
+from meshca.service.ports import AuditEntry, IssuedRecord
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
-_COLUMNS = tuple(f.name for f in dataclasses.fields(IssuedRecord))
+_RECORD_COLUMNS = tuple(f.name for f in dataclasses.fields(IssuedRecord))
+_AUDIT_COLUMNS = tuple(f.name for f in dataclasses.fields(AuditEntry))
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: IssuedRecord | None
+    audit: AuditEntry | None
+    renewing_serial: str | None
+    future: asyncio.Future[None] | None
 
 
 class SqlCertificateLog:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._pending: list[tuple[IssuedRecord, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._flushing = False
         # One writer thread: SQLite allows one writer anyway, and batches stay in order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshca-records")
 
-    async def record(self, record: IssuedRecord) -> None:
+    async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
+        self._enqueue(_Pending(record, None, renewing_serial, future))
+        await future
+
+    def append(self, entry: AuditEntry) -> None:
+        self._enqueue(_Pending(None, entry, None, None))
+
+    def _enqueue(self, item: _Pending) -> None:
+        self._pending.append(item)
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
-        await future
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                rows = [{name: getattr(r, name) for name in _COLUMNS} for r, _ in batch]
                 try:
-                    await loop.run_in_executor(self._writer, self._insert, rows)
+                    outcomes = await loop.run_in_executor(self._writer, self._commit, batch)
                 except SQLAlchemyError as exc:
-                    log.error("could not record %d certificates: %s", len(rows), type(exc).__name__)
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(CaUnavailable("certificate log is unavailable"))
-                    continue
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+                    log.error("could not write %d records: %s", len(batch), type(exc).__name__)
+                    outcomes = [CaUnavailable("certificate log is unavailable")] * len(batch)
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    if item.future is None or item.future.done():
+                        continue
+                    if outcome is None:
+                        item.future.set_result(None)
+                    else:
+                        item.future.set_exception(outcome)
         finally:
             self._flushing = False
 
-    def _insert(self, rows: list[dict[str, object]]) -> None:
+    def _commit(self, batch: list[_Pending]) -> list[MeshcaError | None]:
         with self._engine.begin() as connection:
-            connection.execute(insert(issued_certificates), rows)
+            outcomes = _preconditions(connection, batch)
+            rows = [{n: getattr(item.record, n) for n in _RECORD_COLUMNS}
+                    for item, outcome in zip(batch, outcomes, strict=True)
+                    if item.record is not None and outcome is None]
+            audits = [{n: getattr(item.audit, n) for n in _AUDIT_COLUMNS}
+                      for item in batch if item.audit is not None]
+            if rows:
+                connection.execute(insert(issued_certificates), rows)
+            if audits:
+                connection.execute(insert(audit_log), audits)
+        return outcomes
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+
+
+def _preconditions(connection: Connection, batch: list[_Pending]) -> list[MeshcaError | None]:
+    ids = {item.record.spiffe_id for item in batch if item.record is not None}
+    blocked: set[str] = set()
+    if ids:
+        blocked = set(connection.execute(
+            select(blocked_identities.c.spiffe_id).where(blocked_identities.c.spiffe_id.in_(ids))
+        ).scalars())
+    serials = {item.renewing_serial for item in batch if item.renewing_serial}
+    good_serials: set[str] = set()
+    if serials:
+        good_serials = set(connection.execute(
+            select(issued_certificates.c.serial).where(
+                issued_certificates.c.serial.in_(serials),
+                issued_certificates.c.revoked_at.is_(None),
+            )
+        ).scalars())
+    outcomes: list[MeshcaError | None] = []
+    for item in batch:
+        if item.record is None:
+            outcomes.append(None)
+        elif item.renewing_serial and item.renewing_serial not in good_serials:
+            outcomes.append(AuthenticationError("client certificate is revoked or unknown"))
+        elif item.record.spiffe_id in blocked:
+            outcomes.append(PermissionDenied("identity is blocked by an administrator"))
+        else:
+            outcomes.append(None)
+    return outcomes

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Dialect,
@@ -76,7 +77,42 @@ issued_certificates = Table(
     Column("key_type", String(32), nullable=False),
     Column("issued_at", UtcDateTime, nullable=False),
     Column("certificate_pem", Text, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Column("revocation_reason", String(32), nullable=True),
     Index("ix_issued_spiffe_id", "spiffe_id"),
     Index("ix_issued_namespace_sa", "namespace", "service_account"),
     Index("ix_issued_not_after", "not_after"),
+    Index("ix_issued_order", "issued_at", "serial"),
+)
+
+blocked_identities = Table(
+    "blocked_identities",
+    metadata,
+    Column("spiffe_id", String(2048), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("blocked_by", Text, nullable=False),
+    Column("blocked_at", UtcDateTime, nullable=False),
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
 )

@@ -14,14 +14,18 @@ from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.service.issuance import CertificateRequest, IssuanceService
 from meshca.transport.grpc.status import public_message, status_for
 from meshca.transport.metrics import CaMetrics
+from meshca.transport.tls_front import PeerCertificates
 
 log = logging.getLogger(__name__)
 
 
 class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
-    def __init__(self, issuance: IssuanceService, metrics: CaMetrics) -> None:
+    def __init__(
+        self, issuance: IssuanceService, metrics: CaMetrics, peers: PeerCertificates
+    ) -> None:
         self._issuance = issuance
         self._metrics = metrics
+        self._peers = peers
 
     async def CreateCertificate(  # noqa: N802 - the RPC's name on the wire
         self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -40,6 +44,8 @@ class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
                     metadata=metadata,
                     authorization=authorization,
                     cluster_id=cluster[0] if cluster else None,
+                    peer_certificate=self._peers.lookup(context.peer()),
+                    peer=self._peers.client_address(context.peer()),
                 )
             )
         except Exception as exc:  # every failure is mapped through one table
