@@ -7,8 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from meshca.core.keys import KeyType
+from meshca.core.roles import Role
 
 DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
+# Written into the data dir once meshca serves: the addresses it actually bound.
+ENDPOINTS_FILE = "endpoints.json"
+# The first admin token, written on first start (0600).
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,10 @@ class Settings:
     token_skew: timedelta = timedelta(seconds=60)
     log_level: str = "INFO"
     workers: int = 1
+    admin_addr: str = "127.0.0.1:8443"
+    admin_token_audiences: tuple[str, ...] = ("meshca-admin",)
+    admin_service_accounts: tuple[tuple[str, Role], ...] = ()  # ("ns/sa", role)
+    admin_spiffe_ids: tuple[tuple[str, Role], ...] = ()  # ("spiffe://…", role)
 
     def __post_init__(self) -> None:
         if self.default_ttl > self.max_ttl:

@@ -40,6 +40,7 @@ class MeshcaProcess:
     metrics_addr: str
     database_url: str
     log_path: Path
+    admin_addr: str = ""
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     @property
@@ -121,7 +122,8 @@ def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
     endpoints.unlink(missing_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
     args = [sys.executable, "-m", "meshca", "serve", "--data-dir", str(data_dir),
-            "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", *extra]
+            "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+            "--admin-addr", "127.0.0.1:0", *extra]
     if database_url:
         args += ["--database-url", database_url]
     log_file = log_path.open("ab")
@@ -137,7 +139,8 @@ def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
         time.sleep(0.05)
     info = json.loads(endpoints.read_text())
     url = database_url or f"sqlite:///{data_dir / 'meshca.db'}"
-    return MeshcaProcess(data_dir, process, info["grpc"], info["metrics"], url, log_path)
+    return MeshcaProcess(data_dir, process, info["grpc"], info["metrics"], url, log_path,
+                         admin_addr=info["admin"])
 
 
 # ---- CSRs -------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from meshca.cli.durations import parse_duration
 from meshca.config import DEFAULT_DNS_NAMES, Settings
 from meshca.core.keys import KeyType
+from meshca.core.roles import Role
+from meshca.core.spiffe import SpiffeId
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -31,6 +33,26 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def _role_mapping(kind: str) -> Callable[[str], tuple[str, Role]]:
+    """`NAME=ROLE`; NAME is `ns/sa` or a SPIFFE ID, checked here so typos fail at start-up."""
+
+    def parse(text: str) -> tuple[str, Role]:
+        name, sep, role_text = text.rpartition("=")
+        try:
+            role = Role.parse(role_text)
+            if not sep or not name:
+                raise ValueError(f"{text!r} must be NAME=ROLE")
+            if kind == "spiffe":
+                name = str(SpiffeId.parse(name))
+            elif name.count("/") != 1 or not all(name.split("/")):
+                raise ValueError(f"{name!r} must be NAMESPACE/SERVICE_ACCOUNT")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return name, role
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-audience", action="append", dest="token_audiences",
                        help="accepted token audience (repeatable; default istio-ca)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    serve.add_argument("--admin-addr", default=_env("ADMIN_ADDR", "127.0.0.1:8443"),
+                       help="admin REST API (HTTPS)")
+    serve.add_argument("--admin-token-audience", action="append", dest="admin_token_audiences",
+                       help="audience of service-account tokens for the admin API "
+                            "(repeatable; default meshca-admin)")
+    serve.add_argument("--admin-service-account", action="append", type=_role_mapping("ns/sa"),
+                       dest="admin_service_accounts", help="NS/SA=ROLE (repeatable)")
+    serve.add_argument("--admin-spiffe-id", action="append", type=_role_mapping("spiffe"),
+                       dest="admin_spiffe_ids", help="SPIFFE_ID=ROLE for mTLS clients (repeatable)")
     serve.add_argument("--workers", type=_positive_int, default=_positive_int(_env("WORKERS") or "1"),
                        help="worker processes sharing the gRPC port (default 1; use one per core)")
 
@@ -108,6 +139,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         token_audiences=tuple(args.token_audiences or ("istio-ca",)),
         log_level=args.log_level,
         workers=args.workers,
+        admin_addr=args.admin_addr,
+        admin_token_audiences=tuple(args.admin_token_audiences or ("meshca-admin",)),
+        admin_service_accounts=tuple(args.admin_service_accounts or ()),
+        admin_spiffe_ids=tuple(args.admin_spiffe_ids or ()),
     )
 
 

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshca.config import ENDPOINTS_FILE
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.infra.dev_issuer import DevIssuer
 from meshca.infra.keyfiles import private_key_pem, write_private_file
-from meshca.wiring import ENDPOINTS_FILE
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:

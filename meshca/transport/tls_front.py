@@ -119,11 +119,12 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             dst.close()
 
 
-def server_ssl_context(cert_chain_file: str, key_file: str, bundle_pem: str) -> ssl.SSLContext:
+def server_ssl_context(cert_chain_file: str, key_file: str, bundle_pem: str,
+                       alpn: tuple[str, ...] = ("h2",)) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_chain_file, key_file)
     context.load_verify_locations(cadata=bundle_pem)
     context.verify_mode = ssl.CERT_OPTIONAL
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(list(alpn))
     return context

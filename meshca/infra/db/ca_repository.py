@@ -40,6 +40,20 @@ class SqlCaRepository:
             row = connection.execute(query).mappings().first()
         return _generation(row) if row else None
 
+    def all(self) -> list[CaGeneration]:
+        with self._engine.connect() as connection:
+            query = select(ca_generations).order_by(ca_generations.c.id)
+            return [_generation(r) for r in connection.execute(query).mappings()]
+
+    def bundle_sequence(self) -> int:
+        """Grows whenever the bundle changes: one step per root added and per root retired."""
+        t = ca_generations.c
+        query = select(func.count()).select_from(ca_generations).where(t.kind == "root")
+        retired = query.where(t.state.in_(("retired", "tainted")))
+        with self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one()) + int(
+                connection.execute(retired).scalar_one())
+
     def count(self, kind: str) -> int:
         query = select(func.count()).select_from(ca_generations).where(ca_generations.c.kind == kind)
         with self._engine.connect() as connection:

@@ -1,0 +1,86 @@
+"""Admin bearer tokens: only a SHA-256 of each is stored, never the token."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from meshca.core.roles import Role
+from meshca.infra.db.audit import append_audit
+from meshca.infra.db.schema import admin_tokens
+from meshca.service.ports import AuditEntry
+
+
+class TokenNameTaken(Exception):
+    pass
+
+
+class TokenNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    name: str
+    role: Role
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SqlAdminTokens:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def create(self, name: str, role: Role, token: str, audit: AuditEntry) -> None:
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(insert(admin_tokens).values(
+                    name=name, role=role.label, token_sha256=token_digest(token),
+                    created_by=audit.actor, created_at=audit.at, revoked_at=None,
+                ))
+                append_audit(connection, audit)
+        except IntegrityError:
+            raise TokenNameTaken(name) from None
+
+    def revoke(self, name: str, audit: AuditEntry) -> None:
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                update(admin_tokens)
+                .where(admin_tokens.c.name == name, admin_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=audit.at)
+            )
+            if result.rowcount != 1:
+                raise TokenNotFound(name)
+            append_audit(connection, audit)
+
+    def role_for(self, token: str) -> tuple[str, Role] | None:
+        """(name, role) of a live token, or None. The digest is compared in constant time."""
+        digest = token_digest(token)
+        query = select(admin_tokens).where(
+            admin_tokens.c.token_sha256 == digest, admin_tokens.c.revoked_at.is_(None)
+        )
+        with self._engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        if row is None or not hmac.compare_digest(row["token_sha256"], digest):
+            return None
+        return str(row["name"]), Role.parse(row["role"])
+
+    def all(self) -> list[AdminToken]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(admin_tokens).order_by(admin_tokens.c.name)).mappings()
+            return [AdminToken(r["name"], Role.parse(r["role"]), r["created_by"], r["created_at"],
+                               r["revoked_at"]) for r in rows]
+
+    def exists(self) -> bool:
+        with self._engine.connect() as connection:
+            return connection.execute(select(admin_tokens.c.name).limit(1)).first() is not None

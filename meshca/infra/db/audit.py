@@ -1,0 +1,35 @@
+"""The append-only audit log: written inside the caller's transaction, read by cursor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from meshca.infra.db.schema import audit_log
+from meshca.service.ports import AuditEntry
+
+_COLUMNS = tuple(f.name for f in dataclasses.fields(AuditEntry))
+
+
+def append_audit(connection: Connection, entry: AuditEntry) -> None:
+    connection.execute(insert(audit_log).values({n: getattr(entry, n) for n in _COLUMNS}))
+
+
+def append_audit_alone(engine: Engine, entry: AuditEntry) -> None:
+    """An entry with no mutation to share a transaction with (e.g. a refused caller)."""
+    with engine.begin() as connection:
+        append_audit(connection, entry)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    entry: AuditEntry
+
+
+def list_audit(engine: Engine, *, after_id: int, limit: int) -> list[AuditRow]:
+    query = select(audit_log).where(audit_log.c.id > after_id).order_by(audit_log.c.id).limit(limit)
+    with engine.connect() as connection:
+        return [AuditRow(int(r["id"]), AuditEntry(**{n: r[n] for n in _COLUMNS}))
+                for r in connection.execute(query).mappings()]

@@ -1,0 +1,140 @@
+"""Issued certificates as admins see them: filtered, paged, revoked; and blocked identities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from meshca.infra.db.audit import append_audit
+from meshca.infra.db.schema import blocked_identities, issued_certificates
+from meshca.service.ports import AuditEntry
+
+
+class NotFound(Exception):
+    pass
+
+
+class Conflict(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFilter:
+    spiffe_id_prefix: str | None = None
+    namespace: str | None = None
+    service_account: str | None = None
+    active: bool | None = None  # unrevoked and within validity at `now`
+    expiring_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a page ended: the (issued_at, serial) of its last row, a total order."""
+
+    issued_at: datetime
+    serial: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedEntry:
+    serial: str
+    revoked_at: datetime
+    reason: str
+
+
+_SUMMARY = [c for c in issued_certificates.c if c.name != "certificate_pem"]
+
+
+class SqlInventory:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def page(self, where: CertificateFilter, after: Position | None, limit: int,
+             now: datetime) -> list[dict[str, object]]:
+        t = issued_certificates.c
+        query = select(*_SUMMARY)
+        if where.spiffe_id_prefix:
+            escaped = (where.spiffe_id_prefix.replace("\\", "\\\\").replace("%", "\\%")
+                       .replace("_", "\\_"))
+            query = query.where(t.spiffe_id.like(f"{escaped}%", escape="\\"))
+        if where.namespace:
+            query = query.where(t.namespace == where.namespace)
+        if where.service_account:
+            query = query.where(t.service_account == where.service_account)
+        if where.active is True:
+            query = query.where(t.revoked_at.is_(None), t.not_before <= now, t.not_after > now)
+        elif where.active is False:
+            query = query.where(or_(t.revoked_at.is_not(None), t.not_before > now,
+                                    t.not_after <= now))
+        if where.expiring_before:
+            query = query.where(t.not_after < where.expiring_before)
+        if after is not None:
+            query = query.where(or_(t.issued_at > after.issued_at,
+                                    and_(t.issued_at == after.issued_at, t.serial > after.serial)))
+        query = query.order_by(t.issued_at, t.serial).limit(limit)
+        with self._engine.connect() as connection:
+            return [dict(r) for r in connection.execute(query).mappings()]
+
+    def get(self, serial: str) -> dict[str, object]:
+        query = select(issued_certificates).where(issued_certificates.c.serial == serial)
+        with self._engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        if row is None:
+            raise NotFound(serial)
+        return dict(row)
+
+    def usable(self, serial: str) -> bool:
+        """On record and not revoked (validity itself is checked by TLS)."""
+        t = issued_certificates.c
+        query = select(t.serial).where(t.serial == serial, t.revoked_at.is_(None))
+        with self._engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
+    def revoke(self, serial: str, reason: str, audit: AuditEntry) -> None:
+        t = issued_certificates.c
+        with self._engine.begin() as connection:
+            current = connection.execute(
+                select(t.revoked_at).where(t.serial == serial).with_for_update()
+            ).first()
+            if current is None:
+                raise NotFound(serial)
+            if current[0] is not None:
+                raise Conflict(f"certificate {serial} is already revoked")
+            connection.execute(update(issued_certificates).where(t.serial == serial)
+                               .values(revoked_at=audit.at, revocation_reason=reason))
+            append_audit(connection, audit)
+
+    def revoked_by(self, issuer_generation_id: int, now: datetime) -> list[RevokedEntry]:
+        """Revoked and not yet expired certificates of one issuer: the CRL's entries."""
+        t = issued_certificates.c
+        query = (select(t.serial, t.revoked_at, t.revocation_reason)
+                 .where(t.issuer_generation_id == issuer_generation_id,
+                        t.revoked_at.is_not(None), t.not_after > now)
+                 .order_by(t.serial))
+        with self._engine.connect() as connection:
+            return [RevokedEntry(r[0], r[1], r[2]) for r in connection.execute(query)]
+
+    def block(self, spiffe_id: str, reason: str, audit: AuditEntry) -> None:
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(insert(blocked_identities).values(
+                    spiffe_id=spiffe_id, reason=reason, blocked_by=audit.actor, blocked_at=audit.at))
+                append_audit(connection, audit)
+        except IntegrityError:
+            raise Conflict(f"{spiffe_id} is already blocked") from None
+
+    def unblock(self, spiffe_id: str, audit: AuditEntry) -> None:
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                delete(blocked_identities).where(blocked_identities.c.spiffe_id == spiffe_id))
+            if result.rowcount != 1:
+                raise NotFound(spiffe_id)
+            append_audit(connection, audit)
+
+    def blocked(self) -> list[dict[str, object]]:
+        query = select(blocked_identities).order_by(blocked_identities.c.spiffe_id)
+        with self._engine.connect() as connection:
+            return [dict(r) for r in connection.execute(query).mappings()]

@@ -1,0 +1,32 @@
+"""The trust bundle (public): PEM or SPIFFE JWK Set, by Accept header."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from meshca.core.spiffe_bundle import spiffe_jwks
+from meshca.transport.rest.context import Context
+from meshca.transport.rest.problems import problem
+
+router = APIRouter(tags=["trust bundle"])
+PEM = "application/x-pem-file"
+
+_CONTENT: dict[int | str, dict[str, Any]] = {200: {"content": {
+    "application/json": {"schema": {"type": "object"}}, PEM: {"schema": {"type": "string"}}},
+    "description": "the bundle"}}
+
+
+@router.get("/v1/bundle", response_class=Response, responses=_CONTENT)
+def bundle(request: Request, context: Context) -> Response:
+    """Every root peers must trust. `Accept: application/x-pem-file` for PEM; JSON (the SPIFFE
+    bundle format, with `spiffe_sequence` and `spiffe_refresh_hint`) otherwise."""
+    authority = context.authority()
+    if authority is None:
+        return problem(503, "the CA is not loaded yet", request)
+    if PEM in request.headers.get("accept", ""):
+        return Response(authority.bundle.pem, media_type=PEM)
+    return JSONResponse(spiffe_jwks(authority.bundle, context.ca.bundle_sequence(),
+                                    context.bundle_refresh_hint_seconds))

@@ -1,0 +1,47 @@
+"""Blocking identities: a blocked SPIFFE ID gets PERMISSION_DENIED from CreateCertificate."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+
+from meshca.core.spiffe import SpiffeId
+from meshca.transport.rest.context import Context
+from meshca.transport.rest.models import BlockedOut, BlockIn, StatusOut
+from meshca.transport.rest.problems import BadRequest
+
+router = APIRouter(tags=["identities"])
+SpiffeIdPath = Annotated[str, Path(description="the SPIFFE ID, URL-encoded (%3A, %2F)")]
+
+
+def _spiffe_id(value: str) -> str:
+    try:
+        return str(SpiffeId.parse(value))
+    except ValueError as exc:
+        raise BadRequest(f"not a SPIFFE ID: {exc}") from None
+
+
+@router.get("/v1/identities:blocked", response_model=list[BlockedOut])
+def blocked(context: Context) -> Any:
+    """Every blocked identity."""
+    return [BlockedOut.model_validate(r) for r in context.inventory.blocked()]
+
+
+@router.post("/v1/identities/{spiffe_id:path}:block", response_model=StatusOut)
+def block(request: Request, context: Context, spiffe_id: SpiffeIdPath,
+          body: BlockIn | None = None) -> StatusOut:
+    """Refuse new certificates for this identity until it is unblocked."""
+    identity = _spiffe_id(spiffe_id)
+    reason = body.reason if body else ""
+    context.inventory.block(identity, reason, context.audit(request, "identity.block", identity,
+                                                            detail=reason or None))
+    return StatusOut(status="blocked")
+
+
+@router.post("/v1/identities/{spiffe_id:path}:unblock", response_model=StatusOut)
+def unblock(request: Request, context: Context, spiffe_id: SpiffeIdPath) -> StatusOut:
+    """Let this identity get certificates again."""
+    identity = _spiffe_id(spiffe_id)
+    context.inventory.unblock(identity, context.audit(request, "identity.unblock", identity))
+    return StatusOut(status="unblocked")

@@ -1,0 +1,43 @@
+"""Admin bearer tokens (admin role)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+
+from meshca.core.roles import Role
+from meshca.service.admin_auth import ADMIN_TOKEN_PREFIX
+from meshca.transport.rest.context import Context
+from meshca.transport.rest.models import StatusOut, TokenCreatedOut, TokenCreateIn, TokenOut
+
+router = APIRouter(tags=["admin tokens"])
+TokenName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+def new_admin_token() -> str:
+    return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@router.get("/v1/admin-tokens", response_model=list[TokenOut])
+def list_tokens(context: Context) -> Any:
+    """Every token, live or revoked (never the token itself)."""
+    return [TokenOut(name=t.name, role=t.role.label, created_by=t.created_by,
+                     created_at=t.created_at, revoked_at=t.revoked_at) for t in context.tokens.all()]
+
+
+@router.post("/v1/admin-tokens", response_model=TokenCreatedOut, status_code=201)
+def create_token(request: Request, context: Context, body: TokenCreateIn) -> TokenCreatedOut:
+    """Create a token; the response is the only time it is shown."""
+    token = new_admin_token()
+    context.tokens.create(body.name, Role.parse(body.role), token,
+                          context.audit(request, "admin-token.create", body.name, detail=body.role))
+    return TokenCreatedOut(name=body.name, role=body.role, token=token)
+
+
+@router.post("/v1/admin-tokens/{name}:revoke", response_model=StatusOut)
+def revoke_token(request: Request, context: Context, name: TokenName) -> StatusOut:
+    """Revoke a token at once, on every replica."""
+    context.tokens.revoke(name, context.audit(request, "admin-token.revoke", name))
+    return StatusOut(status="revoked")

@@ -1,0 +1,124 @@
+"""Deny by default: every route has a minimum role in ONE table, enforced in middleware.
+
+A route missing from the table answers 403 to everyone, and a test fails, so no route can be
+added and forgotten. `None` marks the few public routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meshca.core.clock import Clock
+from meshca.core.roles import Role
+from meshca.errors import AuthenticationError, PermissionDenied
+from meshca.service.admin_auth import AdminAuthenticator, Principal
+from meshca.service.ports import AuditEntry
+from meshca.transport.rest.problems import problem
+from meshca.transport.tls_front import PeerCertificates
+
+log = logging.getLogger(__name__)
+
+ROUTE_ROLES: dict[tuple[str, str], Role | None] = {
+    ("GET", "/healthz"): None,
+    ("GET", "/readyz"): None,
+    ("GET", "/v1/bundle"): None,
+    ("GET", "/openapi.json"): Role.VIEWER,
+    ("GET", "/docs"): Role.VIEWER,
+    ("GET", "/v1/ca"): Role.VIEWER,
+    ("GET", "/v1/certificates"): Role.VIEWER,
+    ("GET", "/v1/certificates/{serial}"): Role.VIEWER,
+    ("POST", "/v1/certificates/{serial}:revoke"): Role.OPERATOR,
+    ("GET", "/v1/crl"): Role.VIEWER,
+    ("GET", "/v1/identities:blocked"): Role.VIEWER,
+    ("POST", "/v1/identities/{spiffe_id:path}:block"): Role.OPERATOR,
+    ("POST", "/v1/identities/{spiffe_id:path}:unblock"): Role.OPERATOR,
+    ("GET", "/v1/audit"): Role.VIEWER,
+    ("GET", "/v1/admin-tokens"): Role.ADMIN,
+    ("POST", "/v1/admin-tokens"): Role.ADMIN,
+    ("POST", "/v1/admin-tokens/{name}:revoke"): Role.ADMIN,
+}
+_UNLISTED = object()
+
+
+class RoleMiddleware:
+    def __init__(self, app: ASGIApp, authenticator: AdminAuthenticator,
+                 peers: PeerCertificates, refused: Callable[[AuditEntry], None],
+                 clock: Clock) -> None:
+        self.app = app
+        self._authenticator = authenticator
+        self._peers = peers
+        self._refused = refused
+        self._clock = clock
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
+                      message: str, actor: str, template: str) -> None:
+        """Answer 401/403 and put the refusal in the audit log."""
+        request = Request(scope)
+        entry = AuditEntry(at=self._clock.now(), actor=actor, action="admin.authenticate",
+                           target=f"{scope['method']} {template}", outcome="refused",
+                           detail=message)
+        try:
+            await run_in_threadpool(self._refused, entry)
+        except Exception:  # the refusal stands even if it cannot be written down
+            log.exception("could not write the audit entry of a refused admin request")
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        await problem(status, message, request, headers=headers)(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        template = _route_template(scope)
+        if template is None:  # no handler will run: FastAPI answers 404 or 405 itself
+            await self.app(scope, receive, send)
+            return
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        required = ROUTE_ROLES.get((method, template), _UNLISTED)
+        if required is _UNLISTED:
+            await problem(403, "this route has no entry in the role table", request)(
+                scope, receive, send)
+            return
+        if required is None:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        peer = self._peers.by_port(client[1]) if client else None
+        address = peer.address if peer else "unknown"
+        try:
+            principal: Principal = await run_in_threadpool(
+                self._authenticator.authenticate,
+                request.headers.get("authorization"),
+                peer.certificate if peer else None,
+            )
+        except AuthenticationError as exc:
+            await self._refuse(scope, receive, send, 401, str(exc), f"https:{address}", template)
+            return
+        except PermissionDenied as exc:
+            await self._refuse(scope, receive, send, 403, str(exc), f"https:{address}", template)
+            return
+        assert isinstance(required, Role)
+        if principal.role < required:
+            message = f"{principal.actor} has role {principal.role.label}; this needs {required.label}"
+            await self._refuse(scope, receive, send, 403, message, principal.actor, template)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def _route_template(scope: Scope) -> str | None:
+    app = scope.get("app")
+    router = getattr(app, "router", None)
+    if router is None:
+        return None
+    for route in router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(route.path)
+    return None  # unknown path, or a known path with another method: 404 or 405

@@ -1,0 +1,103 @@
+"""The admin API: FastAPI under uvicorn on a loopback port, behind the same TLS front."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import uvicorn
+
+from meshca.config import ADMIN_TOKEN_FILE, Settings, split_host_port
+from meshca.core.authority import SigningAuthority
+from meshca.core.clock import Clock
+from meshca.core.roles import Role
+from meshca.infra.db.admin_tokens import SqlAdminTokens
+from meshca.infra.db.ca_repository import SqlCaRepository
+from meshca.infra.db.engine import open_engine
+from meshca.infra.db.inventory import SqlInventory
+from meshca.infra.keyfiles import FileKeyStore, write_private_file
+from meshca.service.admin_auth import AdminAuthenticator
+from meshca.service.ports import AuditEntry
+from meshca.transport.rest.app import create_app
+from meshca.transport.rest.context import AdminContext
+from meshca.transport.rest.routes.tokens import new_admin_token
+from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
+from meshca.wiring.startup import database_url, listen_socket, tls_files, token_authenticator
+
+log = logging.getLogger("meshca")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside meshca's own event loop: meshca, not uvicorn, owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class AdminServer:
+    address: str
+    front: TlsFront
+    server: _EmbeddedUvicorn
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        await self.front.stop()
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 10)
+
+
+def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
+    """First start: one admin token, its digest in the database, the token in a 0600 file."""
+    if tokens.exists():
+        return
+    token = new_admin_token()
+    tokens.create("bootstrap-admin", Role.ADMIN, token, AuditEntry(
+        at=datetime.now(UTC), actor="meshca", action="admin-token.create",
+        target="bootstrap-admin", outcome="ok", detail="admin"))
+    write_private_file(settings.data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
+    log.info("created the first admin token in %s", settings.data_dir / ADMIN_TOKEN_FILE)
+
+
+async def start_admin(settings: Settings, authority: SigningAuthority, clock: Clock) -> AdminServer:
+    engine = open_engine(database_url(settings))
+    context = AdminContext(
+        engine=engine, inventory=SqlInventory(engine), tokens=SqlAdminTokens(engine),
+        ca=SqlCaRepository(engine), authority=lambda: authority, clock=clock,
+        keys=FileKeyStore(settings.data_dir),
+    )
+    bootstrap_admin_token(settings, context.tokens)
+    authenticator = AdminAuthenticator(
+        tokens=context.tokens,
+        service_account_tokens=token_authenticator(settings, clock, settings.admin_token_audiences),
+        service_accounts=dict(settings.admin_service_accounts),
+        spiffe_ids=dict(settings.admin_spiffe_ids),
+        certificate_usable=context.inventory.usable,
+    )
+    peers = PeerCertificates()
+    app = create_app(context, authenticator, peers)
+    upstream = listen_socket("127.0.0.1", 0, reuse_port=False)
+    server = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", access_log=False,
+                                             lifespan="off", server_header=False))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[upstream]))
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it
+        await asyncio.sleep(0.01)
+    chain_file, key_file = tls_files(settings)
+    front = TlsFront(
+        int(upstream.getsockname()[1]),
+        lambda: server_ssl_context(str(chain_file), str(key_file), authority.bundle.pem,
+                                   alpn=("http/1.1",)),
+        peers,
+    )
+    host, port = split_host_port(settings.admin_addr)
+    sock = listen_socket(host, port, reuse_port=False)
+    await front.start(sock)
+    return AdminServer(f"{host}:{sock.getsockname()[1]}", front, server, task)

@@ -1,0 +1,125 @@
+"""Once per start, before any worker: data dir, schema, CA, bundle file, serving cert."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from meshca.config import Settings, split_host_port
+from meshca.core.authority import SigningAuthority
+from meshca.core.clock import Clock
+from meshca.core.jwt import VerificationKey
+from meshca.core.sa_token import TokenRules
+from meshca.infra.db.ca_repository import SqlCaRepository
+from meshca.infra.db.engine import database_url_for, migrate, open_engine
+from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
+from meshca.infra.jwks_source import load_jwks
+from meshca.infra.keyfiles import FileKeyStore, private_key_pem, write_private_file
+from meshca.service.authentication import JwksTokenAuthenticator
+from meshca.service.ca_setup import CaProfile, ensure_signing_authority
+from meshca.service.serving_cert import issue_serving_certificate
+
+log = logging.getLogger("meshca")
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    # Everything meshca creates is private unless it says otherwise (the bundle is 0644).
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or database_url_for(settings.data_dir)
+
+
+def tls_files(settings: Settings) -> tuple[Path, Path]:
+    tls_dir = settings.data_dir / "tls"
+    return tls_dir / "grpc-chain.pem", tls_dir / "grpc-key.pem"
+
+
+def token_authenticator(settings: Settings, clock: Clock,
+                        audiences: tuple[str, ...] | None = None) -> JwksTokenAuthenticator:
+    """Sidecar tokens by default; the admin API passes its own audiences."""
+    keys: Mapping[str, VerificationKey]
+    if settings.token_issuer is None:
+        keys = DevIssuer.load_or_create(settings.data_dir).public_keys()
+        issuer = DEV_ISSUER
+    else:
+        if settings.token_jwks is None:
+            raise SystemExit("--token-issuer needs --token-jwks (a file or URL of the issuer's keys)")
+        keys = load_jwks(settings.token_jwks)
+        issuer = settings.token_issuer
+    rules = TokenRules(
+        issuer=issuer,
+        audiences=frozenset(audiences or settings.token_audiences),
+        skew_seconds=int(settings.token_skew.total_seconds()),
+    )
+    return JwksTokenAuthenticator(rules, lambda: keys, clock)
+
+
+def _warn_if_development_issuer(settings: Settings) -> None:
+    if settings.token_issuer is None:
+        log.warning(
+            "\n%s\nDEVELOPMENT TOKEN ISSUER IN USE: no --token-issuer was given, so meshca trusts\n"
+            "tokens signed by the key in %s. Anyone who can read that file can\n"
+            "mint any identity. Configure --token-issuer and --token-jwks for production.\n%s",
+            "!" * 78, settings.data_dir / "dev-token-issuer.key", "!" * 78,
+        )
+
+
+def write_bundle(settings: Settings, authority: SigningAuthority) -> None:
+    path = settings.bundle_path
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(authority.bundle.pem)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def prepare(settings: Settings, clock: Clock) -> SigningAuthority:
+    """Once per start, before any worker: schema, CA, bundle file, serving certificate."""
+    prepare_data_dir(settings.data_dir)
+    engine = open_engine(database_url(settings))
+    try:
+        migrate(engine)
+        profile = CaProfile(
+            key_type=settings.ca_key_type,
+            trust_domain=settings.trust_domain,
+            organization=settings.ca_organization,
+            root_ttl=settings.root_ttl,
+            intermediate_ttl=settings.intermediate_ttl,
+            intermediate_min_remaining=settings.max_ttl * 2,
+        )
+        authority = ensure_signing_authority(
+            SqlCaRepository(engine), FileKeyStore(settings.data_dir), profile, clock
+        )
+    finally:
+        engine.dispose()
+    write_bundle(settings, authority)
+    token_authenticator(settings, clock)  # fail now, once, on a bad issuer configuration
+    _warn_if_development_issuer(settings)
+    grpc_host, _ = split_host_port(settings.grpc_addr)
+    serving = issue_serving_certificate(
+        authority, [*settings.server_dns_names, grpc_host], settings.trust_domain, clock
+    )
+    chain_file, key_file = tls_files(settings)
+    write_private_file(key_file, private_key_pem(serving.key))
+    write_private_file(chain_file, serving.chain_pem.encode())
+    return authority
+
+
+def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
