@@ -16,7 +16,17 @@ class MeshcaError(Exception):
 
 
 class AuthenticationError(MeshcaError):
-    """The caller's credentials are missing, malformed or not acceptable."""
+    """The caller's credentials are missing, malformed or not acceptable.
+
+    `reason` is a short fixed code for metrics (e.g. "expired", "audience"); `cacheable` is
+    False when the refusal says nothing about the token itself (an API server was down), so
+    caches must not remember it.
+    """
+
+    def __init__(self, message: str, *, reason: str = "invalid", cacheable: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.cacheable = cacheable
 
 
 class PermissionDenied(MeshcaError):

@@ -59,28 +59,34 @@ def b64url_encode(data: bytes) -> str:
 def decode(token: str) -> Jws:
     """Split and decode a compact JWS; nothing is trusted yet."""
     if len(token) > MAX_TOKEN_BYTES:
-        raise AuthenticationError(f"token is longer than {MAX_TOKEN_BYTES} bytes")
+        raise AuthenticationError(f"token is longer than {MAX_TOKEN_BYTES} bytes", reason="too_large")
     parts = token.split(".")
     if len(parts) != 3:
-        raise AuthenticationError("token is not a compact JWS (three dot-separated parts)")
+        raise AuthenticationError(
+            "token is not a compact JWS (three dot-separated parts)", reason="malformed"
+        )
     try:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
     except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         # RecursionError: JSON nested too deeply for the parser, still just a malformed token.
-        raise AuthenticationError("token is not valid base64url-encoded JSON") from None
+        raise AuthenticationError("token is not valid base64url-encoded JSON", reason="malformed") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise AuthenticationError("token header and claims must be JSON objects")
+        raise AuthenticationError("token header and claims must be JSON objects", reason="malformed")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALGORITHMS:
-        raise AuthenticationError("token algorithm is not accepted; RS256 or ES256 required")
+        raise AuthenticationError(
+            "token algorithm is not accepted; RS256 or ES256 required", reason="algorithm"
+        )
     if "crit" in header:
-        raise AuthenticationError("token carries critical header parameters meshca does not know")
+        raise AuthenticationError(
+            "token carries critical header parameters meshca does not know", reason="malformed"
+        )
     # Only now the signature, so that `alg: none` with its empty signature is named as such.
     try:
         signature = b64url_decode(parts[2])
     except (ValueError, binascii.Error):
-        raise AuthenticationError("token signature is not valid base64url") from None
+        raise AuthenticationError("token signature is not valid base64url", reason="malformed") from None
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     return Jws(header, claims, signing_input, signature)
 
@@ -90,18 +96,22 @@ def verify(jws: Jws, key: VerificationKey) -> None:
     try:
         if jws.alg == "RS256":
             if not isinstance(key, rsa.RSAPublicKey):
-                raise AuthenticationError("token algorithm does not match the issuer key type")
+                raise AuthenticationError(
+                    "token algorithm does not match the issuer key type", reason="algorithm"
+                )
             key.verify(jws.signature, jws.signing_input, padding.PKCS1v15(), hashes.SHA256())
             return
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise AuthenticationError("token algorithm does not match the issuer key type")
+            raise AuthenticationError(
+                "token algorithm does not match the issuer key type", reason="algorithm"
+            )
         if len(jws.signature) != 64:
-            raise AuthenticationError("token signature has the wrong length for ES256")
+            raise AuthenticationError("token signature has the wrong length for ES256", reason="signature")
         r = int.from_bytes(jws.signature[:32], "big")
         s = int.from_bytes(jws.signature[32:], "big")
         key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise AuthenticationError("token signature does not verify") from None
+        raise AuthenticationError("token signature does not verify", reason="signature") from None
 
 
 def sign(claims: dict[str, Any], key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str) -> str:

@@ -35,10 +35,10 @@ class TokenRules:
 def parse_subject(sub: object) -> tuple[str, str]:
     """`system:serviceaccount:<ns>:<sa>` → (ns, sa)."""
     if not isinstance(sub, str) or not sub.startswith(_SUBJECT_PREFIX):
-        raise AuthenticationError("token subject is not a Kubernetes service account")
+        raise AuthenticationError("token subject is not a Kubernetes service account", reason="subject")
     parts = sub[len(_SUBJECT_PREFIX):].split(":")
     if len(parts) != 2 or not all(parts):
-        raise AuthenticationError("token subject is not a Kubernetes service account")
+        raise AuthenticationError("token subject is not a Kubernetes service account", reason="subject")
     return parts[0], parts[1]
 
 
@@ -46,19 +46,23 @@ def check_claims(claims: dict[str, Any], rules: TokenRules, now: float) -> Servi
     """Check issuer, audience, times, subject and the `kubernetes.io` claim; return who it is."""
     iss = claims.get("iss")
     if iss == LEGACY_ISSUER:
-        raise AuthenticationError("legacy secret-based service-account tokens are not accepted")
+        raise AuthenticationError(
+            "legacy secret-based service-account tokens are not accepted", reason="legacy"
+        )
     if iss != rules.issuer:
-        raise AuthenticationError("token issuer is not the configured issuer")
+        raise AuthenticationError("token issuer is not the configured issuer", reason="issuer")
     if not _audience_matches(claims.get("aud"), rules.audiences):
-        raise AuthenticationError("token audience does not include an accepted audience")
+        raise AuthenticationError("token audience does not include an accepted audience", reason="audience")
     _check_times(claims, rules.skew_seconds, now)
     namespace, name = parse_subject(claims.get("sub"))
     k8s = claims.get("kubernetes.io")
     if not isinstance(k8s, dict):
-        raise AuthenticationError("token lacks the kubernetes.io claim of a projected token")
+        raise AuthenticationError(
+            "token lacks the kubernetes.io claim of a projected token", reason="subject"
+        )
     sa = k8s.get("serviceaccount")
     if k8s.get("namespace") != namespace or not isinstance(sa, dict) or sa.get("name") != name:
-        raise AuthenticationError("token subject and kubernetes.io claim disagree")
+        raise AuthenticationError("token subject and kubernetes.io claim disagree", reason="subject")
     pod = _object_or_empty(k8s.get("pod"))
     node = _object_or_empty(k8s.get("node"))
     return ServiceAccount(
@@ -82,25 +86,27 @@ def _audience_matches(aud: object, accepted: frozenset[str]) -> bool:
 def _check_times(claims: dict[str, Any], skew: int, now: float) -> None:
     exp = claims.get("exp")
     if exp is None:
-        raise AuthenticationError("token never expires (no exp claim)")
+        raise AuthenticationError("token never expires (no exp claim)", reason="legacy")
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise AuthenticationError(f"token {name} claim is not a number")
+            raise AuthenticationError(f"token {name} claim is not a number", reason="malformed")
         # JSON allows NaN, Infinity and integers too large for a float: none is a NumericDate.
         finite = isinstance(value, int) or math.isfinite(value)
         if not finite or abs(value) > _MAX_NUMERIC_DATE:
-            raise AuthenticationError(f"token {name} claim is not a finite number of seconds")
+            raise AuthenticationError(
+                f"token {name} claim is not a finite number of seconds", reason="malformed"
+            )
     if now > float(exp) + skew:
-        raise AuthenticationError("token has expired")
+        raise AuthenticationError("token has expired", reason="expired")
     nbf = claims.get("nbf")
     if nbf is not None and now + skew < float(nbf):
-        raise AuthenticationError("token is not valid yet (nbf)")
+        raise AuthenticationError("token is not valid yet (nbf)", reason="not_yet_valid")
     iat = claims.get("iat")
     if iat is not None and now + skew < float(iat):
-        raise AuthenticationError("token was issued in the future (iat)")
+        raise AuthenticationError("token was issued in the future (iat)", reason="not_yet_valid")
 
 
 def _object_or_empty(value: object) -> dict[str, Any]:
