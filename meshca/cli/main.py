@@ -1,4 +1,4 @@
-"""`meshca serve | request | dev token`."""
+"""`meshca serve | request | dev token | admin …`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from meshca.cli.admin import add_admin_parser
 from meshca.cli.durations import parse_duration
 from meshca.config import DEFAULT_DNS_NAMES, Settings
 from meshca.core.keys import KeyType
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=parse_duration, default=parse_duration("1h"))
     token.add_argument("--pod-name")
     token.add_argument("--node-name")
+
+    add_admin_parser(commands)
     return parser
 
 
@@ -167,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from meshca.cli.request import run_request
 
         return run_request(args)
+    if args.command == "admin":
+        from meshca.cli.admin import run_admin
+
+        return run_admin(args)
     if args.command == "dev":
         from meshca.infra.dev_issuer import DevIssuer
 
