@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshca.core.keys import SigningKey
 from meshca.core.sa_token import ServiceAccount
@@ -70,3 +70,66 @@ class KeyStore(Protocol):
         ...
 
     def load(self, location: str) -> SigningKey: ...
+
+
+class KubeApiError(Exception):
+    """A Kubernetes API server could not be asked, or refused to answer."""
+
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReviewResult:
+    authenticated: bool
+    username: str
+    groups: tuple[str, ...]
+    extra: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    audiences: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    name: str
+    namespace: str
+    uid: str
+    service_account: str
+    node_name: str
+
+
+class KubeApiPort(Protocol):
+    """One cluster's API server. Calls block; callers run them in a thread pool."""
+
+    cluster: str
+
+    def token_review(self, token: str, audiences: list[str]) -> TokenReviewResult: ...
+
+    def pod(self, namespace: str, name: str) -> PodInfo | None: ...
+
+    def pods_on_node(self, namespace: str, node: str) -> list[PodInfo]: ...
+
+    def get_json(self, path: str) -> dict[str, Any]: ...
+
+
+class AuthMetrics(Protocol):
+    """What token authentication reports; the transport layer exports it."""
+
+    def token_cache(self, outcome: str) -> None:
+        """outcome: "hit", "miss", "negative_hit" or "coalesced"."""
+        ...
+
+    def kube_call(self, kind: str, seconds: float, ok: bool) -> None:
+        """kind: "tokenreview", "pod", "pods" or "discovery"."""
+        ...
+
+
+class NoAuthMetrics:
+    def token_cache(self, outcome: str) -> None:
+        pass
+
+    def kube_call(self, kind: str, seconds: float, ok: bool) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""The Kubernetes API through the official `kubernetes` client (the only package importing it)."""
