@@ -1,0 +1,1114 @@
+"""An in-test Kubernetes API server, spoken to over HTTPS by the real `kubernetes` client.
+
+`FakeKubeApi` answers the handful of endpoints meshca uses exactly as a kube-apiserver does:
+status codes, `Status` error bodies, content types and the `Retry-After` header. It is its own
+service-account issuer, so it mints projected (and legacy) tokens and judges them in
+TokenReviews by the rules of Kubernetes' service-account authenticator: signature by one of
+the issuer's keys, time claims with go-jose's one-minute leeway, audiences intersected with
+the requested ones, and the bound service account / pod / node still existing with the uid
+the token names.
+
+Token checks here are written independently of meshca's own JWT code (only `sign` and
+`to_jwk` are borrowed, to mint and publish), so a bug in meshca's verifier cannot hide
+behind the same bug in the fake.
+
+Usage::
+
+    with FakeKubeApi() as kube:
+        kube.add_service_account("default", "app")
+        kube.add_pod("default", "app-1", service_account="app", node="node-a")
+        token = kube.mint("default", "app", pod="app-1")
+        kube.kubeconfig(tmp_path / "kubeconfig")
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import errno
+import hashlib
+import ipaddress
+import json
+import secrets
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshca.core.jwks import to_jwk
+from meshca.core.jwt import sign
+
+__all__ = ["LEGACY_ISSUER", "FakeKubeApi"]
+
+LEGACY_ISSUER = "kubernetes/serviceaccount"
+TOKENREVIEWS_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/openid/v1/jwks"
+# go-jose's jwt.DefaultLeeway, which Kubernetes' claim validation uses.
+LEEWAY_SECONDS = 60
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+_POD_FIELDS = (
+    "metadata.name", "metadata.namespace", "spec.nodeName", "spec.serviceAccountName", "status.phase",
+)
+
+
+def _rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _go_quote_list(values: Iterable[str]) -> str:
+    """Go's `%q` of a []string: `["a" "b"]`."""
+    return "[" + " ".join(json.dumps(v) for v in values) + "]"
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _kid_for(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    # kube-apiserver's kid: base64url(SHA-256(DER SubjectPublicKeyInfo)).
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def _status_body(
+    code: int, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason if reason is not None else _REASONS.get(code, ""),
+    }
+    if details is not None:
+        body["details"] = details
+    body["code"] = code
+    return body
+
+
+class _InvalidToken(Exception):
+    """A TokenReview verdict of 'not authenticated', carrying the API server's error text."""
+
+
+@dataclass
+class _SigningKey:
+    kid: str
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    alg: str
+
+    @property
+    def public(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+        return self.private.public_key()
+
+
+@dataclass
+class _Pod:
+    namespace: str
+    name: str
+    uid: str
+    service_account: str
+    node: str | None
+    created: float
+    resource_version: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Fault:
+    prefix: str
+    status: int
+    remaining: int | None
+    retry_after: int | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class _Route:
+    kind: str  # tokenreviews, pod, pods, discovery, jwks, other
+    allowed_methods: tuple[str, ...] = ()
+    namespace: str | None = None
+    name: str | None = None
+
+
+def _route(path: str) -> _Route:
+    if path == TOKENREVIEWS_PATH:
+        return _Route("tokenreviews", ("POST",))
+    if path == DISCOVERY_PATH:
+        return _Route("discovery", ("GET",))
+    if path == JWKS_PATH:
+        return _Route("jwks", ("GET",))
+    parts = [unquote(p) for p in path.split("/")]
+    if parts == ["", "api", "v1", "pods"]:
+        return _Route("pods", ("GET",))
+    if len(parts) in (6, 7) and parts[:4] == ["", "api", "v1", "namespaces"] and parts[5] == "pods":
+        if not parts[4]:
+            return _Route("other")
+        if len(parts) == 6:
+            return _Route("pods", ("GET",), namespace=parts[4])
+        if parts[6]:
+            return _Route("pod", ("GET",), namespace=parts[4], name=parts[6])
+    return _Route("other")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeKubeApi, context: ssl.SSLContext) -> None:
+        self.fake = fake
+        self.ssl_context = context
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would resolve the host name (socket.getfqdn), which can stall.
+        socketserver_bind = super(HTTPServer, self).server_bind
+        socketserver_bind()
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        # The handshake happens in the connection's own thread (finish_request), so a client
+        # that never completes it cannot stall the accept loop.
+        return self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(10)
+            request.do_handshake()
+        except (OSError, ssl.SSLError):
+            return
+        self.fake._track(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            self.fake._untrack(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Connections torn down by go_down()/stop() or by clients are expected here.
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 300  # idle keep-alive connections are closed after this long
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        try:
+            self.server.fake._dispatch(self)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def reply(
+        self,
+        code: int,
+        body: Mapping[str, Any] | bytes,
+        *,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        data = body if isinstance(body, bytes) else (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        # Like kube-apiserver: no Server header, Audit-Id on everything.
+        self.send_response_only(code)
+        self.send_header("Date", self.date_time_string())
+        self.send_header("Audit-Id", str(uuid.uuid4()))
+        self.send_header("Cache-Control", "no-cache, private")
+        self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.wfile.flush()
+
+
+class FakeKubeApi:
+    """A kube-apiserver stand-in on https://127.0.0.1:PORT (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: str = "ES256",
+        accept_legacy: bool = False,
+        client_user: str = "system:serviceaccount:meshca:meshca",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if algorithm not in ("ES256", "RS256"):
+            raise ValueError("algorithm must be ES256 or RS256")
+        self.accept_legacy = accept_legacy
+        self.client_user = client_user
+        self.client_token = secrets.token_urlsafe(32)
+        self.clock = clock
+        self._algorithm = algorithm
+        self._lock = threading.RLock()
+        self._calls: Counter[tuple[str, str]] = Counter()
+        self._service_accounts: dict[tuple[str, str], str] = {}
+        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._nodes: dict[str, str] = {}
+        self._resource_version = 1000
+        self._faults: list[_Fault] = []
+        self._delays: list[tuple[str, float]] = []
+        self._keys: list[_SigningKey] = [self._new_key(algorithm)]
+        self._connections: set[Any] = set()
+        self._ca_pem, self._ssl_context = self._make_tls()
+        self._server: _Server | None = _Server(("127.0.0.1", 0), self, self._ssl_context)
+        self._port = int(self._server.server_address[1])
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> FakeKubeApi:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Serve (idempotent). The port is already bound by the constructor."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("FakeKubeApi was stopped")
+            if self._server is None:
+                self._server = self._bind()
+            if self._thread is None:
+                server = self._server
+                self._thread = threading.Thread(
+                    target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                    name=f"fake-kube-api-{self._port}", daemon=True,
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        self.go_down()
+        self._stopped = True
+
+    def go_down(self) -> None:
+        """Stop accepting (connection refused) and drop open connections; keep all state."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server, self._thread = None, None
+            connections = list(self._connections)
+        if server is None:
+            return
+        if thread is not None:
+            server.shutdown()
+            thread.join(timeout=5)
+        server.server_close()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def come_up(self) -> None:
+        """Serve again on the same port, with the same state, keys and certificate."""
+        self.start()
+
+    def _bind(self) -> _Server:
+        for _ in range(50):
+            try:
+                return _Server(("127.0.0.1", self._port), self, self._ssl_context)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                time.sleep(0.1)
+        raise RuntimeError(f"port {self._port} stayed busy")
+
+    def _track(self, conn: Any) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn: Any) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    # ----------------------------------------------------------------- addresses, TLS
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self._port}"
+
+    @property
+    def issuer(self) -> str:
+        return self.url
+
+    @property
+    def ca_pem(self) -> str:
+        return self._ca_pem
+
+    @property
+    def api_audiences(self) -> list[str]:
+        """kube-apiserver's --api-audiences (defaults to the issuer)."""
+        return [self.issuer]
+
+    def kubeconfig(self, path: str | Path, *, namespace: str = "meshca") -> Path:
+        """Write a kubeconfig for this server (JSON, which is YAML) and return its path."""
+        path = Path(path)
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {
+                "server": self.url,
+                "certificate-authority-data": base64.b64encode(self._ca_pem.encode()).decode(),
+            }}],
+            "users": [{"name": "meshca", "user": {"token": self.client_token}}],
+            "contexts": [{"name": "fake", "context": {
+                "cluster": "fake", "user": "meshca", "namespace": namespace,
+            }}],
+            "current-context": "fake",
+            "preferences": {},
+        }
+        path.write_text(json.dumps(doc, indent=2))
+        return path
+
+    @staticmethod
+    def _make_tls() -> tuple[str, ssl.SSLContext]:
+        now = dt.datetime.now(dt.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"fake-kube-ca-{secrets.token_hex(4)}")])
+        ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name).issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ca_ski, critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+        chain_pem = cert.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # load_cert_chain wants files; they are only needed for the duration of the call.
+        with tempfile.TemporaryDirectory(prefix="fake-kube-tls-") as tmp:
+            cert_file, key_file = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+            cert_file.write_bytes(chain_pem)
+            key_file.write_bytes(key_pem)
+            key_file.chmod(0o600)
+            context.load_cert_chain(cert_file, key_file)
+        return ca_pem, context
+
+    # ----------------------------------------------------------------- issuer keys
+
+    @staticmethod
+    def _new_key(algorithm: str) -> _SigningKey:
+        private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+        if algorithm == "RS256":
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            private = ec.generate_private_key(ec.SECP256R1())
+        return _SigningKey(_kid_for(private.public_key()), private, algorithm)
+
+    def rotate_key(self, *, drop_old: bool = False, algorithm: str | None = None) -> str:
+        """Add a new signing key and make it current; returns its kid."""
+        key = self._new_key(algorithm or self._algorithm)
+        with self._lock:
+            if drop_old:
+                self._keys.clear()
+            self._keys.append(key)
+        return key.kid
+
+    @property
+    def current_kid(self) -> str:
+        with self._lock:
+            return self._keys[-1].kid
+
+    @property
+    def public_keys(self) -> dict[str, rsa.RSAPublicKey | ec.EllipticCurvePublicKey]:
+        with self._lock:
+            return {k.kid: k.public for k in self._keys}
+
+    def jwks(self) -> dict[str, Any]:
+        with self._lock:
+            return {"keys": [to_jwk(k.public, k.kid) for k in self._keys]}
+
+    def openid_configuration(self) -> dict[str, Any]:
+        with self._lock:
+            algs = sorted({k.alg for k in self._keys})
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": self.issuer + JWKS_PATH,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": algs,
+        }
+
+    # ----------------------------------------------------------------- cluster state
+
+    def _bump(self) -> int:
+        self._resource_version += 1
+        return self._resource_version
+
+    def add_service_account(self, namespace: str, name: str) -> str:
+        """Create (or recreate, with a fresh uid) a ServiceAccount; returns its uid."""
+        uid = str(uuid.uuid4())
+        with self._lock:
+            self._service_accounts[(namespace, name)] = uid
+            self._bump()
+        return uid
+
+    def delete_service_account(self, namespace: str, name: str) -> None:
+        with self._lock:
+            del self._service_accounts[(namespace, name)]
+            self._bump()
+
+    def service_account_uid(self, namespace: str, name: str) -> str | None:
+        with self._lock:
+            return self._service_accounts.get((namespace, name))
+
+    def add_node(self, name: str) -> str:
+        """Register a Node (idempotent); returns its uid."""
+        with self._lock:
+            if name not in self._nodes:
+                self._nodes[name] = str(uuid.uuid4())
+                self._bump()
+            return self._nodes[name]
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            del self._nodes[name]
+            self._bump()
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        service_account: str = "default",
+        node: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create (or recreate, with a fresh uid) a running Pod; returns its uid."""
+        uid = str(uuid.uuid4())
+        with self._lock:
+            if node is not None:
+                self.add_node(node)
+            self._pods[(namespace, name)] = _Pod(
+                namespace, name, uid, service_account, node, self.clock(), self._bump(), dict(labels or {})
+            )
+        return uid
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self._lock:
+            del self._pods[(namespace, name)]
+            self._bump()
+
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        with self._lock:
+            pod = self._pods.get((namespace, name))
+            return pod.uid if pod else None
+
+    # ----------------------------------------------------------------- tokens
+
+    def mint(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        audiences: Iterable[str] = ("istio-ca",),
+        ttl: int = 3600,
+        pod: str | None = None,
+        node: str | None = None,
+        now: float | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
+        legacy: bool = False,
+    ) -> str:
+        """A token as the TokenRequest API (or, `legacy=True`, a token Secret) would issue it.
+
+        The service account (and pod) must exist, as for the real API. A pod-bound token also
+        carries the pod's node, like kubelet-requested tokens since Kubernetes 1.30.
+        `extra_claims` are merged last; a value of None removes that claim.
+        """
+        with self._lock:
+            sa_uid = self._service_accounts.get((namespace, service_account))
+            if sa_uid is None:
+                raise KeyError(f'serviceaccounts "{service_account}" not found in namespace "{namespace}"')
+            sub = f"system:serviceaccount:{namespace}:{service_account}"
+            claims: dict[str, Any]
+            if legacy:
+                claims = {
+                    "iss": LEGACY_ISSUER,
+                    "kubernetes.io/serviceaccount/namespace": namespace,
+                    "kubernetes.io/serviceaccount/secret.name": (
+                        f"{service_account}-token-{secrets.token_hex(3)[:5]}"
+                    ),
+                    "kubernetes.io/serviceaccount/service-account.name": service_account,
+                    "kubernetes.io/serviceaccount/service-account.uid": sa_uid,
+                    "sub": sub,
+                }
+            else:
+                issued = int(self.clock() if now is None else now)
+                kube: dict[str, Any] = {
+                    "namespace": namespace,
+                    "serviceaccount": {"name": service_account, "uid": sa_uid},
+                }
+                if pod is not None:
+                    bound = self._pods.get((namespace, pod))
+                    if bound is None:
+                        raise KeyError(f'pods "{pod}" not found')
+                    if bound.service_account != service_account:
+                        raise ValueError(
+                            f'the API object\'s service account "{bound.service_account}" does not match '
+                            f'"{service_account}"'
+                        )
+                    kube["pod"] = {"name": pod, "uid": bound.uid}
+                    node = node if node is not None else bound.node
+                if node is not None:
+                    kube["node"] = {"name": node, "uid": self.add_node(node)}
+                claims = {
+                    "aud": list(audiences) or self.api_audiences,
+                    "exp": issued + int(ttl),
+                    "iat": issued,
+                    "iss": self.issuer,
+                    "jti": str(uuid.uuid4()),
+                    "kubernetes.io": kube,
+                    "nbf": issued,
+                    "sub": sub,
+                }
+            for name, value in (extra_claims or {}).items():
+                if value is None:
+                    claims.pop(name, None)
+                else:
+                    claims[name] = value
+            key = self._keys[-1]
+        return sign(claims, key.private, key.kid)
+
+    def _authenticate_token(self, token: str, requested: list[str]) -> dict[str, Any]:
+        """The service-account authenticator; returns a TokenReview status or raises _InvalidToken."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise _InvalidToken("invalid bearer token")
+        try:
+            header = json.loads(_b64url_decode(parts[0]))
+            claims = json.loads(_b64url_decode(parts[1]))
+            signature = _b64url_decode(parts[2])
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise _InvalidToken("invalid bearer token") from None
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise _InvalidToken("invalid bearer token")
+        iss = claims.get("iss")
+        legacy = iss == LEGACY_ISSUER
+        # A token from an issuer this server does not serve is simply not recognised.
+        if iss != self.issuer and not (legacy and self.accept_legacy):
+            raise _InvalidToken("invalid bearer token")
+
+        def fail(detail: str) -> _InvalidToken:
+            return _InvalidToken(f"[invalid bearer token, {detail}]")
+
+        self._check_signature(header, f"{parts[0]}.{parts[1]}".encode("ascii"), signature, fail)
+
+        if legacy:
+            namespace = claims.get("kubernetes.io/serviceaccount/namespace")
+            sa_name = claims.get("kubernetes.io/serviceaccount/service-account.name")
+            sa_uid = claims.get("kubernetes.io/serviceaccount/service-account.uid")
+            if not all(isinstance(v, str) and v for v in (namespace, sa_name, sa_uid)):
+                raise fail("service account token claims could not be validated")
+            token_auds: list[str] = []
+        else:
+            now = self.clock()
+            for name in ("exp", "nbf", "iat"):
+                if name in claims and not isinstance(claims[name], int | float):
+                    raise fail(f"go-jose/go-jose/jwt: invalid {name} claim")
+            if "exp" in claims and now - LEEWAY_SECONDS > claims["exp"]:
+                raise fail("service account token has expired")
+            if "nbf" in claims and now + LEEWAY_SECONDS < claims["nbf"]:
+                raise fail("service account token is not valid yet")
+            if "iat" in claims and now + LEEWAY_SECONDS < claims["iat"]:
+                raise fail("service account token is issued in the future")
+            aud = claims.get("aud", [])
+            token_auds = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)]
+        # pkg/serviceaccount/jwt.go: empty token audiences mean the API server's own.
+        if not token_auds:
+            token_auds = self.api_audiences
+        granted = [a for a in token_auds if a in requested]
+        if not granted:
+            raise fail(
+                f"token audiences {_go_quote_list(token_auds)} is invalid for the target audiences "
+                f"{_go_quote_list(requested)}"
+            )
+        if legacy:
+            return self._check_bound_objects(
+                str(namespace), str(sa_name), str(sa_uid), None, None, None, granted, fail
+            )
+        kube = claims.get("kubernetes.io")
+        if not isinstance(kube, dict) or not isinstance(kube.get("serviceaccount"), dict):
+            raise fail("service account token claims could not be validated")
+        sa = kube["serviceaccount"]
+        namespace, sa_name, sa_uid = kube.get("namespace"), sa.get("name"), sa.get("uid")
+        if not all(isinstance(v, str) and v for v in (namespace, sa_name, sa_uid)):
+            raise fail("service account token claims could not be validated")
+        if claims.get("sub") != f"system:serviceaccount:{namespace}:{sa_name}":
+            raise fail("service account token claims could not be validated")
+        pod_ref = kube.get("pod") if isinstance(kube.get("pod"), dict) else None
+        node_ref = kube.get("node") if isinstance(kube.get("node"), dict) else None
+        jti = claims.get("jti") if isinstance(claims.get("jti"), str) else None
+        return self._check_bound_objects(
+            str(namespace), str(sa_name), str(sa_uid), pod_ref, node_ref, jti, granted, fail
+        )
+
+    def _check_signature(
+        self,
+        header: dict[str, Any],
+        signing_input: bytes,
+        signature: bytes,
+        fail: Callable[[str], _InvalidToken],
+    ) -> None:
+        alg = header.get("alg")
+        with self._lock:
+            keys = list(self._keys)
+        kid = header.get("kid")
+        candidates = [k for k in keys if k.kid == kid] or keys
+        for key in candidates:
+            if alg != key.alg:
+                continue
+            public = key.public
+            try:
+                if isinstance(public, rsa.RSAPublicKey):
+                    public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+                else:
+                    if len(signature) != 64:
+                        continue
+                    der = encode_dss_signature(
+                        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                    )
+                    public.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+                return
+            except InvalidSignature:
+                continue
+        raise fail("go-jose/go-jose: error in cryptographic primitive")
+
+    def _check_bound_objects(
+        self,
+        namespace: str,
+        sa_name: str,
+        sa_uid: str,
+        pod_ref: dict[str, Any] | None,
+        node_ref: dict[str, Any] | None,
+        jti: str | None,
+        audiences: list[str],
+        fail: Callable[[str], _InvalidToken],
+    ) -> dict[str, Any]:
+        extra: dict[str, list[str]] = {}
+        with self._lock:
+            current_sa_uid = self._service_accounts.get((namespace, sa_name))
+            if current_sa_uid is None:
+                raise fail("service account token has been invalidated")
+            if current_sa_uid != sa_uid:
+                raise fail(f"service account UID ({current_sa_uid}) does not match claim ({sa_uid})")
+            if pod_ref is not None:
+                pod = self._pods.get((namespace, str(pod_ref.get("name"))))
+                if pod is None:
+                    raise fail("service account token has been invalidated")
+                if pod.uid != pod_ref.get("uid"):
+                    raise fail(f"pod UID ({pod.uid}) does not match claim ({pod_ref.get('uid')})")
+                extra["authentication.kubernetes.io/pod-name"] = [pod.name]
+                extra["authentication.kubernetes.io/pod-uid"] = [pod.uid]
+            if node_ref is not None:
+                node_name, node_uid = str(node_ref.get("name")), str(node_ref.get("uid"))
+                # Only node-bound tokens (no pod) are checked against the Node object.
+                if pod_ref is None:
+                    current_node_uid = self._nodes.get(node_name)
+                    if current_node_uid is None:
+                        raise fail("service account token has been invalidated")
+                    if current_node_uid != node_uid:
+                        raise fail(f"node UID ({current_node_uid}) does not match claim ({node_uid})")
+                extra["authentication.kubernetes.io/node-name"] = [node_name]
+                extra["authentication.kubernetes.io/node-uid"] = [node_uid]
+        if jti:
+            extra["authentication.kubernetes.io/credential-id"] = [f"JTI={jti}"]
+        user: dict[str, Any] = {
+            "username": f"system:serviceaccount:{namespace}:{sa_name}",
+            "uid": sa_uid,
+            "groups": [
+                "system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated",
+            ],
+        }
+        if extra:
+            user["extra"] = extra
+        return {"authenticated": True, "user": user, "audiences": audiences}
+
+    # ----------------------------------------------------------------- faults, counters
+
+    def fail(
+        self,
+        path_prefix: str,
+        status: int,
+        *,
+        times: int | None = None,
+        retry_after: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer requests whose path starts with `path_prefix` with the API's `Status` error.
+
+        `times=None` means until clear_faults(); faults are consulted in the order added.
+        """
+        if status not in _REASONS:
+            raise ValueError(f"no Status shape known for HTTP {status}")
+        with self._lock:
+            self._faults.append(_Fault(path_prefix, status, times, retry_after, message))
+
+    def delay(self, path_prefix: str, seconds: float) -> None:
+        """Add latency before answering requests whose path starts with `path_prefix`."""
+        with self._lock:
+            self._delays.append((path_prefix, seconds))
+
+    def clear_faults(self) -> None:
+        """Remove all injected faults and delays."""
+        with self._lock:
+            self._faults.clear()
+            self._delays.clear()
+
+    @property
+    def calls(self) -> Counter[tuple[str, str]]:
+        """A snapshot: (method, kind) -> requests received, kind one of tokenreviews, pod,
+        pods, discovery, jwks, other. Every request that reached the server counts, including
+        ones answered with an error."""
+        with self._lock:
+            return Counter(self._calls)
+
+    def reset_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    # ----------------------------------------------------------------- HTTP
+
+    def _dispatch(self, req: _Handler) -> None:
+        target = urlsplit(req.path)
+        path = target.path
+        query = parse_qs(target.query)
+        route = _route(path)
+        try:
+            length = int(req.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            req.close_connection = True
+            req.reply(400, _status_body(400, "invalid Content-Length", details={}))
+            return
+        body = req.rfile.read(length) if length > 0 else b""
+        with self._lock:
+            self._calls[(req.command, route.kind)] += 1
+            pause = sum(s for prefix, s in self._delays if path.startswith(prefix))
+            fault = next((f for f in self._faults if path.startswith(f.prefix) and f.remaining != 0), None)
+            if fault is not None and fault.remaining is not None:
+                fault.remaining -= 1
+        if pause > 0:
+            time.sleep(pause)
+
+        authz = req.headers.get("Authorization")
+        presented = authz[len("Bearer "):].strip() if authz and authz.startswith("Bearer ") else None
+        authenticated = presented is not None and secrets.compare_digest(presented, self.client_token)
+        anonymous_ok = route.kind in ("discovery", "jwks") and authz is None
+
+        if fault is not None:
+            user = self.client_user if authenticated else "system:anonymous"
+            self._reply_fault(req, fault, route, path, user)
+            return
+        if not authenticated and not anonymous_ok:
+            req.reply(401, _status_body(401, "Unauthorized"))
+            return
+        if route.kind == "other":
+            req.reply(404, _status_body(404, "the server could not find the requested resource", details={}))
+            return
+        if req.command not in route.allowed_methods:
+            req.reply(405, _status_body(
+                405, "the server does not allow this method on the requested resource", details={}
+            ))
+            return
+        if route.kind == "tokenreviews":
+            self._token_review(req, body)
+        elif route.kind == "discovery":
+            req.reply(200, self.openid_configuration(), headers={"Cache-Control": "public, max-age=3600"})
+        elif route.kind == "jwks":
+            req.reply(
+                200, self.jwks(), content_type="application/jwk-set+json",
+                headers={"Cache-Control": "public, max-age=3600"},
+            )
+        elif route.kind == "pod":
+            self._get_pod(req, str(route.namespace), str(route.name))
+        else:
+            self._list_pods(req, route.namespace, query)
+
+    def _reply_fault(self, req: _Handler, fault: _Fault, route: _Route, path: str, user: str) -> None:
+        code = fault.status
+        headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+        details: dict[str, Any] | None = None
+        if code == 401:
+            message = fault.message or "Unauthorized"
+        elif code == 403:
+            message, details = self._forbidden(req.command, route, path, user)
+            message = fault.message or message
+        elif code == 429:
+            message = fault.message or "Too many requests, please try again later."
+            details = {"retryAfterSeconds": fault.retry_after} if fault.retry_after is not None else {}
+        elif code == 500:
+            cause = fault.message or "etcdserver: request timed out"
+            message = f"Internal error occurred: {cause}"
+            details = {"causes": [{"message": cause}]}
+        elif code == 503:
+            message = fault.message or "the server is currently unable to handle the request"
+            details = {}
+            if fault.retry_after is not None:
+                details["retryAfterSeconds"] = fault.retry_after
+        elif code == 504:
+            message = fault.message or (
+                "Timeout: request did not complete within requested timeout - context deadline exceeded"
+            )
+            details = {}
+        else:
+            message = fault.message or _REASONS[code]
+            details = {}
+        req.reply(code, _status_body(code, message, details=details), headers=headers)
+
+    @staticmethod
+    def _forbidden(method: str, route: _Route, path: str, user: str) -> tuple[str, dict[str, Any]]:
+        if route.kind == "tokenreviews":
+            return (
+                f'tokenreviews.authentication.k8s.io is forbidden: User "{user}" cannot create resource '
+                '"tokenreviews" in API group "authentication.k8s.io" at the cluster scope',
+                {"group": "authentication.k8s.io", "kind": "tokenreviews"},
+            )
+        if route.kind == "pod":
+            return (
+                f'pods "{route.name}" is forbidden: User "{user}" cannot get resource "pods" in API group "" '
+                f'in the namespace "{route.namespace}"',
+                {"name": str(route.name), "kind": "pods"},
+            )
+        if route.kind == "pods":
+            where = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+            return (
+                f'pods is forbidden: User "{user}" cannot list resource "pods" in API group "" {where}',
+                {"kind": "pods"},
+            )
+        return f'forbidden: User "{user}" cannot {method.lower()} path "{path}"', {}
+
+    def _token_review(self, req: _Handler, raw: bytes) -> None:
+        def bad(detail: str) -> None:
+            req.reply(400, _status_body(
+                400, f'TokenReview in version "v1" cannot be handled as a TokenReview: {detail}', details={}
+            ))
+
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad(f"json parse error: {exc}")
+            return
+        if not isinstance(doc, dict):
+            bad("json: cannot unmarshal non-object into Go value of type v1.TokenReview")
+            return
+        # Like the API server, a body without apiVersion/kind takes them from the endpoint.
+        if doc.get("apiVersion", "authentication.k8s.io/v1") != "authentication.k8s.io/v1" or doc.get(
+            "kind", "TokenReview"
+        ) != "TokenReview":
+            bad(
+                f"the object provided is unrecognized (kind {doc.get('kind')!r}, "
+                f"apiVersion {doc.get('apiVersion')!r})"
+            )
+            return
+        spec = doc.get("spec")
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            bad("json: cannot unmarshal into Go struct field TokenReview.spec of type v1.TokenReviewSpec")
+            return
+        token = spec.get("token", "")
+        audiences = spec.get("audiences")
+        if not isinstance(token, str):
+            bad("json: cannot unmarshal into Go struct field TokenReviewSpec.spec.token of type string")
+            return
+        if audiences is not None and (
+            not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences)
+        ):
+            bad("json: cannot unmarshal into Go struct field TokenReviewSpec.spec.audiences of type []string")
+            return
+        if not token:
+            message = "token is required for TokenReview in authentication"
+            req.reply(400, _status_body(400, message, details={}))
+            return
+        echo_spec: dict[str, Any] = {"token": token}
+        if audiences:
+            echo_spec["audiences"] = audiences
+        try:
+            status = self._authenticate_token(token, list(audiences) if audiences else self.api_audiences)
+        except _InvalidToken as exc:
+            # The API server answers 201 with `authenticated` omitted (false), an empty `user`
+            # (a non-pointer struct in Go, so never omitted) and the authenticator's error.
+            status = {"user": {}, "error": str(exc)}
+        req.reply(201, {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": echo_spec,
+            "status": status,
+        })
+
+    def _pod_object(self, pod: _Pod) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "uid": pod.uid,
+            "resourceVersion": str(pod.resource_version),
+            "creationTimestamp": _rfc3339(pod.created),
+        }
+        if pod.labels:
+            metadata["labels"] = dict(pod.labels)
+        spec: dict[str, Any] = {
+            "containers": [{"name": "app", "image": "registry.example/app:1", "resources": {}}],
+            "restartPolicy": "Always",
+            "serviceAccountName": pod.service_account,
+            "serviceAccount": pod.service_account,
+        }
+        if pod.node is not None:
+            spec["nodeName"] = pod.node
+        return {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": metadata,
+            "spec": spec,
+            "status": {"phase": "Running" if pod.node is not None else "Pending"},
+        }
+
+    def _get_pod(self, req: _Handler, namespace: str, name: str) -> None:
+        with self._lock:
+            pod = self._pods.get((namespace, name))
+            obj = self._pod_object(pod) if pod else None
+        if obj is None:
+            details = {"name": name, "kind": "pods"}
+            req.reply(404, _status_body(404, f'pods "{name}" not found', details=details))
+            return
+        req.reply(200, obj)
+
+    def _list_pods(self, req: _Handler, namespace: str | None, query: dict[str, list[str]]) -> None:
+        requirements: list[tuple[str, bool, str]] = []
+        for selector in query.get("fieldSelector", []):
+            for term in filter(None, (t.strip() for t in selector.split(","))):
+                if "!=" in term:
+                    name, value = term.split("!=", 1)
+                    equal = False
+                else:
+                    name, sep, value = term.replace("==", "=", 1).partition("=")
+                    if not sep:
+                        message = f"invalid selector: '{selector}'; can't understand '{term}'"
+                        req.reply(400, _status_body(400, message, details={}))
+                        return
+                    equal = True
+                if name not in _POD_FIELDS:
+                    req.reply(400, _status_body(400, f'field label not supported: {name}', details={}))
+                    return
+                requirements.append((name, equal, value))
+        # labelSelector (and limit/continue) are accepted and ignored.
+        with self._lock:
+            items = []
+            for pod in sorted(self._pods.values(), key=lambda p: (p.namespace, p.name)):
+                if namespace is not None and pod.namespace != namespace:
+                    continue
+                obj = self._pod_object(pod)
+                fields = {
+                    "metadata.name": pod.name,
+                    "metadata.namespace": pod.namespace,
+                    "spec.nodeName": pod.node or "",
+                    "spec.serviceAccountName": pod.service_account,
+                    "status.phase": obj["status"]["phase"],
+                }
+                if all((fields[n] == v) == eq for n, eq, v in requirements):
+                    items.append(obj)
+            version = str(self._resource_version)
+        req.reply(200, {
+            "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": version}, "items": items,
+        })
