@@ -13,7 +13,7 @@ DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
 # Written into the data dir once meshca serves: the addresses it actually bound.
 ENDPOINTS_FILE = "endpoints.json"
 # The first admin token, written on first start (0600).
-ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
+ADMIN_TOKEN_FILE = "admin-token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,19 @@ class Settings:
     admin_token_audiences: tuple[str, ...] = ("meshca-admin",)
     admin_service_accounts: tuple[tuple[str, Role], ...] = ()  # ("ns/sa", role)
     admin_spiffe_ids: tuple[tuple[str, Role], ...] = ()  # ("spiffe://…", role)
+    # Kubernetes token authentication at scale.
+    kubeconfig: str | None = None  # None: in-cluster when running in a pod
+    token_validation: str = "jwks"  # jwks | tokenreview | both
+    token_issuer_ca: str | None = None  # CA bundle for OIDC discovery over HTTPS
+    token_cache_ttl: timedelta = timedelta(minutes=5)
+    token_cache_size: int = 100_000
+    token_negative_cache_ttl: timedelta = timedelta(seconds=5)
+    kube_qps: float = 50.0
+    kube_burst: int = 100
+    cluster_id: str = "Kubernetes"  # the local cluster's name in `clusterid` metadata
+    clusters: tuple[tuple[str, str], ...] = ()  # (name, kubeconfig) of remote clusters
+    verify_pod_binding: bool = False
+    trusted_node_accounts: tuple[str, ...] = ()  # "ns/sa"
 
     def __post_init__(self) -> None:
         if self.default_ttl > self.max_ttl:
@@ -52,6 +65,15 @@ class Settings:
             )
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if self.token_validation not in ("jwks", "tokenreview", "both"):
+            raise ValueError("--token-validation must be jwks, tokenreview or both")
+        if self.kube_qps <= 0 or self.kube_burst < 1:
+            raise ValueError("--kube-qps must be positive and --kube-burst at least 1")
+        if self.token_cache_size < 1:
+            raise ValueError("--token-cache-size must be at least 1")
+        names = [name for name, _ in self.clusters]
+        if len(set(names)) != len(names) or self.cluster_id in names:
+            raise ValueError("--cluster names must be distinct and differ from --cluster-id")
 
     @property
     def bundle_path(self) -> Path:

@@ -36,6 +36,21 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _namespaced_name(text: str) -> str:
+    if text.count("/") != 1 or not all(text.split("/")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be NAMESPACE/SERVICE_ACCOUNT")
+    return text
+
+
+def _cluster(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} must be NAME=KUBECONFIG")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"kubeconfig {path} does not exist")
+    return name, path
+
+
 def _role_mapping(kind: str) -> Callable[[str], tuple[str, Role]]:
     """`NAME=ROLE`; NAME is `ns/sa` or a SPIFFE ID, checked here so typos fail at start-up."""
 
@@ -84,6 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="path or URL of the issuer's JWKS")
     serve.add_argument("--token-audience", action="append", dest="token_audiences",
                        help="accepted token audience (repeatable; default istio-ca)")
+    serve.add_argument("--token-validation", choices=("jwks", "tokenreview", "both"),
+                       default=_env("TOKEN_VALIDATION", "jwks"),
+                       help="verify tokens locally, ask the API server (TokenReview), or both")
+    serve.add_argument("--token-issuer-ca", default=_env("TOKEN_ISSUER_CA"),
+                       help="CA bundle to verify the issuer's OIDC discovery endpoint")
+    serve.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
+                       help="kubeconfig of the local cluster (default: in-cluster in a pod)")
+    serve.add_argument("--token-cache-ttl", type=parse_duration,
+                       default=parse_duration(_env("TOKEN_CACHE_TTL") or "5m"))
+    serve.add_argument("--token-cache-size", type=_positive_int,
+                       default=_positive_int(_env("TOKEN_CACHE_SIZE") or "100000"))
+    serve.add_argument("--kube-qps", type=float, default=float(_env("KUBE_QPS") or "50"),
+                       help="API-server calls per second (over all workers); excess calls queue")
+    serve.add_argument("--kube-burst", type=_positive_int,
+                       default=_positive_int(_env("KUBE_BURST") or "100"))
+    serve.add_argument("--cluster-id", default=_env("CLUSTER_ID", "Kubernetes"),
+                       help="name of the local cluster in `clusterid` metadata")
+    serve.add_argument("--cluster", action="append", type=_cluster, dest="clusters",
+                       help="NAME=KUBECONFIG of another cluster whose sidecars may call (repeatable)")
+    serve.add_argument("--verify-pod-binding", action="store_true",
+                       default=(_env("VERIFY_POD_BINDING") or "") in ("1", "true"),
+                       help="accept a pod-bound token only while its pod exists")
+    serve.add_argument("--trusted-node-account", action="append", dest="trusted_node_accounts",
+                       type=_namespaced_name, help="NS/SA of a node agent that may impersonate "
+                       "workloads on its node (repeatable)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     serve.add_argument("--admin-addr", default=_env("ADMIN_ADDR", "127.0.0.1:8443"),
                        help="admin REST API (HTTPS)")
@@ -146,6 +186,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
         admin_token_audiences=tuple(args.admin_token_audiences or ("meshca-admin",)),
         admin_service_accounts=tuple(args.admin_service_accounts or ()),
         admin_spiffe_ids=tuple(args.admin_spiffe_ids or ()),
+        kubeconfig=args.kubeconfig,
+        token_validation=args.token_validation,
+        token_issuer_ca=args.token_issuer_ca,
+        token_cache_ttl=args.token_cache_ttl,
+        token_cache_size=args.token_cache_size,
+        kube_qps=args.kube_qps,
+        kube_burst=args.kube_burst,
+        cluster_id=args.cluster_id,
+        clusters=tuple(args.clusters or ()),
+        verify_pod_binding=args.verify_pod_binding,
+        trusted_node_accounts=tuple(args.trusted_node_accounts or ()),
     )
 
 

@@ -13,6 +13,7 @@ PermissionDenied (403).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,7 +25,7 @@ from meshca.core.spiffe import SpiffeId
 from meshca.errors import AuthenticationError, PermissionDenied
 from meshca.service.ports import TokenAuthenticator
 
-ADMIN_TOKEN_PREFIX = "mca_"  # noqa: S105 - a prefix, not a secret
+ADMIN_TOKEN_PREFIX = "mca_"  # marks meshca admin tokens apart from JWTs
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,24 +54,25 @@ class AdminAuthenticator:
         self._spiffe_ids = dict(spiffe_ids)
         self._certificate_usable = certificate_usable
 
-    def authenticate(self, authorization: str | None, client_certificate: bytes | None) -> Principal:
+    async def authenticate(self, authorization: str | None,
+                           client_certificate: bytes | None) -> Principal:
         if authorization is not None:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() != "bearer" or not credential.strip():
                 raise AuthenticationError("Authorization must be 'Bearer <token>'")
-            return self._bearer(credential.strip())
+            return await self._bearer(credential.strip())
         if client_certificate is not None:
-            return self._certificate(client_certificate)
+            return await asyncio.to_thread(self._certificate, client_certificate)
         raise AuthenticationError("credentials are required")
 
-    def _bearer(self, token: str) -> Principal:
+    async def _bearer(self, token: str) -> Principal:
         if token.startswith(ADMIN_TOKEN_PREFIX):
-            found = self._tokens.role_for(token)
+            found = await asyncio.to_thread(self._tokens.role_for, token)
             if found is None:
                 raise AuthenticationError("admin token is unknown or revoked")
             name, token_role = found
             return Principal(f"token:{name}", token_role)
-        account = self._sa_tokens.authenticate(token)
+        account = await self._sa_tokens.authenticate(token)
         key = f"{account.namespace}/{account.name}"
         role = self._service_accounts.get(key)
         if role is None:

@@ -23,7 +23,7 @@ from meshca.service.ports import (
     AuditSink,
     CertificateLog,
     IssuedRecord,
-    TokenAuthenticator,
+    WorkloadTokens,
 )
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
@@ -65,7 +65,7 @@ class IssuanceService:
         self,
         *,
         trust_domain: str,
-        authenticator: TokenAuthenticator,
+        workloads: WorkloadTokens,
         authority: Callable[[], SigningAuthority],
         lifetimes: LifetimePolicy,
         certificate_log: CertificateLog,
@@ -73,39 +73,69 @@ class IssuanceService:
         clock: Clock,
     ) -> None:
         self._trust_domain = trust_domain
-        self._authenticator = authenticator
+        self._workloads = workloads
         self._authority = authority
         self._lifetimes = lifetimes
         self._log = certificate_log
         self._audit = audit
         self._clock = clock
 
-    def authenticate(self, request: CertificateRequest) -> Caller:
-        """A bearer token when one is sent; otherwise a verified client certificate (renewal)."""
-        if request.cluster_id:
-            raise AuthenticationError("unknown cluster id; no other clusters are configured")
+    async def authenticate(self, request: CertificateRequest) -> Caller:
+        """A bearer token when one is sent; otherwise a verified client certificate (renewal).
+
+        A trusted node agent may name another workload in `ImpersonatedIdentity`.
+        """
+        impersonated = request.metadata.get(IMPERSONATED_IDENTITY)
         if not request.authorization and request.peer_certificate is not None:
+            if impersonated is not None:
+                raise AuthenticationError("impersonation needs a node agent's token",
+                                          reason="impersonation")
+            if request.cluster_id:
+                raise AuthenticationError("clusterid applies to tokens only", reason="cluster")
             by_cert = caller_from_certificate(
                 request.peer_certificate, self._trust_domain, self._clock.now()
             )
             return Caller(by_cert.account, by_cert.spiffe_id, by_cert.serial)
-        account = self._authenticator.authenticate(bearer_token(request.authorization))
+        token = bearer_token(request.authorization)
+        account = await self._workloads.authenticate(token, request.cluster_id)
+        identity = self._spiffe_id(account.namespace, account.name)
+        if impersonated is None:
+            return Caller(account, identity)
+        namespace, name = self._impersonation_target(impersonated)
+        target = await self._workloads.impersonate(account, request.cluster_id, namespace, name)
+        target_id = self._spiffe_id(namespace, name)
+        self._audit.append(AuditEntry(
+            at=self._clock.now(), actor=identity.uri, action="CreateCertificate.impersonate",
+            target=target_id.uri, outcome="ok", detail=f"node {account.node_name or '(unbound)'}",
+        ))
+        return Caller(target, target_id)
+
+    def _spiffe_id(self, namespace: str, name: str) -> SpiffeId:
         try:
-            identity = SpiffeId.for_service_account(
-                self._trust_domain, account.namespace, account.name
-            )
+            return SpiffeId.for_service_account(self._trust_domain, namespace, name)
         except ValueError:
             # A signed token, but its names cannot be SPIFFE path segments ("..", "a/b", " ").
             raise AuthenticationError(
-                "token service account name or namespace cannot form a SPIFFE ID"
-            ) from None
-        return Caller(account, identity)
+                "token service account name or namespace cannot form a SPIFFE ID",
+                reason="subject") from None
+
+    def _impersonation_target(self, value: object) -> tuple[str, str]:
+        """`ImpersonatedIdentity` must be a workload SPIFFE ID of this trust domain."""
+        try:
+            target = SpiffeId.parse(value) if isinstance(value, str) else None
+        except ValueError:
+            target = None
+        segments = target.path.split("/") if target else []
+        if target is None or target.trust_domain != self._trust_domain or len(segments) != 5 \
+                or segments[1] != "ns" or segments[3] != "sa":
+            raise AuthenticationError("ImpersonatedIdentity is not a workload SPIFFE ID of this "
+                                      "trust domain", reason="impersonation")
+        return segments[2], segments[4]
 
     async def create_certificate(self, request: CertificateRequest) -> IssuedChain:
         caller: Caller | None = None
         try:
-            _check_impersonation(request.metadata)
-            caller = self.authenticate(request)
+            caller = await self.authenticate(request)
             return await self._issue(request, caller)
         except (AuthenticationError, PermissionDenied) as exc:
             self._audit.append(AuditEntry(
@@ -153,12 +183,6 @@ class IssuanceService:
             renewing_serial=caller.renewing_serial,
         )
         return IssuedChain((leaf_pem, *authority.chain_pem, authority.bundle.pem), serial, identity)
-
-
-def _check_impersonation(metadata: Mapping[str, object]) -> None:
-    if IMPERSONATED_IDENTITY in metadata:
-        # Node agents asking for others arrive with a later issue; until then, fail closed.
-        raise AuthenticationError("impersonation (ImpersonatedIdentity) is not permitted")
 
 
 def _check_signer(metadata: Mapping[str, object]) -> None:

@@ -59,8 +59,19 @@ class AuditSink(Protocol):
 
 
 class TokenAuthenticator(Protocol):
-    def authenticate(self, token: str) -> ServiceAccount:
+    async def authenticate(self, token: str) -> ServiceAccount:
         """Raise AuthenticationError unless the token is acceptable."""
+        ...
+
+
+class WorkloadTokens(Protocol):
+    async def authenticate(self, token: str, cluster_id: str | None) -> ServiceAccount:
+        """The workload behind a sidecar's token in the named cluster (None: the local one)."""
+        ...
+
+    async def impersonate(self, caller: ServiceAccount, cluster_id: str | None,
+                          namespace: str, name: str) -> ServiceAccount:
+        """The workload a node agent asks for, if it may; AuthenticationError otherwise."""
         ...
 
 

@@ -68,7 +68,8 @@ class WorkloadAuthenticator:
                           namespace: str, name: str) -> ServiceAccount:
         """The workload a trusted node agent asks for, or AuthenticationError."""
         if f"{caller.namespace}/{caller.name}" not in self._trusted_nodes:
-            raise AuthenticationError("caller may not request certificates for other identities",
+            raise AuthenticationError("caller may not use ImpersonatedIdentity to request "
+                                      "certificates for other identities",
                                       reason="impersonation")
         if caller.node_name:
             cluster = self._cluster(cluster_id)

@@ -1,9 +1,10 @@
-"""Prometheus metrics under Istio's names, so existing dashboards and alerts keep working.
+"""Prometheus metrics: Istio's names for issuance, so existing dashboards and alerts keep
+working, plus meshca's own for token authentication and Kubernetes API calls.
 
 Each worker process counts into its own row of a shared array (one writer per row, no
 locks); the process serving `/metrics` sums the rows. prometheus_client's Counter would
-also expose `<name>_total`, while Istio's series are `citadel_server_csr_count` and so on,
-so the families are built here.
+expose `<name>_total` where Istio's series are `citadel_server_csr_count`, so the families
+are built here.
 """
 
 from __future__ import annotations
@@ -17,22 +18,39 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-_COUNTERS = {
-    "citadel_server_csr_count": "CreateCertificate requests received.",
-    "citadel_server_success_cert_issuance_count": "Certificates issued.",
-    "citadel_server_authentication_failure_count": "Requests whose caller was not authenticated.",
-}
-_SIGN_ERR = "citadel_server_csr_sign_err_count"
-_ERRORS = tuple(code.name.lower() for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
-_HISTOGRAM = "meshca_issuance_duration_seconds"
-BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ISSUANCE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+KUBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+ERRORS = tuple(code.name.lower() for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
+REASONS = ("invalid", "missing", "malformed", "too_large", "algorithm", "signature",
+           "unknown_key", "issuer", "audience", "expired", "not_yet_valid", "legacy", "subject",
+           "cluster", "impersonation", "pod_binding", "api_unavailable", "tokenreview",
+           "certificate")
+CACHE_OUTCOMES = ("hit", "miss", "negative_hit", "coalesced")
+KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery")
 
-# Row layout: counters, then one slot per error, then histogram buckets (+Inf last), sum.
-_CSR, _SUCCESS, _AUTH = 0, 1, 2
-_ERR0 = len(_COUNTERS)
-_BUCKET0 = _ERR0 + len(_ERRORS)
-_SUM = _BUCKET0 + len(BUCKETS) + 1
-ROW_WIDTH = _SUM + 1
+
+class _Layout:
+    """Named ranges of one row."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def take(self, n: int) -> int:
+        start, self.width = self.width, self.width + n
+        return start
+
+
+_L = _Layout()
+_CSR, _SUCCESS, _AUTH = _L.take(1), _L.take(1), _L.take(1)
+_ERR = _L.take(len(ERRORS))
+_ISSUE_BUCKETS = _L.take(len(ISSUANCE_BUCKETS) + 1)
+_ISSUE_SUM = _L.take(1)
+_REASON = _L.take(len(REASONS))
+_CACHE = _L.take(len(CACHE_OUTCOMES))
+_KUBE = _L.take(len(KUBE_KINDS) * 2)  # (ok, error) per kind
+_KUBE_BUCKETS = _L.take(len(KUBE_BUCKETS) + 1)
+_KUBE_SUM = _L.take(1)
+ROW_WIDTH = _L.width
 
 
 def shared_slots(workers: int) -> MutableSequence[float]:
@@ -44,7 +62,7 @@ def shared_slots(workers: int) -> MutableSequence[float]:
 
 
 class CaMetrics:
-    """What one worker counts, into its own row."""
+    """What one worker counts, into its own row. Also the AuthMetrics port."""
 
     def __init__(self, slots: MutableSequence[float], row: int) -> None:
         self._slots = slots
@@ -56,14 +74,25 @@ class CaMetrics:
     def issued(self, seconds: float) -> None:
         slots, base = self._slots, self._base
         slots[base + _SUCCESS] += 1
-        slots[base + _BUCKET0 + bisect.bisect_left(BUCKETS, seconds)] += 1
-        slots[base + _SUM] += seconds
+        slots[base + _ISSUE_BUCKETS + bisect.bisect_left(ISSUANCE_BUCKETS, seconds)] += 1
+        slots[base + _ISSUE_SUM] += seconds
 
-    def authentication_failed(self) -> None:
+    def authentication_failed(self, reason: str) -> None:
         self._slots[self._base + _AUTH] += 1
+        index = REASONS.index(reason) if reason in REASONS else 0
+        self._slots[self._base + _REASON + index] += 1
 
     def sign_error(self, code: grpc.StatusCode) -> None:
-        self._slots[self._base + _ERR0 + _ERRORS.index(code.name.lower())] += 1
+        self._slots[self._base + _ERR + ERRORS.index(code.name.lower())] += 1
+
+    def token_cache(self, outcome: str) -> None:
+        self._slots[self._base + _CACHE + CACHE_OUTCOMES.index(outcome)] += 1
+
+    def kube_call(self, kind: str, seconds: float, ok: bool) -> None:
+        slots, base = self._slots, self._base
+        slots[base + _KUBE + KUBE_KINDS.index(kind) * 2 + (0 if ok else 1)] += 1
+        slots[base + _KUBE_BUCKETS + bisect.bisect_left(KUBE_BUCKETS, seconds)] += 1
+        slots[base + _KUBE_SUM] += seconds
 
 
 class CaMetricsCollector(Collector):
@@ -80,33 +109,58 @@ class CaMetricsCollector(Collector):
         return sum(self._slots[w * ROW_WIDTH + offset] for w in range(self._workers))
 
     def collect(self) -> Iterator[Metric]:
-        for index, (name, help_text) in enumerate(_COUNTERS.items()):
-            metric = Metric(name, help_text, "counter")
-            metric.add_sample(name, {}, self._total(index))
-            yield metric
-        per_worker = Metric("meshca_worker_issued_count",
-                            "Certificates issued, by worker process.", "counter")
-        for worker in range(self._workers):
-            per_worker.add_sample("meshca_worker_issued_count", {"worker": str(worker)},
-                                  self._slots[worker * ROW_WIDTH + _SUCCESS])
-        yield per_worker
-        errors = Metric(_SIGN_ERR, "Requests that ended without a certificate, by error.", "counter")
-        for index, error in enumerate(_ERRORS):
-            count = self._total(_ERR0 + index)
-            if count:
-                errors.add_sample(_SIGN_ERR, {"error": error}, count)
-        yield errors
+        for offset, name, text in (
+            (_CSR, "citadel_server_csr_count", "CreateCertificate requests received."),
+            (_SUCCESS, "citadel_server_success_cert_issuance_count", "Certificates issued."),
+            (_AUTH, "citadel_server_authentication_failure_count",
+             "Requests whose caller was not authenticated."),
+        ):
+            yield _counter(name, text, [({}, self._total(offset))], suffix="")
+        yield _counter("citadel_server_csr_sign_err_count",
+                       "Requests that ended without a certificate, by error.",
+                       self._labelled(_ERR, "error", ERRORS), suffix="")
         gauge = Metric("citadel_server_root_cert_expiry_timestamp",
                        "Unix time at which the earliest root in the trust bundle expires.", "gauge")
         gauge.add_sample("citadel_server_root_cert_expiry_timestamp", {}, self.root_expiry)
         yield gauge
-        histogram = Metric(_HISTOGRAM, "Time from request to a signed, recorded certificate.",
-                           "histogram")
+        yield self._histogram("meshca_issuance_duration_seconds",
+                              "Time from request to a signed, recorded certificate.",
+                              ISSUANCE_BUCKETS, _ISSUE_BUCKETS, _ISSUE_SUM)
+        yield _counter("meshca_worker_issued_count", "Certificates issued, by worker process.",
+                       [({"worker": str(w)}, self._slots[w * ROW_WIDTH + _SUCCESS])
+                        for w in range(self._workers)], suffix="")
+        yield _counter("meshca_authentication_failures", "Refused callers, by reason.",
+                       self._labelled(_REASON, "reason", REASONS))
+        yield _counter("meshca_token_cache_requests", "Token cache look-ups, by outcome.",
+                       self._labelled(_CACHE, "outcome", CACHE_OUTCOMES, keep_zero=True))
+        kube = [({"kind": kind, "outcome": outcome}, self._total(_KUBE + i * 2 + j))
+                for i, kind in enumerate(KUBE_KINDS) for j, outcome in enumerate(("ok", "error"))]
+        yield _counter("meshca_kube_api_requests", "Calls to Kubernetes API servers.", kube)
+        yield self._histogram("meshca_kube_api_request_duration_seconds",
+                              "Latency of calls to Kubernetes API servers.",
+                              KUBE_BUCKETS, _KUBE_BUCKETS, _KUBE_SUM)
+
+    def _labelled(self, offset: int, label: str, values: tuple[str, ...],
+                  keep_zero: bool = False) -> list[tuple[dict[str, str], float]]:
+        samples = [({label: v}, self._total(offset + i)) for i, v in enumerate(values)]
+        return [s for s in samples if keep_zero or s[1]]
+
+    def _histogram(self, name: str, text: str, bounds: tuple[float, ...], first: int,
+                   sum_offset: int) -> Metric:
+        histogram = Metric(name, text, "histogram")
         cumulative = 0.0
-        for index, bound in enumerate((*BUCKETS, float("inf"))):
-            cumulative += self._total(_BUCKET0 + index)
+        for index, bound in enumerate((*bounds, float("inf"))):
+            cumulative += self._total(first + index)
             le = "+Inf" if bound == float("inf") else repr(bound)
-            histogram.add_sample(f"{_HISTOGRAM}_bucket", {"le": le}, cumulative)
-        histogram.add_sample(f"{_HISTOGRAM}_count", {}, cumulative)
-        histogram.add_sample(f"{_HISTOGRAM}_sum", {}, self._total(_SUM))
-        yield histogram
+            histogram.add_sample(f"{name}_bucket", {"le": le}, cumulative)
+        histogram.add_sample(f"{name}_count", {}, cumulative)
+        histogram.add_sample(f"{name}_sum", {}, self._total(sum_offset))
+        return histogram
+
+
+def _counter(name: str, text: str, samples: list[tuple[dict[str, str], float]],
+             suffix: str = "_total") -> Metric:
+    metric = Metric(name, text, "counter")
+    for labels, value in samples:
+        metric.add_sample(name + suffix, labels, value)
+    return metric

@@ -21,12 +21,12 @@ from meshca.infra.db.engine import open_engine
 from meshca.infra.db.inventory import SqlInventory
 from meshca.infra.keyfiles import FileKeyStore, write_private_file
 from meshca.service.admin_auth import AdminAuthenticator
-from meshca.service.ports import AuditEntry
+from meshca.service.ports import AuditEntry, TokenAuthenticator
 from meshca.transport.rest.app import create_app
 from meshca.transport.rest.context import AdminContext
 from meshca.transport.rest.routes.tokens import new_admin_token
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
-from meshca.wiring.startup import database_url, listen_socket, tls_files, token_authenticator
+from meshca.wiring.startup import database_url, listen_socket, tls_files
 
 log = logging.getLogger("meshca")
 
@@ -65,7 +65,8 @@ def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
     log.info("created the first admin token in %s", settings.data_dir / ADMIN_TOKEN_FILE)
 
 
-async def start_admin(settings: Settings, authority: SigningAuthority, clock: Clock) -> AdminServer:
+async def start_admin(settings: Settings, authority: SigningAuthority, clock: Clock,
+                      service_account_tokens: TokenAuthenticator) -> AdminServer:
     engine = open_engine(database_url(settings))
     context = AdminContext(
         engine=engine, inventory=SqlInventory(engine), tokens=SqlAdminTokens(engine),
@@ -75,7 +76,7 @@ async def start_admin(settings: Settings, authority: SigningAuthority, clock: Cl
     bootstrap_admin_token(settings, context.tokens)
     authenticator = AdminAuthenticator(
         tokens=context.tokens,
-        service_account_tokens=token_authenticator(settings, clock, settings.admin_token_audiences),
+        service_account_tokens=service_account_tokens,
         service_accounts=dict(settings.admin_service_accounts),
         spiffe_ids=dict(settings.admin_spiffe_ids),
         certificate_usable=context.inventory.usable,

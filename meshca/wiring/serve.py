@@ -56,7 +56,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     metrics_host, metrics_port = split_host_port(settings.metrics_addr)
     metrics_server, _ = start_http_server(metrics_port, metrics_host, registry=registry)
 
-    admin = await start_admin(settings, authority, clock)
+    admin = await start_admin(settings, authority, clock, worker.auth.admin_tokens)
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
                  "metrics": f"{metrics_host}:{metrics_server.server_port}", "pid": os.getpid()}

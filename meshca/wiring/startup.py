@@ -5,22 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 
 from meshca.config import Settings, split_host_port
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
-from meshca.core.jwt import VerificationKey
-from meshca.core.sa_token import TokenRules
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import database_url_for, migrate, open_engine
-from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
-from meshca.infra.jwks_source import load_jwks
+from meshca.infra.dev_issuer import DevIssuer
 from meshca.infra.keyfiles import FileKeyStore, private_key_pem, write_private_file
-from meshca.service.authentication import JwksTokenAuthenticator
 from meshca.service.ca_setup import CaProfile, ensure_signing_authority
 from meshca.service.serving_cert import issue_serving_certificate
+from meshca.wiring.authn import uses_development_issuer
 
 log = logging.getLogger("meshca")
 
@@ -41,28 +37,8 @@ def tls_files(settings: Settings) -> tuple[Path, Path]:
     return tls_dir / "grpc-chain.pem", tls_dir / "grpc-key.pem"
 
 
-def token_authenticator(settings: Settings, clock: Clock,
-                        audiences: tuple[str, ...] | None = None) -> JwksTokenAuthenticator:
-    """Sidecar tokens by default; the admin API passes its own audiences."""
-    keys: Mapping[str, VerificationKey]
-    if settings.token_issuer is None:
-        keys = DevIssuer.load_or_create(settings.data_dir).public_keys()
-        issuer = DEV_ISSUER
-    else:
-        if settings.token_jwks is None:
-            raise SystemExit("--token-issuer needs --token-jwks (a file or URL of the issuer's keys)")
-        keys = load_jwks(settings.token_jwks)
-        issuer = settings.token_issuer
-    rules = TokenRules(
-        issuer=issuer,
-        audiences=frozenset(audiences or settings.token_audiences),
-        skew_seconds=int(settings.token_skew.total_seconds()),
-    )
-    return JwksTokenAuthenticator(rules, lambda: keys, clock)
-
-
 def _warn_if_development_issuer(settings: Settings) -> None:
-    if settings.token_issuer is None:
+    if uses_development_issuer(settings):
         log.warning(
             "\n%s\nDEVELOPMENT TOKEN ISSUER IN USE: no --token-issuer was given, so meshca trusts\n"
             "tokens signed by the key in %s. Anyone who can read that file can\n"
@@ -99,7 +75,8 @@ def prepare(settings: Settings, clock: Clock) -> SigningAuthority:
     finally:
         engine.dispose()
     write_bundle(settings, authority)
-    token_authenticator(settings, clock)  # fail now, once, on a bad issuer configuration
+    if uses_development_issuer(settings):
+        DevIssuer.load_or_create(settings.data_dir)  # before workers start, so they share one
     _warn_if_development_issuer(settings)
     grpc_host, _ = split_host_port(settings.grpc_addr)
     serving = issue_serving_certificate(

@@ -28,7 +28,8 @@ from meshca.service.issuance import IssuanceService
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
-from meshca.wiring.startup import database_url, listen_socket, tls_files, token_authenticator
+from meshca.wiring.authn import TokenAuthentication, build_token_authentication
+from meshca.wiring.startup import database_url, listen_socket, tls_files
 
 log = logging.getLogger("meshca")
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
@@ -46,13 +47,19 @@ class Worker:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     records: SqlCertificateLog
+    auth: TokenAuthentication
+    tasks: list[asyncio.Task[None]]
+    stopping: asyncio.Event
     dispose: contextlib.ExitStack
 
     async def stop(self) -> None:
+        self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.front.stop()
         await self.server.stop(grace=5)
         self.records.close()
+        for task in self.tasks:
+            task.cancel()
         self.dispose.close()
 
 
@@ -65,9 +72,14 @@ async def start_worker(
     cleanup.callback(engine.dispose)
     authority = load_signing_authority(SqlCaRepository(engine), FileKeyStore(settings.data_dir))
     records = SqlCertificateLog(engine)
+    metrics = CaMetrics(slots, row)
+    stopping = asyncio.Event()
+    auth = build_token_authentication(settings, metrics, stopping)
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(job) for job in auth.background]
     issuance = IssuanceService(
         trust_domain=settings.trust_domain,
-        authenticator=token_authenticator(settings, clock),
+        workloads=auth.workloads,
         authority=lambda: authority,
         lifetimes=LifetimePolicy(settings.default_ttl, settings.max_ttl, settings.backdate),
         certificate_log=records,
@@ -84,7 +96,7 @@ async def start_worker(
     )
     peers = PeerCertificates()
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
-        IstioCertificateServicer(issuance, CaMetrics(slots, row), peers), server
+        IstioCertificateServicer(issuance, metrics, peers), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -104,7 +116,7 @@ async def start_worker(
     await front.start(sock)
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return Worker(front, server, health_servicer, records, cleanup)
+    return Worker(front, server, health_servicer, records, auth, tasks, stopping, cleanup)
 
 
 def child_main(settings: Settings, host: str, port: int, slots: MutableSequence[float], row: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from meshca.core import jwt
 from meshca.core.jwt import VerificationKey
 from meshca.core.sa_token import ServiceAccount, TokenRules
 from meshca.errors import AuthenticationError
-from meshca.service.authentication import JwksTokenAuthenticator, bearer_token
+from meshca.service.authentication import bearer_token
+from meshca.service.token_validation import JwksValidator
 from tests.unit.pki import ec_key, rsa_key
 
 ISSUER = "https://issuer.example"
@@ -35,15 +37,40 @@ class FixedClock:
 
 
 class KeySource:
-    """The issuer's keys as the authenticator sees them; counts how often it is asked."""
+    """The issuer's keys as the validator sees them; counts how often it is asked.
+
+    `on_refresh`, when set, is what a refetch finds (a rotated key set).
+    """
 
     def __init__(self, keys: Mapping[str, VerificationKey]) -> None:
-        self.keys = dict(keys)
+        self.current = dict(keys)
         self.calls = 0
+        self.refreshes = 0
+        self.on_refresh: dict[str, VerificationKey] | None = None
 
-    def __call__(self) -> Mapping[str, VerificationKey]:
+    def issuer(self) -> str | None:
+        return ISSUER
+
+    def keys(self) -> Mapping[str, VerificationKey]:
         self.calls += 1
-        return self.keys
+        return self.current
+
+    async def refresh(self) -> bool:
+        self.refreshes += 1
+        if self.on_refresh is None:
+            return False
+        self.current = self.on_refresh
+        return True
+
+
+class SyncValidator:
+    """JwksValidator driven from plain tests."""
+
+    def __init__(self, validator: JwksValidator) -> None:
+        self._validator = validator
+
+    def authenticate(self, token: str) -> ServiceAccount:
+        return asyncio.run(self._validator.validate(token))
 
 
 def _claims(**changes: Any) -> dict[str, Any]:
@@ -65,9 +92,12 @@ def _token_without_kid(claims: dict[str, Any], key: ec.EllipticCurvePrivateKey) 
 
 
 def _authenticator(keys: Mapping[str, VerificationKey], clock: FixedClock | None = None,
-                   ) -> tuple[JwksTokenAuthenticator, KeySource]:
+                   ) -> tuple[SyncValidator, KeySource]:
     source = KeySource(keys)
-    return JwksTokenAuthenticator(RULES, source, clock or FixedClock()), source
+    clock = clock or FixedClock()
+    validator = JwksValidator(source, RULES.audiences, RULES.skew_seconds,
+                              now=lambda: clock.current.timestamp())
+    return SyncValidator(validator), source
 
 
 # ---- bearer_token ---------------------------------------------------------------------------
@@ -105,7 +135,7 @@ def test_bearer_token_refusals(values: Any, message: str) -> None:
         bearer_token(values)
 
 
-# ---- JwksTokenAuthenticator -----------------------------------------------------------------
+# ---- JwksValidator -----------------------------------------------------------------
 
 def test_kid_selects_the_key_among_several() -> None:
     auth, source = _authenticator({"a": EC_A.public_key(), "b": EC_B.public_key(),
@@ -162,9 +192,20 @@ def test_keys_are_asked_for_on_every_call_so_rotation_is_seen() -> None:
     token_b = jwt.sign(_claims(), EC_B, "b")
     with pytest.raises(AuthenticationError, match="not among"):
         auth.authenticate(token_b)
-    source.keys["b"] = EC_B.public_key()
+    source.current["b"] = EC_B.public_key()
     assert auth.authenticate(token_b).name == "web"
     assert source.calls == 2
+
+
+def test_an_unknown_kid_triggers_one_refetch_that_can_find_a_rotated_key() -> None:
+    auth, source = _authenticator({"a": EC_A.public_key()})
+    source.on_refresh = {"a": EC_A.public_key(), "b": EC_B.public_key()}
+    assert auth.authenticate(jwt.sign(_claims(), EC_B, "b")).name == "web"
+    assert source.refreshes == 1
+    source.on_refresh = None
+    with pytest.raises(AuthenticationError, match="not among"):
+        auth.authenticate(jwt.sign(_claims(), EC_A, "zzz"))
+    assert source.refreshes == 2
 
 
 def test_malformed_or_unaccepted_tokens_are_refused_before_keys_are_looked_at() -> None:

@@ -51,7 +51,7 @@ class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
         except Exception as exc:  # every failure is mapped through one table
             code = status_for(exc)
             if isinstance(exc, AuthenticationError):
-                self._metrics.authentication_failed()
+                self._metrics.authentication_failed(exc.reason)
             else:
                 self._metrics.sign_error(code)
             if code is grpc.StatusCode.INTERNAL:

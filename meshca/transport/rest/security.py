@@ -30,6 +30,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/bundle"): None,
     ("GET", "/openapi.json"): Role.VIEWER,
     ("GET", "/docs"): Role.VIEWER,
+    ("GET", "/docs/oauth2-redirect"): Role.VIEWER,  # FastAPI adds it with /docs
     ("GET", "/v1/ca"): Role.VIEWER,
     ("GET", "/v1/certificates"): Role.VIEWER,
     ("GET", "/v1/certificates/{serial}"): Role.VIEWER,
@@ -92,10 +93,8 @@ class RoleMiddleware:
         peer = self._peers.by_port(client[1]) if client else None
         address = peer.address if peer else "unknown"
         try:
-            principal: Principal = await run_in_threadpool(
-                self._authenticator.authenticate,
-                request.headers.get("authorization"),
-                peer.certificate if peer else None,
+            principal: Principal = await self._authenticator.authenticate(
+                request.headers.get("authorization"), peer.certificate if peer else None
             )
         except AuthenticationError as exc:
             await self._refuse(scope, receive, send, 401, str(exc), f"https:{address}", template)
