@@ -41,6 +41,9 @@ class JwksValidator:
         jws = jwt.decode(token)
         issuer = self._source.issuer()
         if issuer is None:
+            await self._source.refresh()  # or waits for one under way
+            issuer = self._source.issuer()
+        if issuer is None:
             raise AuthenticationError("the token issuer's keys are not available yet",
                                       reason="unknown_key", cacheable=False)
         jwt.verify(jws, await self._key(jws))
@@ -53,8 +56,8 @@ class JwksValidator:
                 return keys[jws.kid]
             if jws.kid is None and len(keys) == 1:
                 return next(iter(keys.values()))
-            if attempt == 0 and not await self._source.refresh():
-                break
+            if attempt == 0:
+                await self._source.refresh()  # keys rotate; a concurrent fetch counts too
         if jws.kid is None and len(self._source.keys()) > 1:
             raise AuthenticationError("token has no key id and the issuer has several keys",
                                       reason="unknown_key")
