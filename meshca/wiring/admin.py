@@ -15,7 +15,7 @@ from meshca.config import ADMIN_TOKEN_FILE, Settings, split_host_port
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
 from meshca.core.roles import Role
-from meshca.infra.db.admin_tokens import SqlAdminTokens
+from meshca.infra.db.admin_tokens import SqlAdminTokens, TokenNameTaken
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.inventory import SqlInventory
@@ -54,13 +54,19 @@ class AdminServer:
 
 
 def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
-    """First start: one admin token, its digest in the database, the token in a 0600 file."""
-    if tokens.exists():
+    """First start (or no live admin token left): a new admin token, its digest in the
+    database, the token itself in a 0600 file."""
+    if tokens.live_admin_exists():
         return
     token = new_admin_token()
-    tokens.create("bootstrap-admin", Role.ADMIN, token, AuditEntry(
-        at=datetime.now(UTC), actor="meshca", action="admin-token.create",
-        target="bootstrap-admin", outcome="ok", detail="admin"))
+    for name in ("bootstrap-admin", f"bootstrap-admin-{datetime.now(UTC):%Y%m%d%H%M%S}"):
+        try:
+            tokens.create(name, Role.ADMIN, token, AuditEntry(
+                at=datetime.now(UTC), actor="meshca", action="admin-token.create",
+                target=name, outcome="ok", detail="admin"))
+            break
+        except TokenNameTaken:
+            continue
     write_private_file(settings.data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
     log.info("created the first admin token in %s", settings.data_dir / ADMIN_TOKEN_FILE)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -78,10 +79,11 @@ def prepare(settings: Settings, clock: Clock) -> SigningAuthority:
     if uses_development_issuer(settings):
         DevIssuer.load_or_create(settings.data_dir)  # before workers start, so they share one
     _warn_if_development_issuer(settings)
-    grpc_host, _ = split_host_port(settings.grpc_addr)
-    serving = issue_serving_certificate(
-        authority, [*settings.server_dns_names, grpc_host], settings.trust_domain, clock
-    )
+    # Every name clients may dial: the configured DNS names and both listening hosts.
+    hosts = [split_host_port(addr)[0] for addr in (settings.grpc_addr, settings.admin_addr)]
+    names = list(dict.fromkeys(
+        [*settings.server_dns_names, *(h for h in hosts if not _is_wildcard(h))]))
+    serving = issue_serving_certificate(authority, names, settings.trust_domain, clock)
     chain_file, key_file = tls_files(settings)
     write_private_file(key_file, private_key_pem(serving.key))
     write_private_file(chain_file, serving.chain_pem.encode())
@@ -100,3 +102,10 @@ def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False

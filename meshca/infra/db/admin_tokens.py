@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from meshca.core.roles import Role
 from meshca.infra.db.audit import append_audit
+from meshca.infra.db.inventory import Conflict
 from meshca.infra.db.schema import admin_tokens
 from meshca.service.ports import AuditEntry
 
@@ -22,6 +23,10 @@ class TokenNameTaken(Exception):
 
 class TokenNotFound(Exception):
     pass
+
+
+class LastAdminToken(Conflict):
+    """Revoking it would leave no live admin token, locking administrators out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,15 @@ class SqlAdminTokens:
             raise TokenNameTaken(name) from None
 
     def revoke(self, name: str, audit: AuditEntry) -> None:
+        t = admin_tokens.c
         with self._engine.begin() as connection:
+            live_admins = set(connection.execute(
+                select(t.name).where(t.role == Role.ADMIN.label, t.revoked_at.is_(None))
+                .with_for_update()
+            ).scalars())
+            if live_admins == {name}:
+                raise LastAdminToken(f"{name} is the last live admin token; create another "
+                                     "admin token before revoking it")
             result = connection.execute(
                 update(admin_tokens)
                 .where(admin_tokens.c.name == name, admin_tokens.c.revoked_at.is_(None))
@@ -81,6 +94,8 @@ class SqlAdminTokens:
             return [AdminToken(r["name"], Role.parse(r["role"]), r["created_by"], r["created_at"],
                                r["revoked_at"]) for r in rows]
 
-    def exists(self) -> bool:
+    def live_admin_exists(self) -> bool:
+        t = admin_tokens.c
+        query = select(t.name).where(t.role == Role.ADMIN.label, t.revoked_at.is_(None)).limit(1)
         with self._engine.connect() as connection:
-            return connection.execute(select(admin_tokens.c.name).limit(1)).first() is not None
+            return connection.execute(query).first() is not None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from meshca import __version__
 from meshca.infra.db.audit import append_audit_alone
@@ -10,13 +13,62 @@ from meshca.service.admin_auth import AdminAuthenticator
 from meshca.transport.rest import problems
 from meshca.transport.rest.context import AdminContext
 from meshca.transport.rest.routes import audit, bundle, ca, certificates, health, identities, tokens
-from meshca.transport.rest.security import RoleMiddleware
+from meshca.transport.rest.security import ROUTE_ROLES, RoleMiddleware
 from meshca.transport.tls_front import PeerCertificates
+
+_SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "a meshca admin token (`mca_…`), or a Kubernetes service-account token "
+                              "whose account has a role (`--admin-service-account`)"},
+    "mutualTLS": {"type": "mutualTLS",
+                  "description": "no Authorization header, and a client certificate whose SPIFFE ID "
+                                 "has a role (`--admin-spiffe-id`), on record and not revoked"},
+}
+
+
+class _AdminApi(FastAPI):
+    """FastAPI, plus what its generator cannot see in the OpenAPI document: the problem-details
+    schemas, and who may call what (enforced by RoleMiddleware, outside any route)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document = super().openapi()
+            problems.add_problem_schemas(document)
+            _add_access(document, self.routes)
+            self.openapi_schema = document
+        return self.openapi_schema
+
+
+def _add_access(document: dict[str, Any], routes: list[Any]) -> None:
+    """Security requirements, 401 and 403 for every operation that ROUTE_ROLES protects."""
+    document.setdefault("components", {})["securitySchemes"] = dict(_SECURITY_SCHEMES)
+    for route in routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        for method in sorted(route.methods or ()):
+            operation = document["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is None:
+                continue
+            if (method, route.path) not in ROUTE_ROLES:  # refused to everyone
+                _add_responses(operation, problems.problem_responses(403))
+                continue
+            role = ROUTE_ROLES[(method, route.path)]
+            if role is None:  # public
+                continue
+            operation["security"] = [{name: []} for name in _SECURITY_SCHEMES]
+            operation["description"] = (operation.get("description", "") +
+                                        f"\n\nNeeds the `{role.label}` role or a higher one.").lstrip()
+            _add_responses(operation, problems.problem_responses(401, 403))
+
+
+def _add_responses(operation: dict[str, Any], responses: dict[int | str, dict[str, Any]]) -> None:
+    merged = {**operation["responses"], **{str(status): r for status, r in responses.items()}}
+    operation["responses"] = dict(sorted(merged.items()))
 
 
 def create_app(context: AdminContext, authenticator: AdminAuthenticator,
                peers: PeerCertificates) -> FastAPI:
-    app = FastAPI(
+    app = _AdminApi(
         title="meshca admin API",
         version=__version__,
         description="Operate meshca: CA generations, issued certificates, revocation, "

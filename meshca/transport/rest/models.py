@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 
 from meshca.core.crl import RevocationReason
+
+NO_NUL = r"^[^\x00]*$"  # a text pattern: PostgreSQL refuses NUL in text (a 500, before)
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only RFC 3339 text: pydantic alone also takes `0.5` (Unix time) or `2026-01-01` (a date)."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time with a time zone, e.g. 2026-01-01T00:00:00Z")
+
+
+Rfc3339Time = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 
 
 class CaGenerationOut(BaseModel):
@@ -59,7 +74,7 @@ class RevokeIn(BaseModel):
 
 
 class BlockIn(BaseModel):
-    reason: str = Field(default="", max_length=1024)
+    reason: str = Field(default="", max_length=1024, pattern=NO_NUL)
 
 
 class BlockedOut(BaseModel):
@@ -101,6 +116,31 @@ class TokenOut(BaseModel):
     created_by: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+class EcX509SvidKey(BaseModel):
+    use: Literal["x509-svid"]
+    kty: Literal["EC"]
+    crv: Literal["P-256", "P-384", "P-521"]
+    x: str
+    y: str
+    x5c: list[str] = Field(min_length=1, max_length=1, description="the root, base64 DER")
+
+
+class RsaX509SvidKey(BaseModel):
+    use: Literal["x509-svid"]
+    kty: Literal["RSA"]
+    n: str
+    e: str
+    x5c: list[str] = Field(min_length=1, max_length=1, description="the root, base64 DER")
+
+
+class SpiffeBundleOut(BaseModel):
+    """A SPIFFE bundle (JWK Set): one `x509-svid` key per root."""
+
+    keys: list[Annotated[EcX509SvidKey | RsaX509SvidKey, Field(discriminator="kty")]]
+    spiffe_sequence: int
+    spiffe_refresh_hint: int = Field(description="seconds")
 
 
 class StatusOut(BaseModel):

@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from meshca.errors import AuthenticationError, PermissionDenied
 from meshca.infra.db.admin_tokens import TokenNameTaken, TokenNotFound
@@ -20,6 +22,68 @@ PROBLEM_JSON = "application/problem+json"
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
            422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+_SCHEMAS = "#/components/schemas/"
+_MEANINGS = {
+    400: "the request cannot be used as sent (a malformed body, or a value this API did not issue)",
+    401: "no credentials, or ones meshca does not accept",
+    403: "the caller is known but its role does not allow this operation",
+    404: "no such resource",
+    409: "the resource is not in a state that allows this",
+    422: "a parameter or the body does not match this operation's schema",
+    503: "meshca cannot answer this yet",
+}
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error the admin API answers."""
+
+    type: str = Field(description="`about:blank`: the status code says what kind of problem this is")
+    title: str = Field(description="the reason phrase of `status`")
+    status: int = Field(ge=400, le=599, description="the HTTP status code of the response")
+    detail: str = Field(description="what went wrong, for a human")
+    instance: str = Field(description="the path of the request")
+
+
+class InvalidParam(BaseModel):
+    field: str = Field(description="where: `body.name`, `query.limit`, `path.serial`, ...")
+    message: str
+
+
+class ValidationProblem(Problem):
+    """A 422: which parameters or body fields do not match the schema, and why."""
+
+    errors: list[InvalidParam]
+
+
+def problem_responses(*statuses: int, meanings: Mapping[int, str] | None = None,
+                      ) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for a route decorator: these statuses answer problem details.
+
+    `meanings` replaces the generic description of a status for this operation."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        model = ValidationProblem if status == 422 else Problem
+        response: dict[str, Any] = {
+            "description": (meanings or {}).get(status, _MEANINGS[status]),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": _SCHEMAS + model.__name__}}},
+        }
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {
+                "description": "the scheme to authenticate with: `Bearer`", "required": True,
+                "schema": {"type": "string"}}}
+        responses[status] = response
+    return responses
+
+
+def add_problem_schemas(openapi: dict[str, Any]) -> None:
+    """Put the schemas `problem_responses` refers to into an OpenAPI document."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for model in (Problem, ValidationProblem):
+        schema = model.model_json_schema(ref_template=_SCHEMAS + "{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
 
 
 class BadRequest(Exception):
@@ -37,6 +101,17 @@ def problem(status: int, detail: str, request: Request | None = None,
                         headers=dict(headers) if headers else None)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own 405 names only the methods
+    of the first route whose path matches (e.g. GET, not also POST, for /v1/admin-tokens)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -51,7 +126,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), request, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(exc.status_code, str(exc.detail), request, headers=headers or None)
 
     @app.exception_handler(AuthenticationError)
     async def unauthenticated(request: Request, exc: AuthenticationError) -> JSONResponse:

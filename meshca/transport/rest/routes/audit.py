@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -9,18 +10,20 @@ from fastapi import APIRouter, Query
 from meshca.infra.db.audit import list_audit
 from meshca.transport.rest.context import Context
 from meshca.transport.rest.models import AuditEntryOut, AuditPage
-from meshca.transport.rest.problems import BadRequest
+from meshca.transport.rest.problems import BadRequest, problem_responses
 
 router = APIRouter(tags=["audit"])
+_CURSOR = re.compile(r"[0-9]{1,18}")  # an entry id; 18 digits stay inside a 64-bit column
 
 
-@router.get("/v1/audit", response_model=AuditPage)
+@router.get("/v1/audit", response_model=AuditPage,
+            responses=problem_responses(400, 422, meanings={400: "`cursor` is not one this API returned"}))
 def audit(context: Context, cursor: Annotated[str | None, Query(max_length=32)] = None,
           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> AuditPage:
     """Oldest first; append-only, so a cursor never skips or repeats an entry."""
     after = 0
     if cursor is not None:
-        if not cursor.isdigit():
+        if not _CURSOR.fullmatch(cursor):  # not str.isdigit: int() refuses '²', a digit to it
             raise BadRequest("cursor is not one this API returned")
         after = int(cursor)
     rows = list_audit(context.engine, after_id=after, limit=limit + 1)

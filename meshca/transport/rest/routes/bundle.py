@@ -9,14 +9,18 @@ from fastapi.responses import JSONResponse, Response
 
 from meshca.core.spiffe_bundle import spiffe_jwks
 from meshca.transport.rest.context import Context
-from meshca.transport.rest.problems import problem
+from meshca.transport.rest.models import SpiffeBundleOut
+from meshca.transport.rest.problems import problem, problem_responses
 
 router = APIRouter(tags=["trust bundle"])
 PEM = "application/x-pem-file"
 
-_CONTENT: dict[int | str, dict[str, Any]] = {200: {"content": {
-    "application/json": {"schema": {"type": "object"}}, PEM: {"schema": {"type": "string"}}},
-    "description": "the bundle"}}
+_CONTENT: dict[int | str, dict[str, Any]] = {
+    # `model` documents the JSON form; the PEM form is a concatenation of certificates.
+    200: {"model": SpiffeBundleOut, "content": {PEM: {"schema": {"type": "string"}}},
+          "description": "the bundle"},
+    **problem_responses(503, meanings={503: "the CA is not loaded yet"}),
+}
 
 
 @router.get("/v1/bundle", response_class=Response, responses=_CONTENT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -12,22 +13,46 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import Scope
 
 from meshca.core.crl import Revocation, RevocationReason, build_crl
 from meshca.infra.db.inventory import CertificateFilter, NotFound, Position
 from meshca.transport.rest.context import Context
 from meshca.transport.rest.models import (
+    NO_NUL,
     CertificateDetailOut,
     CertificateOut,
     CertificatePage,
     RevokeIn,
+    Rfc3339Time,
 )
-from meshca.transport.rest.problems import BadRequest
+from meshca.transport.rest.problems import BadRequest, problem_responses
 
-router = APIRouter(tags=["certificates"])
 SERIAL = r"^[0-9a-f]{1,40}$"
 PKIX_CRL = "application/pkix-crl"
 PEM = "application/x-pem-file"
+
+
+class _NotAVerb(APIRoute):
+    """`/v1/certificates/{serial}` leaves `/v1/certificates/<serial>:<verb>` to the verb's route.
+
+    A serial never holds ':', so such a path names an action, not a certificate: GET on
+    `…:revoke` is then 405 (Allow: POST) rather than "invalid serial '0:revoke'"."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and ":" in str(child.get("path_params", {}).get("serial", "")):
+            return Match.NONE, {}
+        return match, child
+
+
+router = APIRouter(tags=["certificates"], route_class=_NotAVerb)
+SerialPath = Annotated[str, Path(
+    pattern=SERIAL, description="lower-case hex, as listed",
+    openapi_examples={"serial": {"value": "3d26253c603d8bba2a2eadbfb4bd68d99d71716d"}})]
+_NO_CERTIFICATE = {404: "no certificate has this serial"}
 
 
 def encode_cursor(row: dict[str, Any]) -> str:
@@ -44,25 +69,25 @@ def decode_cursor(cursor: str) -> Position:
         position = Position(datetime.fromisoformat(data["t"]), str(data["s"]))
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("cursor is not one this API returned") from None
-    if position.issued_at.tzinfo is None:
+    # Hex like every serial issued, which also keeps NUL from PostgreSQL.
+    if position.issued_at.tzinfo is None or not re.fullmatch(SERIAL, position.serial):
         raise BadRequest("cursor is not one this API returned")
     return position
 
 
-@router.get("/v1/certificates", response_model=CertificatePage)
+@router.get("/v1/certificates", response_model=CertificatePage,
+            responses=problem_responses(400, 422, meanings={400: "`cursor` is not one this API returned"}))
 def list_certificates(
     context: Context,
-    spiffe_id_prefix: Annotated[str | None, Query(max_length=2048)] = None,
-    namespace: Annotated[str | None, Query(max_length=253)] = None,
-    service_account: Annotated[str | None, Query(max_length=253)] = None,
+    spiffe_id_prefix: Annotated[str | None, Query(max_length=2048, pattern=NO_NUL)] = None,
+    namespace: Annotated[str | None, Query(max_length=253, pattern=NO_NUL)] = None,
+    service_account: Annotated[str | None, Query(max_length=253, pattern=NO_NUL)] = None,
     active: Annotated[bool | None, Query(description="unrevoked and valid now")] = None,
-    expiring_before: Annotated[datetime | None, Query(description="RFC 3339 time")] = None,
+    expiring_before: Annotated[Rfc3339Time | None, Query(description="RFC 3339 time")] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CertificatePage:
     """Issued certificates in issue order (stable), `limit` at a time."""
-    if expiring_before is not None and expiring_before.tzinfo is None:
-        raise BadRequest("expiring_before needs a time zone (e.g. 2026-01-01T00:00:00Z)")
     where = CertificateFilter(spiffe_id_prefix, namespace, service_account, active, expiring_before)
     after = decode_cursor(cursor) if cursor else None
     rows = context.inventory.page(where, after, limit + 1, context.clock.now())
@@ -71,24 +96,30 @@ def list_certificates(
                            next_cursor=encode_cursor(page[-1]) if more else None)
 
 
-@router.get("/v1/certificates/{serial}", response_model=CertificateDetailOut)
-def get_certificate(context: Context, serial: Annotated[str, Path(pattern=SERIAL)]) -> Any:
+@router.get("/v1/certificates/{serial}", response_model=CertificateDetailOut,
+            responses=problem_responses(404, 422, meanings=_NO_CERTIFICATE))
+def get_certificate(context: Context, serial: SerialPath) -> Any:
     """One certificate with its PEM. `serial` is lower-case hex, as listed."""
     return CertificateDetailOut.model_validate(context.inventory.get(serial))
 
 
-@router.post("/v1/certificates/{serial}:revoke", response_model=CertificateOut)
+@router.post("/v1/certificates/{serial}:revoke", response_model=CertificateOut,
+             responses=problem_responses(400, 404, 409, 422, meanings={
+                 **_NO_CERTIFICATE, 409: "the certificate is already revoked"}))
 def revoke_certificate(request: Request, context: Context, body: RevokeIn,
-                       serial: Annotated[str, Path(pattern=SERIAL)]) -> Any:
+                       serial: SerialPath) -> Any:
     """Revoke: the certificate can no longer renew itself and appears in its issuer's CRL."""
     audit = context.audit(request, "certificate.revoke", serial, detail=body.reason.value)
     context.inventory.revoke(serial, body.reason.value, audit)
     return CertificateOut.model_validate(context.inventory.get(serial))
 
 
-@router.get("/v1/crl", response_class=Response, responses={200: {"content": {
-    PEM: {"schema": {"type": "string"}}, PKIX_CRL: {"schema": {"type": "string", "format": "binary"}}},
-    "description": "the CRL"}})
+@router.get("/v1/crl", response_class=Response, responses={
+    200: {"content": {PEM: {"schema": {"type": "string"}},
+                      PKIX_CRL: {"schema": {"type": "string", "format": "binary"}}},
+          "description": "the CRL"},
+    **problem_responses(404, 422, meanings={404: "no intermediate CA generation has this id"}),
+})
 def crl(request: Request, context: Context,
         issuer: Annotated[int | None, Query(ge=1, description="CA generation id")] = None) -> Response:
     """The CRL of the signing intermediate (or of generation `issuer`), signed by that CA.

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.transport.rest.context import Context
 from meshca.transport.rest.models import StatusOut
-from meshca.transport.rest.problems import problem
+from meshca.transport.rest.problems import problem, problem_responses
 
 router = APIRouter(tags=["health"])
 
@@ -21,14 +21,14 @@ def healthz() -> StatusOut:
 
 
 @router.get("/readyz", response_model=StatusOut,
-            responses={503: {"description": "not ready", "content": {"application/problem+json": {}}}})
-def readyz(context: Context) -> StatusOut | JSONResponse:
+            responses=problem_responses(503, meanings={503: "not ready"}))
+def readyz(request: Request, context: Context) -> StatusOut | JSONResponse:
     """The signing key is loaded and the database answers."""
     if context.authority() is None:
-        return problem(503, "signing key is not loaded")
+        return problem(503, "signing key is not loaded", request)
     try:
         with context.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError:
-        return problem(503, "database is not reachable")
+        return problem(503, "database is not reachable", request)
     return StatusOut(status="ready")

@@ -9,10 +9,16 @@ from fastapi import APIRouter, Path, Request
 from meshca.core.spiffe import SpiffeId
 from meshca.transport.rest.context import Context
 from meshca.transport.rest.models import BlockedOut, BlockIn, StatusOut
-from meshca.transport.rest.problems import BadRequest
+from meshca.transport.rest.problems import BadRequest, problem_responses
 
 router = APIRouter(tags=["identities"])
-SpiffeIdPath = Annotated[str, Path(description="the SPIFFE ID, URL-encoded (%3A, %2F)")]
+# The SPIFFE ID grammar but for two rules a pattern cannot say simply, which answer 400: no
+# '.' or '..' path segment, at most 255 bytes of trust domain.
+SpiffeIdPath = Annotated[str, Path(
+    description="the SPIFFE ID, URL-encoded (%3A, %2F)", max_length=2048,
+    pattern=r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+    openapi_examples={"workload": {"value": "spiffe://cluster.local/ns/payments/sa/api"}})]
+_NOT_A_SPIFFE_ID = {400: "not a SPIFFE ID ('.' or '..' segment, trust domain over 255 bytes)"}
 
 
 def _spiffe_id(value: str) -> str:
@@ -28,7 +34,10 @@ def blocked(context: Context) -> Any:
     return [BlockedOut.model_validate(r) for r in context.inventory.blocked()]
 
 
-@router.post("/v1/identities/{spiffe_id:path}:block", response_model=StatusOut)
+@router.post("/v1/identities/{spiffe_id:path}:block", response_model=StatusOut,
+             responses=problem_responses(400, 409, 422, meanings={
+                 400: _NOT_A_SPIFFE_ID[400] + ", or a body that is not JSON",
+                 409: "the identity is already blocked"}))
 def block(request: Request, context: Context, spiffe_id: SpiffeIdPath,
           body: BlockIn | None = None) -> StatusOut:
     """Refuse new certificates for this identity until it is unblocked."""
@@ -39,7 +48,9 @@ def block(request: Request, context: Context, spiffe_id: SpiffeIdPath,
     return StatusOut(status="blocked")
 
 
-@router.post("/v1/identities/{spiffe_id:path}:unblock", response_model=StatusOut)
+@router.post("/v1/identities/{spiffe_id:path}:unblock", response_model=StatusOut,
+             responses=problem_responses(400, 404, 422, meanings={
+                 **_NOT_A_SPIFFE_ID, 404: "the identity is not blocked"}))
 def unblock(request: Request, context: Context, spiffe_id: SpiffeIdPath) -> StatusOut:
     """Let this identity get certificates again."""
     identity = _spiffe_id(spiffe_id)

@@ -11,9 +11,11 @@ from meshca.core.roles import Role
 from meshca.service.admin_auth import ADMIN_TOKEN_PREFIX
 from meshca.transport.rest.context import Context
 from meshca.transport.rest.models import StatusOut, TokenCreatedOut, TokenCreateIn, TokenOut
+from meshca.transport.rest.problems import problem_responses
 
 router = APIRouter(tags=["admin tokens"])
-TokenName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+TokenName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                openapi_examples={"name": {"value": "ci-deploy"}})]
 
 
 def new_admin_token() -> str:
@@ -27,7 +29,8 @@ def list_tokens(context: Context) -> Any:
                      created_at=t.created_at, revoked_at=t.revoked_at) for t in context.tokens.all()]
 
 
-@router.post("/v1/admin-tokens", response_model=TokenCreatedOut, status_code=201)
+@router.post("/v1/admin-tokens", response_model=TokenCreatedOut, status_code=201,
+             responses=problem_responses(400, 409, 422, meanings={409: "a token has this name"}))
 def create_token(request: Request, context: Context, body: TokenCreateIn) -> TokenCreatedOut:
     """Create a token; the response is the only time it is shown."""
     token = new_admin_token()
@@ -36,7 +39,8 @@ def create_token(request: Request, context: Context, body: TokenCreateIn) -> Tok
     return TokenCreatedOut(name=body.name, role=body.role, token=token)
 
 
-@router.post("/v1/admin-tokens/{name}:revoke", response_model=StatusOut)
+@router.post("/v1/admin-tokens/{name}:revoke", response_model=StatusOut,
+             responses=problem_responses(404, 422, meanings={404: "no live token has this name"}))
 def revoke_token(request: Request, context: Context, name: TokenName) -> StatusOut:
     """Revoke a token at once, on every replica."""
     context.tokens.revoke(name, context.audit(request, "admin-token.revoke", name))
