@@ -3,10 +3,14 @@ CSRs and tokens of every shape (good and bad)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -220,3 +224,80 @@ def reset_postgres(url: str) -> None:
             "DROP TABLE IF EXISTS audit_log, admin_tokens, blocked_identities, issued_certificates, "
             "ca_generations, alembic_version CASCADE")
     engine.dispose()
+
+
+# ---- admin REST API ---------------------------------------------------------------------
+
+@dataclass
+class AdminResponse:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class AdminClient:
+    """A plain HTTPS client of the admin API: trusts the server's root-cert.pem, checks the
+    server name `localhost`, and may present a client certificate (chain and key as PEM)."""
+
+    def __init__(self, server: MeshcaProcess, client_chain: bytes | None = None,
+                 client_key: bytes | None = None, *, timeout: float = 30.0) -> None:
+        host, _, port = server.admin_addr.rpartition(":")
+        self.host, self.port, self.timeout = host, int(port), timeout
+        self.context = ssl.create_default_context(cadata=server.bundle_pem.decode())
+        if client_chain is not None:
+            assert client_key is not None
+            with tempfile.TemporaryDirectory() as tmp:  # load_cert_chain wants files
+                chain_file, key_file = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
+                chain_file.write_bytes(client_chain)
+                key_file.write_bytes(client_key)
+                self.context.load_cert_chain(chain_file, key_file)
+
+    def request(self, method: str, path: str, *, token: str | None = None,
+                authorization: str | None = None, json_body: Any = None,
+                accept: str | None = None) -> AdminResponse:
+        """`token` sends `Authorization: Bearer <token>`; `authorization` sends the header
+        verbatim. Raises OSError (ssl.SSLError, ConnectionError) when TLS refuses us."""
+        headers = {"Connection": "close"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        if accept is not None:
+            headers["Accept"] = accept
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                 context=self.context)
+        raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            connection.sock = self.context.wrap_socket(raw, server_hostname="localhost")
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return AdminResponse(response.status,
+                                 {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            connection.close()
+
+    def get(self, path: str, **kw: Any) -> AdminResponse:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json_body: Any = None, **kw: Any) -> AdminResponse:
+        return self.request("POST", path, json_body=json_body, **kw)
+
+
+def admin_token(server: MeshcaProcess) -> str:
+    """The bootstrap admin token meshca wrote on its first start."""
+    return (server.data_dir / "admin-token").read_text().strip()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +48,16 @@ class RevokedEntry:
 _SUMMARY = [c for c in issued_certificates.c if c.name != "certificate_pem"]
 
 
+def _utc(value: datetime) -> datetime:
+    """A caller's aware time in UTC. One whose UTC form is outside datetime's range (year 1 at
+    +14:00, year 9999 at -14:00) becomes the nearest representable instant, which compares the
+    same against every stored time, instead of an OverflowError when it is bound."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)
+
+
 class SqlInventory:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -70,10 +80,11 @@ class SqlInventory:
             query = query.where(or_(t.revoked_at.is_not(None), t.not_before > now,
                                     t.not_after <= now))
         if where.expiring_before:
-            query = query.where(t.not_after < where.expiring_before)
+            query = query.where(t.not_after < _utc(where.expiring_before))
         if after is not None:
-            query = query.where(or_(t.issued_at > after.issued_at,
-                                    and_(t.issued_at == after.issued_at, t.serial > after.serial)))
+            issued_at = _utc(after.issued_at)
+            query = query.where(or_(t.issued_at > issued_at,
+                                    and_(t.issued_at == issued_at, t.serial > after.serial)))
         query = query.order_by(t.issued_at, t.serial).limit(limit)
         with self._engine.connect() as connection:
             return [dict(r) for r in connection.execute(query).mappings()]

@@ -30,7 +30,6 @@ ROUTE_ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/bundle"): None,
     ("GET", "/openapi.json"): Role.VIEWER,
     ("GET", "/docs"): Role.VIEWER,
-    ("GET", "/docs/oauth2-redirect"): Role.VIEWER,  # FastAPI adds it with /docs
     ("GET", "/v1/ca"): Role.VIEWER,
     ("GET", "/v1/certificates"): Role.VIEWER,
     ("GET", "/v1/certificates/{serial}"): Role.VIEWER,
