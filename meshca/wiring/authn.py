@@ -13,7 +13,7 @@ from typing import Any
 from meshca.config import Settings
 from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
 from meshca.infra.jwks_source import load_jwks
-from meshca.infra.kube.api import KubeApi
+from meshca.infra.kube.api import KUBE_THREADS, KubeApi
 from meshca.infra.oidc import https_discovery, kube_discovery
 from meshca.service.key_sources import DiscoveredKeySource, KeySource, StaticKeySource
 from meshca.service.kube_calls import KubeCalls
@@ -52,7 +52,7 @@ def uses_development_issuer(settings: Settings) -> bool:
 def build_token_authentication(settings: Settings, metrics: AuthMetrics,
                                stop: asyncio.Event) -> TokenAuthentication:
     """Raises SystemExit with a message when the settings cannot work together."""
-    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meshca-kube")
+    pool = ThreadPoolExecutor(max_workers=KUBE_THREADS, thread_name_prefix="meshca-kube")
     # The API-server budget is shared by all workers of this replica.
     qps = settings.kube_qps / settings.workers
     burst = max(1, settings.kube_burst // settings.workers)

@@ -223,6 +223,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Like kube-apiserver (Go sets TCP_NODELAY): headers and body written separately must not
+    # wait ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
     timeout = 300  # idle keep-alive connections are closed after this long
     server: _Server
 

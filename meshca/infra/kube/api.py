@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from meshca.service.ports import KubeApiError, PodInfo, TokenReviewResult
 
 _TIMEOUT = (3.0, 10.0)  # connect, read
+KUBE_THREADS = 16  # threads that call an API server at once, per worker
 
 
 class KubeApi:
@@ -38,6 +39,7 @@ class KubeApi:
         else:
             k8s_config.load_incluster_config(client_configuration=configuration)
         configuration.retries = False  # meshca decides about retries (rate limit, Retry-After)
+        configuration.connection_pool_maxsize = KUBE_THREADS  # one connection per calling thread
         return cls(k8s.ApiClient(configuration), cluster)
 
     @staticmethod
