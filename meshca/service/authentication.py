@@ -18,15 +18,18 @@ _BEARER = "Bearer "
 def bearer_token(values: Sequence[str]) -> str:
     """Exactly one `authorization` value, `Bearer <token>`, as Istio's agent sends it."""
     if not values:
-        raise AuthenticationError("no authorization metadata; expected 'Bearer <token>'")
+        raise AuthenticationError("no authorization metadata; expected 'Bearer <token>'",
+                                  reason="missing")
     if len(values) > 1:
-        raise AuthenticationError("more than one authorization value")
+        raise AuthenticationError("more than one authorization value", reason="malformed")
     value = values[0]
     if not value.startswith(_BEARER):
-        raise AuthenticationError("authorization metadata must start with 'Bearer '")
+        raise AuthenticationError("authorization metadata must start with 'Bearer '",
+                                  reason="malformed")
     token = value[len(_BEARER):].strip()
     if not token:
-        raise AuthenticationError("authorization metadata carries an empty bearer token")
+        raise AuthenticationError("authorization metadata carries an empty bearer token",
+                                  reason="missing")
     return token
 
 
@@ -52,12 +55,14 @@ def caller_from_certificate(der: bytes, trust_domain: str, now: datetime) -> Cer
     except (ValueError, x509.ExtensionNotFound):
         spiffe_id = None
     if spiffe_id is None:
-        raise AuthenticationError("client certificate does not carry exactly one SPIFFE ID")
+        raise AuthenticationError("client certificate does not carry exactly one SPIFFE ID",
+                                  reason="certificate")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise AuthenticationError("client certificate is not valid now")
+        raise AuthenticationError("client certificate is not valid now", reason="certificate")
     segments = spiffe_id.path.split("/")
     if spiffe_id.trust_domain != trust_domain or len(segments) != 5 \
             or segments[1] != "ns" or segments[3] != "sa":
-        raise AuthenticationError("client certificate is not a workload identity of this trust domain")
+        raise AuthenticationError("client certificate is not a workload identity of this trust domain",
+                                  reason="certificate")
     account = ServiceAccount(namespace=segments[2], name=segments[4])
     return CertificateCaller(account, spiffe_id, f"{cert.serial_number:x}")

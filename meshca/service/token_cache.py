@@ -48,7 +48,7 @@ class CachingAuthenticator:
         self._now = now
         self._good: OrderedDict[bytes, tuple[ServiceAccount, float]] = OrderedDict()
         self._bad: OrderedDict[bytes, _Refusal] = OrderedDict()
-        self._in_flight: dict[bytes, asyncio.Future[ServiceAccount]] = {}
+        self._in_flight: dict[bytes, asyncio.Task[ServiceAccount]] = {}
         self._metrics = metrics
 
     async def authenticate(self, token: str) -> ServiceAccount:
@@ -71,26 +71,26 @@ class CachingAuthenticator:
         pending = self._in_flight.get(key)
         if pending is not None:
             self._metrics.token_cache("coalesced")
-            return await asyncio.shield(pending)
-        self._metrics.token_cache("miss")
-        future: asyncio.Future[ServiceAccount] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        else:
+            self._metrics.token_cache("miss")
+            # The check runs as its own task: a caller that gives up (deadline, disconnect)
+            # cancels only its own wait, never the check the others are waiting on.
+            pending = asyncio.get_running_loop().create_task(self._check(key, token))
+            pending.add_done_callback(_retrieve)  # no "never retrieved" noise if all gave up
+            self._in_flight[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _check(self, key: bytes, token: str) -> ServiceAccount:
         try:
             account = await self._validate(token)
         except AuthenticationError as exc:
             self._remember_refusal(key, exc)
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
             raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
+        else:
+            self._remember(key, account)
+            return account
         finally:
             del self._in_flight[key]
-        self._remember(key, account)
-        future.set_result(account)
-        return account
 
     def _remember(self, key: bytes, account: ServiceAccount) -> None:
         until = self._now() + self._settings.ttl_seconds
@@ -110,3 +110,8 @@ class CachingAuthenticator:
 
     def __len__(self) -> int:
         return len(self._good)
+
+
+def _retrieve(task: asyncio.Task[ServiceAccount]) -> None:
+    if not task.cancelled():
+        task.exception()

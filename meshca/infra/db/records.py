@@ -121,7 +121,8 @@ def _preconditions(connection: Connection, batch: list[_Pending]) -> list[Meshca
         if item.record is None:
             outcomes.append(None)
         elif item.renewing_serial and item.renewing_serial not in good_serials:
-            outcomes.append(AuthenticationError("client certificate is revoked or unknown"))
+            outcomes.append(AuthenticationError("client certificate is revoked or unknown",
+                                                reason="certificate"))
         elif item.record.spiffe_id in blocked:
             outcomes.append(PermissionDenied("identity is blocked by an administrator"))
         else:
