@@ -221,7 +221,7 @@ def reset_postgres(url: str) -> None:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "DROP TABLE IF EXISTS audit_log, admin_tokens, blocked_identities, issued_certificates, "
+            "DROP TABLE IF EXISTS leases, audit_log, admin_tokens, blocked_identities, issued_certificates, "
             "ca_generations, alembic_version CASCADE")
     engine.dispose()
 

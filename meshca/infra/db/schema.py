@@ -116,3 +116,13 @@ audit_log = Table(
     Column("outcome", String(16), nullable=False),
     Column("detail", Text, nullable=True),
 )
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", Text, nullable=False),
+    # Grows by one whenever the lease changes hands: writes carry it to fence off a stale holder.
+    Column("fencing", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)

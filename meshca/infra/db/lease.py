@@ -1,0 +1,76 @@
+"""A lease in the shared database: at most one holder at a time, with a fencing token.
+
+Acquiring and renewing are one conditional UPDATE (or the first INSERT), atomic on SQLite and
+PostgreSQL alike, so two replicas racing can never both win. The fencing token grows whenever
+the lease changes hands; a holder that was paused past its expiry finds its token stale and its
+writes refused (`holds`), instead of overwriting its successor's work.
+Times come from the caller's clock: replicas are expected to keep NTP time, and the TTL should
+be much longer than any plausible skew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, case, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from meshca.infra.db.schema import leases
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    holder: str
+    fencing: int
+    expires_at: datetime
+
+
+class SqlLeases:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def acquire(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
+        """Take or renew the lease; None while someone else holds it unexpired."""
+        t = leases.c
+        expires = now + ttl
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                update(leases)
+                .where(t.name == name, (t.holder == holder) | (t.expires_at <= now))
+                .values(holder=holder, expires_at=expires,
+                        fencing=t.fencing + case((t.holder == holder, 0), else_=1))
+            )
+            if result.rowcount == 0:
+                try:
+                    with connection.begin_nested():
+                        connection.execute(insert(leases).values(
+                            name=name, holder=holder, fencing=1, expires_at=expires))
+                except IntegrityError:
+                    return None  # someone holds it
+            row = connection.execute(select(t.fencing).where(t.name == name)).one()
+        return Lease(name, holder, int(row[0]), expires)
+
+    def release(self, lease: Lease) -> None:
+        """Give it up early (clean shutdown), if still ours."""
+        t = leases.c
+        with self._engine.begin() as connection:
+            connection.execute(delete(leases).where(
+                t.name == lease.name, t.holder == lease.holder, t.fencing == lease.fencing))
+
+    def current(self, name: str) -> Lease | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(select(leases).where(leases.c.name == name)).mappings().first()
+        if row is None:
+            return None
+        return Lease(row["name"], row["holder"], int(row["fencing"]), row["expires_at"])
+
+
+def holds(connection: Connection, lease: Lease, now: datetime) -> bool:
+    """Inside a write transaction: is `lease` still ours and unexpired? Fence the write if not."""
+    t = leases.c
+    row = connection.execute(select(t.holder, t.fencing, t.expires_at).where(
+        t.name == lease.name)).first()
+    return (row is not None and row[0] == lease.holder and int(row[1]) == lease.fencing
+            and row[2] > now)
