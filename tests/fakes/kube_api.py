@@ -12,6 +12,14 @@ Token checks here are written independently of meshca's own JWT code (only `sign
 `to_jwk` are borrowed, to mint and publish), so a bug in meshca's verifier cannot hide
 behind the same bug in the fake.
 
+Namespaces (list, with label and field selectors and limit/continue) and ConfigMaps (list, get,
+create, replace, delete) behave as the API server's do: resourceVersion moves on every change
+and only then, a replace carrying a stale resourceVersion is 409 Conflict, a create of an
+existing name 409 AlreadyExists, writes into a missing namespace 404 and creates into a
+terminating one 403 (NamespaceLifecycle), bodies are validated (400/422). PATCH, watch and
+deletecollection are not served. `before()` runs another client's write between a client's
+read and its write, to provoke real conflicts.
+
 Usage::
 
     with FakeKubeApi() as kube:
@@ -19,6 +27,8 @@ Usage::
         kube.add_pod("default", "app-1", service_account="app", node="node-a")
         token = kube.mint("default", "app", pod="app-1")
         kube.kubeconfig(tmp_path / "kubeconfig")
+        kube.add_namespace("shop", {"istio-injection": "enabled"})
+        kube.put_configmap("shop", "istio-ca-root-cert", {"root-cert.pem": pem})
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import errno
 import hashlib
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -155,7 +166,7 @@ class _Fault:
 
 @dataclass(frozen=True)
 class _Route:
-    kind: str  # tokenreviews, pod, pods, discovery, jwks, other
+    kind: str  # tokenreviews, pod, pods, discovery, jwks, namespaces, configmaps, other
     allowed_methods: tuple[str, ...] = ()
     namespace: str | None = None
     name: str | None = None
@@ -171,6 +182,17 @@ def _route(path: str) -> _Route:
     parts = [unquote(p) for p in path.split("/")]
     if parts == ["", "api", "v1", "pods"]:
         return _Route("pods", ("GET",))
+    if parts == ["", "api", "v1", "namespaces"]:
+        return _Route("namespaces", ("GET",))
+    if parts == ["", "api", "v1", "configmaps"]:
+        return _Route("configmaps", ("GET",))
+    if len(parts) in (6, 7) and parts[:4] == ["", "api", "v1", "namespaces"] and parts[5] == "configmaps":
+        if not parts[4]:
+            return _Route("other")
+        if len(parts) == 6:
+            return _Route("configmaps", ("GET", "POST"), namespace=parts[4])
+        if parts[6]:
+            return _Route("configmaps", ("GET", "PUT", "DELETE"), namespace=parts[4], name=parts[6])
     if len(parts) in (6, 7) and parts[:4] == ["", "api", "v1", "namespaces"] and parts[5] == "pods":
         if not parts[4]:
             return _Route("other")
@@ -179,6 +201,294 @@ def _route(path: str) -> _Route:
         if parts[6]:
             return _Route("pod", ("GET",), namespace=parts[4], name=parts[6])
     return _Route("other")
+
+
+# ----------------------------------------------------------------------------- selectors
+# Label selectors as k8s.io/apimachinery/pkg/labels parses them (lexer, grammar, validation).
+
+_LABEL_NAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_CONFIG_KEY_RE = re.compile(r"[-._a-zA-Z0-9]+")
+_SELECTOR_SPECIAL = ("!=", "==", "!", "(", ")", ",", "=", ">", "<")
+_CONFIGMAP_MAX_BYTES = 1024 * 1024  # corev1.MaxSecretSize, which also bounds ConfigMaps
+_NAME_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+
+
+class _SelectorError(ValueError):
+    pass
+
+
+def _label_key_errors(key: str) -> list[str]:
+    """validation.IsQualifiedName: an optional DNS-subdomain prefix and a name of at most 63."""
+    prefix, slash, name = key.rpartition("/")
+    errors: list[str] = []
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix)):
+        errors.append("prefix part " + _NAME_MESSAGE)
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    elif not _LABEL_NAME_RE.fullmatch(name):
+        errors.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+            "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+            "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        )
+    return errors
+
+
+def _label_value_errors(value: str) -> list[str]:
+    if len(value) > 63:
+        return ["must be no more than 63 characters"]
+    if value and not _LABEL_NAME_RE.fullmatch(value):
+        return [
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+            "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
+            "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+        ]
+    return []
+
+
+def _selector_tokens(text: str) -> list[str]:
+    tokens: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        special = next((s for s in _SELECTOR_SPECIAL if text.startswith(s, i)), None)
+        if special is not None:
+            tokens.append(special)
+            i += len(special)
+            continue
+        start = i
+        while i < len(text) and not text[i].isspace() and not any(text.startswith(s, i) for s in "!(),=><"):
+            i += 1
+        tokens.append(text[start:i])
+    return tokens
+
+
+@dataclass(frozen=True)
+class _Requirement:
+    key: str
+    op: str  # "=", "!=", "in", "notin", "exists", "!", "gt", "lt"
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        value = labels.get(self.key, "")
+        if self.op in ("=", "in"):
+            return present and value in self.values
+        if self.op in ("!=", "notin"):
+            return not present or value not in self.values
+        if self.op == "exists":
+            return present
+        if self.op == "!":
+            return not present
+        try:
+            number = int(value)
+        except ValueError:
+            return False
+        bound = int(self.values[0])
+        return present and (number > bound if self.op == "gt" else number < bound)
+
+
+def _parse_label_selector(text: str) -> list[_Requirement]:
+    """labels.Parse: comma-ANDed `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (..)`, `k notin (..)`, `k>n`."""
+    tokens = _selector_tokens(text)
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take() -> str | None:
+        nonlocal pos
+        token = peek()
+        pos += 1
+        return token
+
+    def is_identifier(token: str | None) -> bool:
+        return token is not None and token not in _SELECTOR_SPECIAL
+
+    def shown(token: str | None) -> str:
+        return "" if token is None else token
+
+    def requirement() -> _Requirement:
+        negated = peek() == "!"
+        if negated:
+            take()
+        key = take()
+        if not is_identifier(key) or key in ("in", "notin"):
+            raise _SelectorError(f"found '{shown(key)}', expected: identifier")
+        assert key is not None
+        if errors := _label_key_errors(key):
+            raise _SelectorError(f'key: Invalid value: "{key}": {"; ".join(errors)}')
+        if peek() in (None, ","):
+            return _Requirement(key, "!" if negated else "exists")
+        if negated:
+            raise _SelectorError(f"found '{shown(peek())}', expected: ',' or 'end of string'")
+        operator = take()
+        op = {"=": "=", "==": "=", "!=": "!=", "in": "in", "notin": "notin", ">": "gt", "<": "lt"}.get(
+            shown(operator)
+        )
+        if op is None:
+            raise _SelectorError(
+                f"found '{shown(operator)}', expected: in, notin, =, ==, !=, gt, lt"
+            )
+        values: list[str] = []
+        if op in ("in", "notin"):
+            opened = take()
+            if opened != "(":
+                raise _SelectorError(f"found '{shown(opened)}', expected: '('")
+            if peek() == ")":
+                take()
+                values.append("")
+            else:
+                expect_value = True
+                while True:
+                    token = take()
+                    if token == ")":
+                        if expect_value:
+                            values.append("")
+                        break
+                    if token == ",":
+                        if expect_value:
+                            values.append("")
+                        expect_value = True
+                        continue
+                    if is_identifier(token) and expect_value:
+                        assert token is not None
+                        values.append(token)
+                        expect_value = False
+                        continue
+                    raise _SelectorError(f"found '{shown(token)}', expected: ',', ')' or identifier")
+        elif peek() in (None, ","):
+            values.append("")
+        else:
+            token = take()
+            if not is_identifier(token):
+                raise _SelectorError(f"found '{shown(token)}', expected: identifier")
+            assert token is not None
+            values.append(token)
+        for index, value in enumerate(values):
+            if op in ("gt", "lt"):
+                try:
+                    int(value)
+                except ValueError:
+                    raise _SelectorError(
+                        f"values[{index}]: Invalid value: \"{value}\": for 'gt', 'lt' operators, "
+                        "the value must be an integer"
+                    ) from None
+            elif errors := _label_value_errors(value):
+                raise _SelectorError(f'values[{index}][{key}]: Invalid value: "{value}": {"; ".join(errors)}')
+        return _Requirement(key, op, tuple(values))
+
+    requirements: list[_Requirement] = []
+    while True:
+        token = peek()
+        if token is None:
+            return requirements
+        if not (is_identifier(token) or token == "!"):
+            raise _SelectorError(f"found '{token}', expected: !, identifier, or 'end of string'")
+        try:
+            requirements.append(requirement())
+        except _SelectorError as exc:
+            raise _SelectorError(f"unable to parse requirement: {exc}") from None
+        after = take()
+        if after is None:
+            return requirements
+        if after != ",":
+            raise _SelectorError(f"found '{after}', expected: ',' or 'end of string'")
+        if not (is_identifier(peek()) or peek() == "!"):
+            raise _SelectorError(f"found '{shown(peek())}', expected: identifier after ','")
+
+
+def _parse_field_selector(selector: str, supported: Iterable[str]) -> list[tuple[str, bool, str]]:
+    """fields.ParseSelector: comma-ANDed `f=v`, `f==v`, `f!=v` over the resource's supported fields."""
+    requirements: list[tuple[str, bool, str]] = []
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            name, value = term.split("!=", 1)
+            equal = False
+        else:
+            name, sep, value = term.replace("==", "=", 1).partition("=")
+            if not sep:
+                raise _SelectorError(f"invalid selector: '{selector}'; can't understand '{term}'")
+            equal = True
+        if name not in supported:
+            raise _SelectorError(f"field label not supported: {name}")
+        requirements.append((name, equal, value))
+    return requirements
+
+
+@dataclass
+class _Namespace:
+    name: str
+    uid: str
+    created: float
+    resource_version: int
+    labels: dict[str, str] = field(default_factory=dict)
+    phase: str = "Active"
+
+
+@dataclass
+class _ConfigMap:
+    namespace: str
+    name: str
+    uid: str
+    created: float
+    resource_version: int
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    binary_data: dict[str, str] = field(default_factory=dict)
+    immutable: bool | None = None
+
+    def content(self) -> tuple[Any, ...]:
+        return (self.labels, self.annotations, self.data, self.binary_data, self.immutable)
+
+
+@dataclass
+class _Hook:
+    method: str
+    prefix: str
+    action: Callable[[], object]
+    remaining: int | None
+
+
+class _Refusal(Exception):
+    """An API error answer (code and Status body) raised out of a handler."""
+
+    def __init__(self, code: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message", ""))
+        self.code = code
+        self.body = body
+
+
+def _not_found(resource: str, name: str) -> _Refusal:
+    details = {"name": name, "kind": resource}
+    return _Refusal(404, _status_body(404, f'{resource} "{name}" not found', details=details))
+
+
+def _bad_request(message: str) -> _Refusal:
+    return _Refusal(400, _status_body(400, message, details={}))
+
+
+def _invalid(kind: str, name: str, causes: list[tuple[str, str, str]]) -> _Refusal:
+    """422 Invalid: causes are (reason, field, message) as field.ErrorList renders them."""
+    rendered = [f"{f}: {m}" for _, f, m in causes]
+    summary = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+    details = {
+        "name": name, "kind": kind,
+        "causes": [{"reason": r, "message": m, "field": f} for r, f, m in causes],
+    }
+    return _Refusal(422, _status_body(422, f'{kind} "{name}" is invalid: {summary}', reason="Invalid",
+                                      details=details))
 
 
 class _Server(ThreadingHTTPServer):
@@ -306,6 +616,9 @@ class FakeKubeApi:
         self._resource_version = 1000
         self._faults: list[_Fault] = []
         self._delays: list[tuple[str, float]] = []
+        self._hooks: list[_Hook] = []
+        self._namespaces: dict[str, _Namespace] = {}
+        self._configmaps: dict[tuple[str, str], _ConfigMap] = {}
         self._keys: list[_SigningKey] = [self._new_key(algorithm)]
         self._connections: set[Any] = set()
         self._ca_pem, self._ssl_context = self._make_tls()
@@ -597,6 +910,89 @@ class FakeKubeApi:
             pod = self._pods.get((namespace, name))
             return pod.uid if pod else None
 
+    def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> str:
+        """Create a Namespace, or replace an existing one's labels; returns its uid.
+
+        Like the API server, every namespace also carries `kubernetes.io/metadata.name: <name>`.
+        """
+        if not _DNS_LABEL_RE.fullmatch(name) or len(name) > 63:
+            raise ValueError(f"invalid namespace name {name!r}")
+        wanted = {**dict(labels or {}), "kubernetes.io/metadata.name": name}
+        with self._lock:
+            namespace = self._namespaces.get(name)
+            if namespace is None:
+                namespace = _Namespace(name, str(uuid.uuid4()), self.clock(), self._bump(), wanted)
+                self._namespaces[name] = namespace
+            elif namespace.labels != wanted:
+                namespace.labels = wanted
+                namespace.resource_version = self._bump()
+            return namespace.uid
+
+    def terminate_namespace(self, name: str) -> None:
+        """Put a namespace in phase Terminating: no new objects may be created in it."""
+        with self._lock:
+            self._namespaces[name].phase = "Terminating"
+            self._namespaces[name].resource_version = self._bump()
+
+    def delete_namespace(self, name: str) -> None:
+        """Remove a namespace and everything in it (the namespace controller's work, done at once)."""
+        with self._lock:
+            del self._namespaces[name]
+            for key in [k for k in self._configmaps if k[0] == name]:
+                del self._configmaps[key]
+            for key in [k for k in self._pods if k[0] == name]:
+                del self._pods[key]
+            self._bump()
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as a GET would return it, or None."""
+        with self._lock:
+            cm = self._configmaps.get((namespace, name))
+            return self._configmap_object(cm) if cm is not None else None
+
+    def configmaps(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every ConfigMap (in one namespace), as GETs would return them, by namespace and name."""
+        with self._lock:
+            return [
+                self._configmap_object(cm) for key, cm in sorted(self._configmaps.items())
+                if namespace is None or key[0] == namespace
+            ]
+
+    def put_configmap(
+        self,
+        namespace: str,
+        name: str,
+        data: Mapping[str, str] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        binary_data: Mapping[str, bytes] | None = None,
+        immutable: bool | None = None,
+    ) -> str:
+        """Write a ConfigMap as another client would (create or overwrite); returns its resourceVersion.
+
+        The namespace must exist. Writing the same content again changes nothing, as on the API server.
+        """
+        with self._lock:
+            if name == "" or namespace not in self._namespaces:
+                raise KeyError(f'namespaces "{namespace}" not found')
+            cm = self._configmaps.get((namespace, name))
+            fresh = _ConfigMap(
+                namespace, name, cm.uid if cm else str(uuid.uuid4()), cm.created if cm else self.clock(), 0,
+                dict(labels or {}), dict(annotations or {}), dict(data or {}),
+                {k: base64.b64encode(v).decode() for k, v in (binary_data or {}).items()}, immutable,
+            )
+            if cm is not None and cm.content() == fresh.content():
+                return str(cm.resource_version)
+            fresh.resource_version = self._bump()
+            self._configmaps[(namespace, name)] = fresh
+            return str(fresh.resource_version)
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        with self._lock:
+            del self._configmaps[(namespace, name)]
+            self._bump()
+
     # ----------------------------------------------------------------- tokens
 
     def mint(
@@ -851,17 +1247,30 @@ class FakeKubeApi:
         with self._lock:
             self._delays.append((path_prefix, seconds))
 
+    def before(
+        self, method: str, path_prefix: str, action: Callable[[], object], *, times: int | None = 1
+    ) -> None:
+        """Run `action` (e.g. another client's write) just before answering a matching request.
+
+        It runs in the server's thread once the request has arrived, so it lands between what the
+        client read earlier and what this request does: a concurrent writer, deterministically.
+        `times=None` means until clear_faults().
+        """
+        with self._lock:
+            self._hooks.append(_Hook(method.upper(), path_prefix, action, times))
+
     def clear_faults(self) -> None:
-        """Remove all injected faults and delays."""
+        """Remove all injected faults, delays and `before` actions."""
         with self._lock:
             self._faults.clear()
             self._delays.clear()
+            self._hooks.clear()
 
     @property
     def calls(self) -> Counter[tuple[str, str]]:
         """A snapshot: (method, kind) -> requests received, kind one of tokenreviews, pod,
-        pods, discovery, jwks, other. Every request that reached the server counts, including
-        ones answered with an error."""
+        pods, discovery, jwks, namespaces, configmaps (collection and item alike), other. Every
+        request that reached the server counts, including ones answered with an error."""
         with self._lock:
             return Counter(self._calls)
 
@@ -891,8 +1300,16 @@ class FakeKubeApi:
             fault = next((f for f in self._faults if path.startswith(f.prefix) and f.remaining != 0), None)
             if fault is not None and fault.remaining is not None:
                 fault.remaining -= 1
+            actions = []
+            for hook in self._hooks:
+                if hook.method == req.command and path.startswith(hook.prefix) and hook.remaining != 0:
+                    actions.append(hook.action)
+                    if hook.remaining is not None:
+                        hook.remaining -= 1
         if pause > 0:
             time.sleep(pause)
+        for action in actions:
+            action()
 
         authz = req.headers.get("Authorization")
         presented = authz[len("Bearer "):].strip() if authz and authz.startswith("Bearer ") else None
@@ -925,8 +1342,17 @@ class FakeKubeApi:
             )
         elif route.kind == "pod":
             self._get_pod(req, str(route.namespace), str(route.name))
-        else:
+        elif route.kind == "pods":
             self._list_pods(req, route.namespace, query)
+        else:
+            try:
+                if route.kind == "namespaces":
+                    code, answer = 200, self._list_namespaces(query)
+                else:
+                    code, answer = self._configmap_request(req.command, route, query, body)
+            except _Refusal as refusal:
+                code, answer = refusal.code, refusal.body
+            req.reply(code, answer)
 
     def _reply_fault(self, req: _Handler, fault: _Fault, route: _Route, path: str, user: str) -> None:
         code = fault.status
@@ -978,6 +1404,18 @@ class FakeKubeApi:
             return (
                 f'pods is forbidden: User "{user}" cannot list resource "pods" in API group "" {where}',
                 {"kind": "pods"},
+            )
+        if route.kind in ("configmaps", "namespaces"):
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+                method, "get" if route.name else "list"
+            )
+            subject = f'{route.kind} "{route.name}"' if route.name else route.kind
+            where = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+            details = {"name": route.name, "kind": route.kind} if route.name else {"kind": route.kind}
+            return (
+                f'{subject} is forbidden: User "{user}" cannot {verb} resource "{route.kind}" '
+                f'in API group "" {where}',
+                details,
             )
         return f'forbidden: User "{user}" cannot {method.lower()} path "{path}"', {}
 
@@ -1115,3 +1553,369 @@ class FakeKubeApi:
         req.reply(200, {
             "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": version}, "items": items,
         })
+
+    # ----------------------------------------------------------------- namespaces, configmaps
+
+    @staticmethod
+    def _page(
+        keyed: list[tuple[str, dict[str, Any]]], query: dict[str, list[str]], version: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """limit/continue as the API server pages a list read from etcd (the token holds the start key)."""
+        meta: dict[str, Any] = {"resourceVersion": str(version)}
+        start = ""
+        token = (query.get("continue") or [""])[0]
+        if token and (query.get("resourceVersion") or [""])[0] not in ("", "0"):
+            raise _bad_request("specifying resource version is not allowed when using continue")
+        if token:
+            try:
+                doc = json.loads(base64.b64decode(token, validate=True))
+                start = str(doc["start"])
+                if doc.get("v") != "meta.k8s.io/v1":
+                    raise ValueError(doc.get("v"))
+            except (ValueError, KeyError, TypeError, binascii.Error):
+                raise _bad_request("continue key is not valid: incorrect encoded start resourceVersion "
+                                   "(version meta.k8s.io/v1)") from None
+        raw_limit = (query.get("limit") or ["0"])[0]
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise _bad_request(f'strconv.ParseInt: parsing "{raw_limit}": invalid syntax') from None
+        rest = [(k, o) for k, o in keyed if k >= start]
+        if limit <= 0 or len(rest) <= limit:
+            return [o for _, o in rest], meta
+        page = rest[:limit]
+        next_key = page[-1][0] + "\x00"
+        meta["continue"] = base64.b64encode(json.dumps(
+            {"v": "meta.k8s.io/v1", "rv": version, "start": next_key}, separators=(",", ":")
+        ).encode()).decode()
+        meta["remainingItemCount"] = len(rest) - limit
+        return [o for _, o in page], meta
+
+    @staticmethod
+    def _selectors(
+        query: dict[str, list[str]], fields: tuple[str, ...]
+    ) -> tuple[list[_Requirement], list[tuple[str, bool, str]]]:
+        try:
+            labels = [r for s in query.get("labelSelector", []) for r in _parse_label_selector(s)]
+            by_field = [r for s in query.get("fieldSelector", []) for r in _parse_field_selector(s, fields)]
+        except _SelectorError as exc:
+            raise _bad_request(str(exc)) from None
+        return labels, by_field
+
+    @staticmethod
+    def _namespace_object(ns: _Namespace, *, typed: bool = True) -> dict[str, Any]:
+        obj: dict[str, Any] = {"kind": "Namespace", "apiVersion": "v1"} if typed else {}
+        obj["metadata"] = {
+            "name": ns.name,
+            "uid": ns.uid,
+            "resourceVersion": str(ns.resource_version),
+            "creationTimestamp": _rfc3339(ns.created),
+            "labels": dict(ns.labels),
+        }
+        obj["spec"] = {"finalizers": ["kubernetes"]}
+        obj["status"] = {"phase": ns.phase}
+        return obj
+
+    def _list_namespaces(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        labels, by_field = self._selectors(query, ("metadata.name", "status.phase"))
+        with self._lock:
+            keyed = []
+            for ns in sorted(self._namespaces.values(), key=lambda n: n.name):
+                values = {"metadata.name": ns.name, "status.phase": ns.phase}
+                if all(r.matches(ns.labels) for r in labels) and all(
+                    (values[n] == v) == eq for n, eq, v in by_field
+                ):
+                    keyed.append((ns.name, self._namespace_object(ns, typed=False)))
+            version = self._resource_version
+        items, meta = self._page(keyed, query, version)
+        return {"kind": "NamespaceList", "apiVersion": "v1", "metadata": meta, "items": items}
+
+    @staticmethod
+    def _configmap_object(cm: _ConfigMap, *, typed: bool = True) -> dict[str, Any]:
+        obj: dict[str, Any] = {"kind": "ConfigMap", "apiVersion": "v1"} if typed else {}
+        metadata: dict[str, Any] = {
+            "name": cm.name,
+            "namespace": cm.namespace,
+            "uid": cm.uid,
+            "resourceVersion": str(cm.resource_version),
+            "creationTimestamp": _rfc3339(cm.created),
+        }
+        if cm.labels:
+            metadata["labels"] = dict(cm.labels)
+        if cm.annotations:
+            metadata["annotations"] = dict(cm.annotations)
+        obj["metadata"] = metadata
+        if cm.immutable is not None:
+            obj["immutable"] = cm.immutable
+        if cm.data:
+            obj["data"] = dict(cm.data)
+        if cm.binary_data:
+            obj["binaryData"] = dict(cm.binary_data)
+        return obj
+
+    def _configmap_request(
+        self, method: str, route: _Route, query: dict[str, list[str]], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        namespace, name = route.namespace, route.name
+        if method == "GET" and name is None:
+            return 200, self._list_configmaps(namespace, query)
+        assert namespace is not None
+        if method == "POST":
+            return 201, self._create_configmap(namespace, self._decode_configmap(body, namespace, None))
+        assert name is not None
+        if method == "GET":
+            with self._lock:
+                cm = self._configmaps.get((namespace, name))
+                if cm is None:
+                    raise _not_found("configmaps", name)
+                return 200, self._configmap_object(cm)
+        if method == "PUT":
+            replacement = self._decode_configmap(body, namespace, name)
+            return 200, self._replace_configmap(namespace, name, replacement)
+        return 200, self._delete_configmap(namespace, name, body)
+
+    def _list_configmaps(self, namespace: str | None, query: dict[str, list[str]]) -> dict[str, Any]:
+        labels, by_field = self._selectors(query, ("metadata.name", "metadata.namespace"))
+        with self._lock:
+            keyed = []
+            for (ns, name), cm in sorted(self._configmaps.items()):
+                values = {"metadata.name": name, "metadata.namespace": ns}
+                if (
+                    (namespace is None or ns == namespace)
+                    and all(r.matches(cm.labels) for r in labels)
+                    and all((values[n] == v) == eq for n, eq, v in by_field)
+                ):
+                    keyed.append((f"{ns}/{name}", self._configmap_object(cm, typed=False)))
+            version = self._resource_version
+        items, meta = self._page(keyed, query, version)
+        return {"kind": "ConfigMapList", "apiVersion": "v1", "metadata": meta, "items": items}
+
+    @staticmethod
+    def _decode_configmap(raw: bytes, namespace: str, url_name: str | None) -> _ConfigMap:
+        """The request body as the API server decodes it (400 for what is not a v1 ConfigMap)."""
+        prefix = 'ConfigMap in version "v1" cannot be handled as a ConfigMap: '
+
+        def unmarshal(what: str, field_path: str, go_type: str) -> _Refusal:
+            return _bad_request(
+                f"{prefix}json: cannot unmarshal {what} into Go struct field {field_path} of type {go_type}"
+            )
+
+        def json_kind(value: Any) -> str:
+            if isinstance(value, bool):
+                return "bool"
+            if isinstance(value, int | float):
+                return "number"
+            if isinstance(value, str):
+                return "string"
+            return "array" if isinstance(value, list) else "object"
+
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
+        if not isinstance(doc, dict):
+            raise _bad_request(f"couldn't get version/kind; json parse error: cannot unmarshal "
+                               f"{json_kind(doc)} into Go value of type struct")
+        # Like the API server, a body without apiVersion/kind takes them from the endpoint.
+        if doc.get("apiVersion", "v1") != "v1" or doc.get("kind", "ConfigMap") != "ConfigMap":
+            raise _bad_request(
+                f"{prefix}the object provided is unrecognized (kind {doc.get('kind')!r}, "
+                f"apiVersion {doc.get('apiVersion')!r})"
+            )
+        meta = doc.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise unmarshal(json_kind(meta), "ConfigMap.metadata", "v1.ObjectMeta")
+
+        def string_map(container: dict[str, Any], key: str, field_path: str) -> dict[str, str]:
+            value = container.get(key)
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise unmarshal(json_kind(value), field_path, "map[string]string")
+            for item in value.values():
+                if not isinstance(item, str):
+                    raise unmarshal(json_kind(item), field_path, "string")
+            return dict(value)
+
+        def string_field(key: str) -> str:
+            value = meta.get(key)
+            if value is None:
+                return ""
+            if not isinstance(value, str):
+                raise unmarshal(json_kind(value), f"ObjectMeta.metadata.{key}", "string")
+            return value
+
+        labels = string_map(meta, "labels", "ObjectMeta.metadata.labels")
+        annotations = string_map(meta, "annotations", "ObjectMeta.metadata.annotations")
+        data = string_map(doc, "data", "ConfigMap.data")
+        binary = string_map(doc, "binaryData", "ConfigMap.binaryData")
+        for key, value in binary.items():
+            try:
+                base64.b64decode(value, validate=True)
+            except (ValueError, binascii.Error):
+                raise _bad_request(f"{prefix}illegal base64 data in binaryData[{key}]") from None
+        immutable = doc.get("immutable")
+        if immutable is not None and not isinstance(immutable, bool):
+            raise unmarshal(json_kind(immutable), "ConfigMap.immutable", "bool")
+        name, generate = string_field("name"), string_field("generateName")
+        body_ns, uid = string_field("namespace"), string_field("uid")
+        version = string_field("resourceVersion")
+        if body_ns and body_ns != namespace:
+            raise _bad_request("the namespace of the provided object does not match the namespace sent on "
+                               "the request")
+        if url_name is not None and name != url_name:
+            raise _bad_request(
+                f"the name of the object ({name}) does not match the name on the URL ({url_name})"
+            )
+        if not name and generate:
+            name = generate + "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+        if version and not version.isdigit():
+            raise _bad_request(
+                f'invalid resource version: strconv.ParseUint: parsing "{version}": invalid syntax'
+            )
+        return _ConfigMap(
+            namespace, name, uid, 0.0, int(version or 0), labels, annotations, data, binary, immutable
+        )
+
+    @staticmethod
+    def _validate_configmap(cm: _ConfigMap) -> None:
+        causes: list[tuple[str, str, str]] = []
+        if not cm.name:
+            required = "Required value: name or generateName is required"
+            causes.append(("FieldValueRequired", "metadata.name", required))
+        elif len(cm.name) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(cm.name):
+            invalid = f'Invalid value: "{cm.name}": {_NAME_MESSAGE}'
+            causes.append(("FieldValueInvalid", "metadata.name", invalid))
+        for key, value in sorted(cm.labels.items()):
+            causes += [("FieldValueInvalid", "metadata.labels", f'Invalid value: "{key}": {e}')
+                       for e in _label_key_errors(key)]
+            causes += [("FieldValueInvalid", "metadata.labels", f'Invalid value: "{value}": {e}')
+                       for e in _label_value_errors(value)]
+        size = 0
+        for bag, other, keys in (("data", "binaryData", cm.data), ("binaryData", "data", cm.binary_data)):
+            for key in sorted(keys):
+                problems = []
+                if len(key) > 253:
+                    problems.append("must be no more than 253 characters")
+                if not _CONFIG_KEY_RE.fullmatch(key):
+                    problems.append(
+                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. "
+                        "'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is "
+                        "'[-._a-zA-Z0-9]+')"
+                    )
+                if key in (".", ".."):
+                    problems.append(f"must not be '{key}'")
+                elif key.startswith(".."):
+                    problems.append("must not start with '..'")
+                if bag == "data" and key in cm.binary_data:
+                    problems.append(f"duplicate of key present in {other}")
+                causes += [
+                    ("FieldValueInvalid", f"{bag}[{key}]", f'Invalid value: "{key}": {p}') for p in problems
+                ]
+        size += sum(len(v.encode()) for v in cm.data.values())
+        size += sum(len(base64.b64decode(v)) for v in cm.binary_data.values())
+        if size > _CONFIGMAP_MAX_BYTES:
+            too_long = f"Too long: must have at most {_CONFIGMAP_MAX_BYTES} bytes"
+            causes.append(("FieldValueTooLong", "", too_long))
+        if causes:
+            raise _invalid("ConfigMap", cm.name, causes)
+
+    def _admit_write(self, namespace: str, name: str, *, create: bool) -> None:
+        """The NamespaceLifecycle admission plugin (the caller holds the lock)."""
+        ns = self._namespaces.get(namespace)
+        if ns is None:
+            raise _not_found("namespaces", namespace)
+        if create and ns.phase == "Terminating":
+            cause = {
+                "reason": "NamespaceTerminating",
+                "message": f"namespace {namespace} is being terminated",
+                "field": "metadata.namespace",
+            }
+            message = (f'configmaps "{name}" is forbidden: unable to create new content in namespace '
+                       f"{namespace} because it is being terminated")
+            raise _Refusal(403, _status_body(403, message, details={
+                "name": name, "kind": "configmaps", "causes": [cause],
+            }))
+
+    def _create_configmap(self, namespace: str, cm: _ConfigMap) -> dict[str, Any]:
+        with self._lock:
+            self._admit_write(namespace, cm.name, create=True)
+            self._validate_configmap(cm)
+            if (namespace, cm.name) in self._configmaps:
+                message = f'configmaps "{cm.name}" already exists'
+                raise _Refusal(409, _status_body(409, message, reason="AlreadyExists",
+                                                 details={"name": cm.name, "kind": "configmaps"}))
+            if cm.resource_version:
+                cause = "resourceVersion should not be set on objects to be created"
+                raise _Refusal(500, _status_body(500, f"Internal error occurred: {cause}",
+                                                 details={"causes": [{"message": cause}]}))
+            cm.uid, cm.created, cm.resource_version = str(uuid.uuid4()), self.clock(), self._bump()
+            self._configmaps[(namespace, cm.name)] = cm
+            return self._configmap_object(cm)
+
+    def _replace_configmap(self, namespace: str, name: str, cm: _ConfigMap) -> dict[str, Any]:
+        with self._lock:
+            self._admit_write(namespace, name, create=False)
+            old = self._configmaps.get((namespace, name))
+            if old is None:
+                raise _not_found("configmaps", name)
+            # A resourceVersion makes the update conditional; without one it is unconditional.
+            if cm.resource_version and cm.resource_version != old.resource_version:
+                message = (
+                    f'Operation cannot be fulfilled on configmaps "{name}": the object has been modified; '
+                    "please apply your changes to the latest version and try again"
+                )
+                raise _Refusal(409, _status_body(409, message, details={"name": name, "kind": "configmaps"}))
+            if not cm.uid:
+                cm.uid = old.uid
+            causes: list[tuple[str, str, str]] = []
+            if cm.uid != old.uid:
+                causes.append(("FieldValueInvalid", "metadata.uid",
+                               f'Invalid value: "{cm.uid}": field is immutable'))
+            if old.immutable:
+                forbidden = "Forbidden: field is immutable when `immutable` is set"
+                if not cm.immutable:
+                    causes.append(("FieldValueForbidden", "immutable", forbidden))
+                if cm.data != old.data:
+                    causes.append(("FieldValueForbidden", "data", forbidden))
+                if cm.binary_data != old.binary_data:
+                    causes.append(("FieldValueForbidden", "binaryData", forbidden))
+            if causes:
+                raise _invalid("ConfigMap", name, causes)
+            self._validate_configmap(cm)
+            if cm.content() == old.content():
+                return self._configmap_object(old)  # nothing changed: no write, same resourceVersion
+            cm.created, cm.resource_version = old.created, self._bump()
+            self._configmaps[(namespace, name)] = cm
+            return self._configmap_object(cm)
+
+    def _delete_configmap(self, namespace: str, name: str, raw: bytes) -> dict[str, Any]:
+        options: Any = {}
+        if raw.strip():
+            try:
+                options = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise _bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
+        preconditions = (options.get("preconditions") if isinstance(options, dict) else None) or {}
+        with self._lock:
+            cm = self._configmaps.get((namespace, name))
+            if cm is None:
+                raise _not_found("configmaps", name)
+            want_uid, want_version = preconditions.get("uid"), preconditions.get("resourceVersion")
+            failed = None
+            if want_uid is not None and want_uid != cm.uid:
+                failed = f"UID in precondition: {want_uid}, UID in object meta: {cm.uid}"
+            elif want_version is not None and want_version != str(cm.resource_version):
+                failed = (f"ResourceVersion in precondition: {want_version}, "
+                          f"ResourceVersion in object meta: {cm.resource_version}")
+            if failed is not None:
+                message = (
+                    f'Operation cannot be fulfilled on configmaps "{name}": Precondition failed: {failed}'
+                )
+                raise _Refusal(409, _status_body(409, message, details={"name": name, "kind": "configmaps"}))
+            del self._configmaps[(namespace, name)]
+            self._bump()
+        return {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": name, "kind": "configmaps", "uid": cm.uid},
+        }

@@ -530,3 +530,348 @@ def test_default_client_retries_get_on_retry_after(kube: FakeKubeApi, tmp_path: 
         _review(default, kube.mint(NS, SA))
     assert info.value.status == 429 and kube.calls[("POST", "tokenreviews")] == 1
     default.close()
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+def _namespace_names(api: client.ApiClient, selector: str | None = None, **kwargs: Any) -> list[str]:
+    listed = client.CoreV1Api(api).list_namespace(label_selector=selector, **kwargs)
+    return [n.metadata.name for n in listed.items]
+
+
+@pytest.fixture
+def mesh(kube: FakeKubeApi) -> FakeKubeApi:
+    kube.add_namespace("prod-a", {"istio-injection": "enabled", "env": "prod", "tier": "1"})
+    kube.add_namespace("prod-b", {"istio-injection": "enabled", "env": "prod"})
+    kube.add_namespace("stage", {"istio-injection": "disabled", "env": "stage"})
+    kube.add_namespace("plain")
+    return kube
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        (None, ["plain", "prod-a", "prod-b", "stage"]),
+        ("", ["plain", "prod-a", "prod-b", "stage"]),
+        ("istio-injection=enabled", ["prod-a", "prod-b"]),
+        ("istio-injection==enabled", ["prod-a", "prod-b"]),
+        ("istio-injection", ["prod-a", "prod-b", "stage"]),
+        ("!istio-injection", ["plain"]),
+        ("istio-injection!=enabled", ["plain", "stage"]),  # != also matches objects without the key
+        ("env=prod,tier=1", ["prod-a"]),
+        (" env = prod , tier ", ["prod-a"]),
+        ("env in (prod, stage),!tier", ["prod-b", "stage"]),
+        ("env notin (prod)", ["plain", "stage"]),
+        ("tier>0", ["prod-a"]),
+        ("tier<1", []),
+        ("kubernetes.io/metadata.name=stage", ["stage"]),
+        ("env=", []),
+    ],
+)
+def test_list_namespaces_by_label_selector(
+    mesh: FakeKubeApi, api: client.ApiClient, selector: str | None, expected: list[str]
+) -> None:
+    assert _namespace_names(api, selector) == expected
+
+
+def test_namespace_shape(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    listed = client.CoreV1Api(api).list_namespace(label_selector="env=stage")
+    assert listed.kind == "NamespaceList" and listed.api_version == "v1"
+    assert listed.metadata.resource_version and listed.metadata._continue is None
+    (ns,) = listed.items
+    assert ns.metadata.labels == {
+        "istio-injection": "disabled", "env": "stage", "kubernetes.io/metadata.name": "stage",
+    }
+    assert ns.metadata.uid and ns.metadata.creation_timestamp is not None
+    assert ns.spec.finalizers == ["kubernetes"] and ns.status.phase == "Active"
+    _, _, data = _raw(api, "GET", "/api/v1/namespaces?labelSelector=env%3Dstage")
+    # As from the API server, list items carry neither kind nor apiVersion.
+    assert set(json.loads(data)["items"][0]) == {"metadata", "spec", "status"}
+    # Relabelling keeps the uid and moves the resourceVersion.
+    before = ns.metadata.resource_version
+    assert mesh.add_namespace("stage", {"env": "prod"}) == ns.metadata.uid
+    assert _namespace_names(api, "env=prod") == ["prod-a", "prod-b", "stage"]
+    again = client.CoreV1Api(api).list_namespace(field_selector="metadata.name=stage").items[0]
+    assert int(again.metadata.resource_version) > int(before)
+    mesh.terminate_namespace("plain")
+    assert _namespace_names(api, field_selector="status.phase=Terminating") == ["plain"]
+    mesh.delete_namespace("plain")
+    assert "plain" not in _namespace_names(api)
+
+
+@pytest.mark.parametrize(
+    ("selector", "fragment"),
+    [
+        ("env=prod,", "expected: identifier after ','"),
+        ("=prod", "found '=', expected: !, identifier, or 'end of string'"),
+        ("env in prod", "unable to parse requirement: found 'prod', expected: '('"),
+        ("env=a b", "found 'b', expected: ',' or 'end of string'"),
+        ("-bad=1", "unable to parse requirement: key: Invalid value: \"-bad\""),
+        ("env=bad value!", "found 'value', expected: ',' or 'end of string'"),
+        ("env=-x", 'unable to parse requirement: values[0][env]: Invalid value: "-x"'),
+        ("tier>one", "for 'gt', 'lt' operators, the value must be an integer"),
+    ],
+)
+def test_bad_label_selector_is_400(api: client.ApiClient, selector: str, fragment: str) -> None:
+    with pytest.raises(ApiException) as info:
+        client.CoreV1Api(api).list_namespace(label_selector=selector)
+    assert info.value.status == 400
+    body = json.loads(info.value.body)
+    assert (body["kind"], body["reason"], body["code"]) == ("Status", "BadRequest", 400)
+    assert fragment in body["message"]
+
+
+def test_namespace_list_pages(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    first = core.list_namespace(limit=3)
+    assert [n.metadata.name for n in first.items] == ["plain", "prod-a", "prod-b"]
+    assert first.metadata._continue and first.metadata.remaining_item_count == 1
+    rest = core.list_namespace(limit=3, _continue=first.metadata._continue)
+    assert [n.metadata.name for n in rest.items] == ["stage"] and rest.metadata._continue is None
+    with pytest.raises(ApiException) as info:
+        core.list_namespace(limit=3, _continue="garbage")
+    assert info.value.status == 400
+    # As client-go's pager knows: a continue token goes without a resourceVersion (other than 0).
+    assert core.list_namespace(limit=3, _continue=first.metadata._continue, resource_version="0").items
+    with pytest.raises(ApiException) as info:
+        core.list_namespace(limit=3, _continue=first.metadata._continue, resource_version="5")
+    assert json.loads(info.value.body)["message"] == (
+        "specifying resource version is not allowed when using continue"
+    )
+
+
+# --------------------------------------------------------------------------- configmaps
+
+CM = "istio-ca-root-cert"
+
+
+def _configmap(name: str = CM, data: dict[str, str] | None = None, **meta: Any) -> client.V1ConfigMap:
+    return client.V1ConfigMap(
+        api_version="v1", kind="ConfigMap",
+        metadata=client.V1ObjectMeta(name=name, **meta), data=data if data is not None else {"k": "v"},
+    )
+
+
+def test_configmap_create_read_replace(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    created = core.create_namespaced_config_map("prod-a", _configmap(labels={"app": "x"}))
+    assert created.kind == "ConfigMap" and created.api_version == "v1"
+    assert (created.metadata.name, created.metadata.namespace) == (CM, "prod-a")
+    assert created.metadata.uid and created.metadata.creation_timestamp is not None
+    assert created.metadata.labels == {"app": "x"} and created.data == {"k": "v"}
+    version = created.metadata.resource_version
+    read = core.read_namespaced_config_map(CM, "prod-a")
+    assert read.metadata.resource_version == version and read.data == {"k": "v"}
+    _, _, data = _raw(api, "GET", f"/api/v1/namespaces/prod-a/configmaps/{CM}")
+    assert json.loads(data) == mesh.configmap("prod-a", CM) == {
+        "kind": "ConfigMap", "apiVersion": "v1",
+        "metadata": {
+            "name": CM, "namespace": "prod-a", "uid": created.metadata.uid, "resourceVersion": version,
+            "creationTimestamp": created.metadata.creation_timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "labels": {"app": "x"},
+        },
+        "data": {"k": "v"},
+    }
+
+    read.data = {"k": "v2"}
+    replaced = core.replace_namespaced_config_map(CM, "prod-a", read)
+    assert replaced.data == {"k": "v2"} and replaced.metadata.uid == created.metadata.uid
+    assert int(replaced.metadata.resource_version) > int(version)
+    # Replacing with identical content writes nothing: the resourceVersion stays.
+    same = core.replace_namespaced_config_map(CM, "prod-a", replaced)
+    assert same.metadata.resource_version == replaced.metadata.resource_version
+    # Without a resourceVersion the update is unconditional.
+    blind = core.replace_namespaced_config_map(CM, "prod-a", _configmap(data={"k": "v3"}))
+    assert blind.data == {"k": "v3"} and blind.metadata.labels is None
+
+    listed = core.list_namespaced_config_map("prod-a")
+    assert listed.kind == "ConfigMapList" and [c.metadata.name for c in listed.items] == [CM]
+    core.create_namespaced_config_map("prod-b", _configmap(labels={"app": "y"}))
+    core.create_namespaced_config_map("prod-b", _configmap("other"))
+    everywhere = core.list_config_map_for_all_namespaces(field_selector=f"metadata.name={CM}")
+    assert [(c.metadata.namespace, c.metadata.name) for c in everywhere.items] == [
+        ("prod-a", CM), ("prod-b", CM),
+    ]
+    assert [c.metadata.namespace for c in core.list_config_map_for_all_namespaces(
+        label_selector="app=y").items] == ["prod-b"]
+    assert core.list_namespaced_config_map("nowhere").items == []  # as the API server: empty, not 404
+
+
+def test_configmap_conflicts_are_409(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    first = core.create_namespaced_config_map("prod-a", _configmap())
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_config_map("prod-a", _configmap())
+    assert info.value.status == 409
+    assert json.loads(info.value.body) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": f'configmaps "{CM}" already exists', "reason": "AlreadyExists",
+        "details": {"name": CM, "kind": "configmaps"}, "code": 409,
+    }
+    mesh.put_configmap("prod-a", CM, {"k": "someone else"})
+    first.data = {"k": "mine"}
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_config_map(CM, "prod-a", first)  # stale resourceVersion
+    assert info.value.status == 409
+    assert json.loads(info.value.body) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": f'Operation cannot be fulfilled on configmaps "{CM}": the object has been modified; '
+                   "please apply your changes to the latest version and try again",
+        "reason": "Conflict", "details": {"name": CM, "kind": "configmaps"}, "code": 409,
+    }
+    assert core.read_namespaced_config_map(CM, "prod-a").data == {"k": "someone else"}
+
+
+def test_configmap_not_found(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    for namespace in ("prod-a", "nowhere"):
+        with pytest.raises(ApiException) as info:
+            core.read_namespaced_config_map(CM, namespace)
+        assert info.value.status == 404
+        assert json.loads(info.value.body) == {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": f'configmaps "{CM}" not found', "reason": "NotFound",
+            "details": {"name": CM, "kind": "configmaps"}, "code": 404,
+        }
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_config_map(CM, "prod-a", _configmap())
+    assert info.value.status == 404 and json.loads(info.value.body)["details"]["kind"] == "configmaps"
+    for write in (
+        lambda: core.create_namespaced_config_map("nowhere", _configmap()),
+        lambda: core.replace_namespaced_config_map(CM, "nowhere", _configmap()),
+    ):
+        with pytest.raises(ApiException) as info:
+            write()
+        assert info.value.status == 404
+        body = json.loads(info.value.body)
+        assert body["message"] == 'namespaces "nowhere" not found'
+        assert body["details"] == {"name": "nowhere", "kind": "namespaces"}
+
+
+def test_configmap_delete(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    created = core.create_namespaced_config_map("prod-a", _configmap())
+    with pytest.raises(ApiException) as info:
+        core.delete_namespaced_config_map(CM, "prod-a", body=client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version="1")))
+    assert info.value.status == 409 and "Precondition failed" in json.loads(info.value.body)["message"]
+    status = core.delete_namespaced_config_map(CM, "prod-a", body=client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(uid=created.metadata.uid)))
+    # The v37 client hands delete answers back as plain dicts ("object" in its response map).
+    assert status == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": CM, "kind": "configmaps", "uid": created.metadata.uid},
+    }
+    assert mesh.configmap("prod-a", CM) is None
+    with pytest.raises(ApiException) as info:
+        core.delete_namespaced_config_map(CM, "prod-a")
+    assert info.value.status == 404
+
+
+def test_configmap_validation(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_config_map("prod-a", _configmap(data={"bad/key": "v"}))
+    assert info.value.status == 422
+    body = json.loads(info.value.body)
+    assert body["reason"] == "Invalid" and body["details"]["kind"] == "ConfigMap"
+    assert body["message"].startswith(f'ConfigMap "{CM}" is invalid: data[bad/key]: Invalid value')
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_config_map("prod-a", _configmap("Upper"))
+    assert info.value.status == 422
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_config_map("prod-a", _configmap(resource_version="5"))
+    assert info.value.status == 500
+    generated = core.create_namespaced_config_map("prod-a", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(generate_name="gen-")))
+    assert generated.metadata.name.startswith("gen-") and len(generated.metadata.name) == 9
+    core.create_namespaced_config_map("prod-a", _configmap())
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_config_map(CM, "prod-a", _configmap("elsewhere"))
+    assert info.value.status == 400
+    assert json.loads(info.value.body)["message"] == (
+        f"the name of the object (elsewhere) does not match the name on the URL ({CM})"
+    )
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_config_map(CM, "prod-a", _configmap(namespace="prod-b"))
+    assert info.value.status == 400
+    status, _, data = _raw(api, "PUT", f"/api/v1/namespaces/prod-a/configmaps/{CM}",
+                           body={"metadata": {"name": CM}, "data": {"k": 1}},
+                           headers={"Content-Type": "application/json"})
+    assert status == 400 and "cannot unmarshal number" in json.loads(data)["message"]
+    status, _, data = _raw(api, "PATCH", f"/api/v1/namespaces/prod-a/configmaps/{CM}", body={},
+                           headers={"Content-Type": "application/merge-patch+json"})
+    assert status == 405  # PATCH is not served by this fake (the real API server has it)
+
+
+def test_immutable_configmap(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    cm = _configmap()
+    cm.immutable = True
+    created = core.create_namespaced_config_map("prod-a", cm)
+    assert created.immutable is True
+    created.data = {"k": "changed"}
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_config_map(CM, "prod-a", created)
+    assert info.value.status == 422
+    assert json.loads(info.value.body)["details"]["causes"] == [
+        {"reason": "FieldValueForbidden", "message": "Forbidden: field is immutable when `immutable` is set",
+         "field": "data"},
+    ]
+    # Labels may still change.
+    created.data = {"k": "v"}
+    created.metadata.labels = {"a": "b"}
+    assert core.replace_namespaced_config_map(CM, "prod-a", created).metadata.labels == {"a": "b"}
+
+
+def test_terminating_namespace_refuses_creation(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map("stage", _configmap())
+    mesh.terminate_namespace("stage")
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_config_map("stage", _configmap("new"))
+    assert info.value.status == 403
+    body = json.loads(info.value.body)
+    assert body["reason"] == "Forbidden"
+    assert body["details"]["causes"][0]["reason"] == "NamespaceTerminating"
+    # Updates are still admitted, as by the NamespaceLifecycle plugin.
+    assert core.replace_namespaced_config_map(CM, "stage", _configmap(data={"k": "w"})).data == {"k": "w"}
+
+
+def test_configmap_calls_faults_and_before(mesh: FakeKubeApi, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    core.list_namespace()
+    core.create_namespaced_config_map("prod-a", _configmap())
+    read = core.read_namespaced_config_map(CM, "prod-a")
+    # A concurrent writer lands between this client's read and its write.
+    item = f"/api/v1/namespaces/prod-a/configmaps/{CM}"
+    mesh.before("PUT", item, lambda: mesh.put_configmap("prod-a", CM, {"k": "theirs"}))
+    read.data = {"k": "mine"}
+    with pytest.raises(ApiException) as info:
+        core.replace_namespaced_config_map(CM, "prod-a", read)
+    assert info.value.status == 409
+    read = core.read_namespaced_config_map(CM, "prod-a")
+    assert read.data == {"k": "theirs"}
+    read.data = {"k": "mine"}
+    assert core.replace_namespaced_config_map(CM, "prod-a", read).data == {"k": "mine"}  # times=1 used up
+    assert mesh.calls == {
+        ("GET", "namespaces"): 1,
+        ("POST", "configmaps"): 1,
+        ("GET", "configmaps"): 2,
+        ("PUT", "configmaps"): 2,
+    }
+    mesh.fail("/api/v1/namespaces/prod-b/configmaps", 403)
+    with pytest.raises(ApiException) as info:
+        core.create_namespaced_config_map("prod-b", _configmap())
+    assert json.loads(info.value.body)["message"] == (
+        'configmaps is forbidden: User "system:serviceaccount:meshca:meshca" cannot create resource '
+        '"configmaps" in API group "" in the namespace "prod-b"'
+    )
+    mesh.fail("/api/v1/namespaces", 403)
+    with pytest.raises(ApiException) as info:
+        core.list_namespace()
+    assert json.loads(info.value.body)["message"] == (
+        'namespaces is forbidden: User "system:serviceaccount:meshca:meshca" cannot list resource '
+        '"namespaces" in API group "" at the cluster scope'
+    )

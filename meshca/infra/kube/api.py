@@ -42,6 +42,11 @@ class KubeApi:
         configuration.connection_pool_maxsize = KUBE_THREADS  # one connection per calling thread
         return cls(k8s.ApiClient(configuration), cluster)
 
+    @property
+    def api_client(self) -> k8s.ApiClient:
+        """The client this adapter talks through (shared by other adapters of the same server)."""
+        return self._client
+
     @staticmethod
     def in_cluster() -> bool:
         return "KUBERNETES_SERVICE_HOST" in os.environ
