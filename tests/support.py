@@ -221,8 +221,8 @@ def reset_postgres(url: str) -> None:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "DROP TABLE IF EXISTS leases, audit_log, admin_tokens, blocked_identities, issued_certificates, "
-            "ca_generations, alembic_version CASCADE")
+            "DROP TABLE IF EXISTS bundle_state, leases, audit_log, admin_tokens, blocked_identities, "
+            "issued_certificates, ca_generations, alembic_version CASCADE")
     engine.dispose()
 
 

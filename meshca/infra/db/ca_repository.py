@@ -38,12 +38,12 @@ class SqlCaRepository:
         )
         with self._engine.connect() as connection:
             row = connection.execute(query).mappings().first()
-        return _generation(row) if row else None
+        return generation_from_row(row) if row else None
 
     def all(self) -> list[CaGeneration]:
         with self._engine.connect() as connection:
             query = select(ca_generations).order_by(ca_generations.c.id)
-            return [_generation(r) for r in connection.execute(query).mappings()]
+            return [generation_from_row(r) for r in connection.execute(query).mappings()]
 
     def bundle_sequence(self) -> int:
         """Grows whenever the bundle changes: one step per root added and per root retired."""
@@ -67,7 +67,7 @@ class SqlCaRepository:
             .order_by(ca_generations.c.id)
         )
         with self._engine.connect() as connection:
-            return [_generation(r) for r in connection.execute(query).mappings()]
+            return [generation_from_row(r) for r in connection.execute(query).mappings()]
 
     def add(self, *, kind: str, parent_id: int | None, subject: str, serial: str, key_type: str,
             key_location: str, not_before: datetime, not_after: datetime, state: str,
@@ -92,5 +92,5 @@ class SqlCaRepository:
             )
 
 
-def _generation(row: object) -> CaGeneration:
+def generation_from_row(row: object) -> CaGeneration:
     return CaGeneration(**{f: row[f] for f in CaGeneration.__dataclass_fields__})  # type: ignore[index]

@@ -59,6 +59,16 @@ ca_generations = Table(
     Column("state", String(16), nullable=False),  # prepared | active | retired | tainted
     Column("certificate_pem", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # A root leaves the published bundle at pruned_at (it stays in the journal).
+    Column("pruned_at", UtcDateTime, nullable=True),
+)
+
+bundle_state = Table(
+    "bundle_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("sequence", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 issued_certificates = Table(

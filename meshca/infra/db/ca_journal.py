@@ -1,0 +1,128 @@
+"""The CA journal: every root and intermediate generation and its state, as rows.
+
+Each transition is one transaction. When a lease is given, the transaction first checks that
+it is still held (`holds`), so a rotator that lost its lease cannot write: exactly one
+replica rotates, and a stale one is fenced off rather than racing its successor.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from meshca.core.rotation import Generation, Kind, State, transition
+from meshca.infra.db.ca_repository import CaGeneration, generation_from_row
+from meshca.infra.db.lease import Lease, holds
+from meshca.infra.db.schema import bundle_state, ca_generations, issued_certificates
+
+
+class LostLease(Exception):
+    """The rotator's lease expired or moved to another replica; it must stop writing."""
+
+
+class SqlCaJournal:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def snapshot(self) -> tuple[list[Generation], set[int]]:
+        """Every generation, and the ids of the roots currently published in the bundle."""
+        t = ca_generations.c
+        leaves = (select(issued_certificates.c.issuer_generation_id,
+                         func.max(issued_certificates.c.not_after))
+                  .group_by(issued_certificates.c.issuer_generation_id))
+        with self._engine.connect() as connection:
+            rows = list(connection.execute(select(ca_generations).order_by(t.id)).mappings())
+            last_leaf = {int(g): e for g, e in connection.execute(leaves)}
+        by_root: dict[int, datetime] = {}
+        for row in rows:
+            expiry = last_leaf.get(int(row["id"]))
+            if row["parent_id"] is not None and expiry is not None:
+                parent = int(row["parent_id"])
+                by_root[parent] = max(by_root.get(parent, expiry), expiry)
+        generations = [
+            Generation(
+                id=int(row["id"]), kind=Kind(row["kind"]), state=State(row["state"]),
+                not_before=row["not_before"], not_after=row["not_after"],
+                prepared_at=row["created_at"], parent_id=row["parent_id"],
+                last_leaf_expiry=by_root.get(int(row["id"])) if row["kind"] == "root"
+                else last_leaf.get(int(row["id"])),
+            )
+            for row in rows
+        ]
+        published = {int(r["id"]) for r in rows
+                     if r["kind"] == "root" and r["pruned_at"] is None and r["state"] != "tainted"}
+        return generations, published
+
+    def add(self, lease: Lease | None, now: datetime, *, kind: Kind, parent_id: int | None,
+            subject: str, serial: str, key_type: str, key_location: str, not_before: datetime,
+            not_after: datetime, certificate_pem: str) -> int:
+        """A new generation, prepared. A root enters the bundle with it (sequence bumped)."""
+        with self._engine.begin() as connection:
+            _fence(connection, lease, now)
+            result = connection.execute(insert(ca_generations).values(
+                kind=kind.value, parent_id=parent_id, subject=subject, serial=serial,
+                key_type=key_type, key_location=key_location, not_before=not_before,
+                not_after=not_after, state=State.PREPARED.value, certificate_pem=certificate_pem,
+                created_at=now))
+            if kind is Kind.ROOT:
+                _bump_sequence(connection, now)
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def move(self, lease: Lease | None, now: datetime, generation_id: int, target: State,
+             *, retires: int | None = None) -> None:
+        """One legal state transition (and the retirement it implies), atomically."""
+        with self._engine.begin() as connection:
+            _fence(connection, lease, now)
+            moves = [(generation_id, target)]
+            if retires is not None:
+                moves.append((retires, State.RETIRED))
+            bundle_changed = False
+            for gid, state in moves:
+                row = connection.execute(select(ca_generations.c.state, ca_generations.c.kind)
+                                         .where(ca_generations.c.id == gid)).first()
+                if row is None:
+                    raise ValueError(f"no CA generation {gid}")
+                transition(State(row[0]), state)  # raises ValueError on an illegal move
+                connection.execute(update(ca_generations).where(ca_generations.c.id == gid)
+                                   .values(state=state.value))
+                bundle_changed |= row[1] == "root" and state is State.TAINTED
+            if bundle_changed:
+                _bump_sequence(connection, now)
+
+    def prune(self, lease: Lease | None, now: datetime, generation_id: int) -> None:
+        with self._engine.begin() as connection:
+            _fence(connection, lease, now)
+            connection.execute(update(ca_generations)
+                               .where(ca_generations.c.id == generation_id,
+                                      ca_generations.c.pruned_at.is_(None))
+                               .values(pruned_at=now))
+            _bump_sequence(connection, now)
+
+    def row(self, generation_id: int) -> CaGeneration:
+        query = select(ca_generations).where(ca_generations.c.id == generation_id)
+        with self._engine.connect() as connection:
+            found = connection.execute(query).mappings().first()
+        if found is None:
+            raise ValueError(f"no CA generation {generation_id}")
+        return generation_from_row(found)
+
+    def sequence(self) -> int:
+        with self._engine.connect() as connection:
+            value = connection.execute(select(bundle_state.c.sequence)
+                                       .where(bundle_state.c.id == 1)).scalar()
+        return int(value or 0)
+
+
+def _fence(connection: Connection, lease: Lease | None, now: datetime) -> None:
+    if lease is not None and not holds(connection, lease, now):
+        raise LostLease(f"lease {lease.name} is no longer held by {lease.holder}")
+
+
+def _bump_sequence(connection: Connection, now: datetime) -> None:
+    updated = connection.execute(update(bundle_state).where(bundle_state.c.id == 1)
+                                 .values(sequence=bundle_state.c.sequence + 1, updated_at=now))
+    if updated.rowcount == 0:
+        connection.execute(insert(bundle_state).values(id=1, sequence=1, updated_at=now))

@@ -1,0 +1,115 @@
+"""Applying the rotation decisions (core/rotation.py) to the CA journal and the key store.
+
+`run_due` asks `next_step` what is due, applies one action, re-reads the journal and asks
+again, so a crash between two actions resumes exactly where it stopped. Keys are stored
+before the row that names them is committed: a crash in between leaves an unused key file,
+never a generation without its key. With a lease, every write is fenced by it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+
+from meshca.core import rotation
+from meshca.core.bundle import certificate_pem
+from meshca.core.clock import Clock
+from meshca.core.keys import KeyType, SigningKey, signature_hash
+from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, State, Withdraw
+from meshca.core.spiffe import SpiffeId
+from meshca.core.templates import ca_certificate, ca_subject
+from meshca.infra.db.ca_journal import SqlCaJournal
+from meshca.infra.db.lease import Lease
+from meshca.service.ports import KeyStore
+
+log = logging.getLogger(__name__)
+_BACKDATE = timedelta(minutes=5)
+_MAX_ACTIONS = 20  # per call: a full bootstrap takes four
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleProfile:
+    key_type: KeyType
+    trust_domain: str
+    organization: str
+    root_ttl: timedelta
+    intermediate_ttl: timedelta
+
+
+class CaLifecycle:
+    def __init__(self, journal: SqlCaJournal, keys: KeyStore, profile: LifecycleProfile,
+                 policy: RotationPolicy, clock: Clock) -> None:
+        self._journal = journal
+        self._keys = keys
+        self._profile = profile
+        self._policy = policy
+        self._clock = clock
+
+    def run_due(self, lease: Lease | None) -> list[Action]:
+        """Apply every action due now, one transaction each; return what was done."""
+        done: list[Action] = []
+        for _ in range(_MAX_ACTIONS):
+            generations, published = self._journal.snapshot()
+            now = self._clock.now()
+            due = rotation.next_step(self._policy, generations, now, published=published)
+            if not due:
+                return done
+            self._apply(due[0], generations, lease)
+            log.info("CA rotation: %s", due[0])
+            done.append(due[0])
+        raise RuntimeError("CA rotation did not settle; the journal may be inconsistent")
+
+    def taint(self, generation_id: int, lease: Lease | None) -> None:
+        """An operator says this key is compromised; the next `run_due` replaces it."""
+        self._journal.move(lease, self._clock.now(), generation_id, State.TAINTED)
+
+    def _apply(self, action: Action, generations: list[rotation.Generation],
+               lease: Lease | None) -> None:
+        now = self._clock.now()
+        match action:
+            case Prepare(kind=kind, parent_id=parent_id):
+                self._prepare(kind, parent_id, len(generations) + 1, lease)
+            case Activate(generation_id=gid, retires=retires):
+                self._journal.move(lease, now, gid, State.ACTIVE, retires=retires)
+            case Withdraw(generation_id=gid):
+                self._journal.move(lease, now, gid, State.RETIRED)
+            case Prune(generation_id=gid):
+                self._journal.prune(lease, now, gid)
+
+    def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None) -> None:
+        now = self._clock.now()
+        profile = self._profile
+        key = profile.key_type.generate()
+        serial = x509.random_serial_number()
+        subject = ca_subject(profile.organization, kind.value, number, serial)
+        trust_domain = SpiffeId.for_trust_domain(profile.trust_domain)
+        if parent_id is None:
+            cert = ca_certificate(
+                public_key=key.public_key(), subject=subject, trust_domain=trust_domain,
+                issuer=None, serial=serial, not_before=now - _BACKDATE,
+                not_after=now + profile.root_ttl, path_length=1,
+            ).sign(key, signature_hash(key))
+        else:
+            parent_cert, parent_key = self._signing_parent(parent_id)
+            cert = ca_certificate(
+                public_key=key.public_key(), subject=subject, trust_domain=trust_domain,
+                issuer=parent_cert, serial=serial, not_before=now - _BACKDATE,
+                not_after=min(now + profile.intermediate_ttl, parent_cert.not_valid_after_utc),
+                path_length=0,
+            ).sign(parent_key, signature_hash(parent_key))
+            cert.verify_directly_issued_by(parent_cert)
+        location = self._keys.put(f"{kind.value}-{serial:x}", key)
+        self._journal.add(
+            lease, now, kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
+            serial=f"{serial:x}", key_type=KeyType.of(key).value, key_location=location,
+            not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+            certificate_pem=certificate_pem(cert),
+        )
+
+    def _signing_parent(self, parent_id: int) -> tuple[x509.Certificate, SigningKey]:
+        row = self._journal.row(parent_id)
+        return (x509.load_pem_x509_certificate(row.certificate_pem.encode()),
+                self._keys.load(row.key_location))
