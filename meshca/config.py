@@ -8,6 +8,7 @@ from pathlib import Path
 
 from meshca.core.keys import KeyType
 from meshca.core.roles import Role
+from meshca.core.rotation import DEFAULT_POLICY, check_lifetimes, max_leaf_ttl
 
 DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
 # Written into the data dir once meshca serves: the addresses it actually bound.
@@ -58,11 +59,15 @@ class Settings:
     def __post_init__(self) -> None:
         if self.default_ttl > self.max_ttl:
             raise ValueError("--default-ttl must not exceed --max-ttl")
-        if self.max_ttl * 2 > self.intermediate_ttl:
+        limit = max_leaf_ttl(self.intermediate_ttl)
+        if self.max_ttl > limit:
             raise ValueError(
-                f"--max-ttl must be at most half the intermediate CA lifetime "
-                f"({self.intermediate_ttl.days} days), so that leaves are not cut short"
+                f"--max-ttl must be at most {limit.days}d {limit.seconds // 3600}h: what is left of "
+                f"an intermediate ({self.intermediate_ttl.days} days) when it is rotated at 5/6 of "
+                "its life, so that no leaf is cut short"
             )
+        check_lifetimes(DEFAULT_POLICY, root_ttl=self.root_ttl,
+                        intermediate_ttl=self.intermediate_ttl, leaf_ttl=self.max_ttl)
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         if self.token_validation not in ("jwks", "tokenreview", "both"):

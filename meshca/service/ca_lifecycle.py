@@ -71,7 +71,8 @@ class CaLifecycle:
         now = self._clock.now()
         match action:
             case Prepare(kind=kind, parent_id=parent_id):
-                self._prepare(kind, parent_id, len(generations) + 1, lease)
+                number = 1 + sum(1 for g in generations if g.kind is kind)  # "root g3"
+                self._prepare(kind, parent_id, number, lease)
             case Activate(generation_id=gid, retires=retires):
                 self._journal.move(lease, now, gid, State.ACTIVE, retires=retires)
             case Withdraw(generation_id=gid):

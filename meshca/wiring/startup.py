@@ -11,11 +11,14 @@ from pathlib import Path
 from meshca.config import Settings, split_host_port
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
-from meshca.infra.db.ca_repository import SqlCaRepository
+from meshca.core.rotation import RotationPolicy
+from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.engine import database_url_for, migrate, open_engine
+from meshca.infra.db.lease import SqlLeases
 from meshca.infra.dev_issuer import DevIssuer
 from meshca.infra.keyfiles import FileKeyStore, private_key_pem, write_private_file
-from meshca.service.ca_setup import CaProfile, ensure_signing_authority
+from meshca.service.ca_lifecycle import CaLifecycle, LifecycleProfile
+from meshca.service.ca_setup import bring_up
 from meshca.service.serving_cert import issue_serving_certificate
 from meshca.wiring.authn import uses_development_issuer
 
@@ -62,17 +65,13 @@ def prepare(settings: Settings, clock: Clock) -> SigningAuthority:
     engine = open_engine(database_url(settings))
     try:
         migrate(engine)
-        profile = CaProfile(
-            key_type=settings.ca_key_type,
-            trust_domain=settings.trust_domain,
-            organization=settings.ca_organization,
-            root_ttl=settings.root_ttl,
-            intermediate_ttl=settings.intermediate_ttl,
-            intermediate_min_remaining=settings.max_ttl * 2,
-        )
-        authority = ensure_signing_authority(
-            SqlCaRepository(engine), FileKeyStore(settings.data_dir), profile, clock
-        )
+        keys = FileKeyStore(settings.data_dir)
+        journal = SqlCaJournal(engine)
+        lifecycle = CaLifecycle(journal, keys, LifecycleProfile(
+            key_type=settings.ca_key_type, trust_domain=settings.trust_domain,
+            organization=settings.ca_organization, root_ttl=settings.root_ttl,
+            intermediate_ttl=settings.intermediate_ttl), RotationPolicy(), clock)
+        authority = bring_up(lifecycle, journal, SqlLeases(engine), keys, clock)
     finally:
         engine.dispose()
     write_bundle(settings, authority)

@@ -19,7 +19,7 @@ from meshca.config import Settings
 from meshca.core.clock import SystemClock
 from meshca.core.lifetime import LifetimePolicy
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshca.infra.db.ca_repository import SqlCaRepository
+from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.records import SqlCertificateLog
 from meshca.infra.keyfiles import FileKeyStore
@@ -70,7 +70,7 @@ async def start_worker(
     engine = open_engine(database_url(settings))
     cleanup = contextlib.ExitStack()
     cleanup.callback(engine.dispose)
-    authority = load_signing_authority(SqlCaRepository(engine), FileKeyStore(settings.data_dir))
+    authority = load_signing_authority(SqlCaJournal(engine), FileKeyStore(settings.data_dir))
     records = SqlCertificateLog(engine)
     metrics = CaMetrics(slots, row)
     stopping = asyncio.Event()

@@ -181,7 +181,7 @@ def test_dev_token_is_shaped_like_a_projected_token(meshca: MeshcaProcess) -> No
 
 @pytest.mark.parametrize(("args", "message"), [
     (["serve", "--default-ttl", "8d"], "must not exceed"),
-    (["serve", "--max-ttl", "200d"], "at most half the intermediate"),
+    (["serve", "--max-ttl", "200d"], "no leaf is cut short"),
     (["serve", "--workers", "0"], "not a positive whole number"),
     (["serve", "--max-ttl", "soon"], "is not a duration"),
     (["serve", "--ca-key-type", "dsa-1024"], "invalid"),

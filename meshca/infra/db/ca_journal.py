@@ -109,12 +109,6 @@ class SqlCaJournal:
             raise ValueError(f"no CA generation {generation_id}")
         return generation_from_row(found)
 
-    def sequence(self) -> int:
-        with self._engine.connect() as connection:
-            value = connection.execute(select(bundle_state.c.sequence)
-                                       .where(bundle_state.c.id == 1)).scalar()
-        return int(value or 0)
-
 
 def _fence(connection: Connection, lease: Lease | None, now: datetime) -> None:
     if lease is not None and not holds(connection, lease, now):
