@@ -107,12 +107,13 @@ class KubeApi:
             return method(**kwargs)
         except ApiException as exc:
             raise KubeApiError(f"Kubernetes API answered {exc.status} {exc.reason}",
-                               status=exc.status, retry_after=_retry_after(exc.headers)) from None
+                               status=exc.status, retry_after=retry_after(exc.headers)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(f"Kubernetes API not reachable: {type(exc).__name__}") from None
 
 
-def _retry_after(headers: Any) -> float | None:
+def retry_after(headers: Any) -> float | None:
+    """Seconds from a `Retry-After` header (delta form), or None."""
     if not headers:
         return None
     value = headers.get("Retry-After") or headers.get("retry-after")

@@ -23,7 +23,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from meshca.infra.kube.api import KubeApi
+from meshca.infra.kube.api import KubeApi, retry_after
 from meshca.service.bundle_publisher import SyncOutcome
 from meshca.service.ports import KubeApiError
 
@@ -152,7 +152,7 @@ class RootCertConfigMaps:
             return method(**kwargs)
         except ApiException as exc:
             raise KubeApiError(_describe(exc), status=exc.status,
-                               retry_after=_retry_after(exc.headers)) from None
+                               retry_after=retry_after(exc.headers)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeApiError(f"Kubernetes API not reachable: {type(exc).__name__}") from None
 
@@ -189,12 +189,3 @@ def _describe(exc: ApiException) -> str:
     answer = f"Kubernetes API answered {exc.status} {exc.reason}"
     return f"{answer}: {message}" if message else answer
 
-
-def _retry_after(headers: Any) -> float | None:
-    if not headers:
-        return None
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
