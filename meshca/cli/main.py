@@ -16,6 +16,7 @@ from meshca.config import DEFAULT_DNS_NAMES, Settings
 from meshca.core.keys import KeyType
 from meshca.core.roles import Role
 from meshca.core.spiffe import SpiffeId
+from meshca.errors import MeshcaError
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -215,7 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from meshca.wiring import serve
 
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except (MeshcaError, ValueError, OSError) as exc:
+            # A configuration the server cannot start with: say what, without a traceback.
+            logging.getLogger("meshca").debug("start-up failed", exc_info=True)
+            print(f"meshca: cannot start: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "request":
         from meshca.cli.request import run_request
