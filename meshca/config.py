@@ -8,7 +8,7 @@ from pathlib import Path
 
 from meshca.core.keys import KeyType
 from meshca.core.roles import Role
-from meshca.core.rotation import DEFAULT_POLICY, check_lifetimes, max_leaf_ttl
+from meshca.core.rotation import DEFAULT_POLICY, RotationPolicy, check_lifetimes, max_leaf_ttl
 
 DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
 # Written into the data dir once meshca serves: the addresses it actually bound.
@@ -27,10 +27,12 @@ class Settings:
     trust_domain: str = "cluster.local"
     ca_key_type: KeyType = KeyType.EC_P256
     ca_organization: str = "meshca"
-    root_ttl: timedelta = timedelta(days=3650)
-    intermediate_ttl: timedelta = timedelta(days=365)
+    # Defaults (README "CA lifetimes"): a root a year, an intermediate a week, leaves at most
+    # 1/6 of an intermediate so the rotation at 5/6 never cuts a leaf short.
+    root_ttl: timedelta = timedelta(days=365)
+    intermediate_ttl: timedelta = timedelta(days=7)
     default_ttl: timedelta = timedelta(hours=24)
-    max_ttl: timedelta = timedelta(days=7)
+    max_ttl: timedelta = timedelta(hours=28)
     backdate: timedelta = timedelta(minutes=1)
     token_issuer: str | None = None  # None: a development issuer in the data dir
     token_jwks: str | None = None
@@ -55,19 +57,50 @@ class Settings:
     clusters: tuple[tuple[str, str], ...] = ()  # (name, kubeconfig) of remote clusters
     verify_pod_binding: bool = False
     trusted_node_accounts: tuple[str, ...] = ()  # "ns/sa"
+    # Rotation and distribution (core/rotation.py decides; these are its thresholds).
+    rotation_prepare_at: float = DEFAULT_POLICY.prepare_at
+    rotation_activate_at: float = DEFAULT_POLICY.activate_at
+    bundle_publish_lead: timedelta = DEFAULT_POLICY.publish_lead
+    rotation_skew: timedelta = DEFAULT_POLICY.skew
+    bundle_refresh_hint: timedelta = DEFAULT_POLICY.refresh_hint
+    ca_reload_interval: timedelta = timedelta(seconds=5)
+    ca_dir: Path | None = None  # a plugged-in CA (Istio cacerts layout): no rotation by meshca
+    publish_configmaps: str | None = None  # namespace label selector for istio-ca-root-cert
+    publish_interval: timedelta = timedelta(seconds=60)
+    # Authorization policies (Istio AuthorizationPolicy semantics) and Envoy ext_authz.
+    authz_root_namespace: str = "istio-system"
+    policy_dir: Path | None = None
+    watch_kube_policies: bool = False
+    ext_authz_addr: str | None = "127.0.0.1:9191"  # None: no ext_authz server
+    key_dir: Path | None = None  # None: the data dir; replicas with file keys share one
+    kek_file: Path | None = None  # None: <data-dir>.kek beside the data dir (or $MESHCA_KEK)
 
     def __post_init__(self) -> None:
         if self.default_ttl > self.max_ttl:
             raise ValueError("--default-ttl must not exceed --max-ttl")
-        limit = max_leaf_ttl(self.intermediate_ttl)
-        if self.max_ttl > limit:
+        if not 0 < self.rotation_prepare_at < self.rotation_activate_at < 1:
+            raise ValueError("--rotation-prepare-at must be below --rotation-activate-at, both "
+                             "between 0 and 1")
+        if self.ca_reload_interval <= timedelta(0) or self.publish_interval <= timedelta(0):
+            raise ValueError("--ca-reload-interval and --publish-interval must be positive")
+        try:
+            policy = self.rotation_policy
+        except ValueError as exc:
+            raise ValueError(f"rotation settings (--bundle-publish-lead, --bundle-refresh-hint, "
+                             f"--rotation-skew): {exc}") from None
+        limit = max_leaf_ttl(self.intermediate_ttl, policy)
+        if self.max_ttl > limit and self.ca_dir is None:
             raise ValueError(
-                f"--max-ttl must be at most {limit.days}d {limit.seconds // 3600}h: what is left of "
-                f"an intermediate ({self.intermediate_ttl.days} days) when it is rotated at 5/6 of "
-                "its life, so that no leaf is cut short"
+                f"--max-ttl must be at most {_describe(limit)}: what is left of an intermediate "
+                f"({_describe(self.intermediate_ttl)}) when its successor takes over, so that no "
+                "leaf is cut short"
             )
-        check_lifetimes(DEFAULT_POLICY, root_ttl=self.root_ttl,
-                        intermediate_ttl=self.intermediate_ttl, leaf_ttl=self.max_ttl)
+        if self.ca_dir is None:
+            try:
+                check_lifetimes(policy, root_ttl=self.root_ttl,
+                                intermediate_ttl=self.intermediate_ttl, leaf_ttl=self.max_ttl)
+            except ValueError as exc:
+                raise ValueError(f"CA lifetimes do not fit the rotation thresholds: {exc}") from None
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         if self.token_validation not in ("jwks", "tokenreview", "both"):
@@ -76,9 +109,26 @@ class Settings:
             raise ValueError("--kube-qps must be positive and --kube-burst at least 1")
         if self.token_cache_size < 1:
             raise ValueError("--token-cache-size must be at least 1")
+        if self.ext_authz_addr is not None:
+            split_host_port(self.ext_authz_addr)  # a ValueError names the bad address
         names = [name for name, _ in self.clusters]
         if len(set(names)) != len(names) or self.cluster_id in names:
             raise ValueError("--cluster names must be distinct and differ from --cluster-id")
+
+    @property
+    def rotation_policy(self) -> RotationPolicy:
+        return RotationPolicy(prepare_at=self.rotation_prepare_at,
+                              activate_at=self.rotation_activate_at, skew=self.rotation_skew,
+                              refresh_hint=self.bundle_refresh_hint,
+                              publish_lead=self.bundle_publish_lead)
+
+    @property
+    def kek_path(self) -> Path:
+        """Outside the data dir, so that a copy of the data dir alone reveals no key."""
+        if self.kek_file is not None:
+            return self.kek_file
+        resolved = self.data_dir.resolve()
+        return resolved.parent / f"{resolved.name}.kek"
 
     @property
     def bundle_path(self) -> Path:
@@ -94,3 +144,13 @@ def split_host_port(addr: str) -> tuple[str, int]:
     if number > 65535:
         raise ValueError(f"port {number} is out of range")
     return host.strip("[]"), number
+
+
+def _describe(span: timedelta) -> str:
+    """`1d 4h`, `28h 0m 5s`: enough to copy into a flag."""
+    days, seconds = span.days, span.seconds
+    parts = [f"{days}d"] if days else []
+    parts += [f"{seconds // 3600}h"] if seconds // 3600 else []
+    parts += [f"{seconds % 3600 // 60}m"] if seconds % 3600 // 60 else []
+    parts += [f"{seconds % 60}s"] if seconds % 60 else []
+    return " ".join(parts) or "0s"

@@ -120,19 +120,19 @@ class MeshcaProcess:
 
 
 def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
-                 timeout: float = 60.0) -> MeshcaProcess:
+                 timeout: float = 60.0, env: dict[str, str] | None = None) -> MeshcaProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     endpoints = data_dir / "endpoints.json"
     endpoints.unlink(missing_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
     args = [sys.executable, "-m", "meshca", "serve", "--data-dir", str(data_dir),
             "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
-            "--admin-addr", "127.0.0.1:0", *extra]
+            "--admin-addr", "127.0.0.1:0", "--ext-authz-addr", "127.0.0.1:0", *extra]
     if database_url:
         args += ["--database-url", database_url]
     log_file = log_path.open("ab")
     process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + timeout
     while not endpoints.exists():
         if process.poll() is not None:
@@ -220,9 +220,12 @@ def reset_postgres(url: str) -> None:
     """Drop meshca's tables so a test starts from an empty database."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "DROP TABLE IF EXISTS bundle_state, leases, audit_log, admin_tokens, blocked_identities, "
-            "issued_certificates, ca_generations, alembic_version CASCADE")
+        # Every table in the schema, so a table a later migration adds is dropped too.
+        tables = connection.exec_driver_sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").scalars().all()
+        if tables:
+            connection.exec_driver_sql(
+                "DROP TABLE IF EXISTS " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
     engine.dispose()
 
 

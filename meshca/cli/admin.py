@@ -30,6 +30,7 @@ from meshca.cli.admin_client import (
     normalize_server,
     resolve_target,
 )
+from meshca.cli.ca_output import ca_status
 from meshca.cli.durations import parse_duration
 from meshca.core.crl import RevocationReason
 
@@ -190,24 +191,6 @@ def _plural(count: int, noun: str, nouns: str | None = None) -> str:
 
 
 # ---- commands ---------------------------------------------------------------------------
-
-def _ca(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
-    data = client.get("/v1/ca")
-    if out.as_json:
-        out.json(data)
-        return 0
-    generations: list[dict[str, Any]] = data["generations"]
-    table = _table("ID", "Kind", "Parent", "Subject CN", "Serial", "Key", "Not before", "Not after",
-                   "State", "Signing", caption=_plural(len(generations), "CA generation"))
-    for g in generations:
-        table.add_row(_cell(g["id"]), _cell(g["kind"]), _cell(g.get("parent_id") or "-"),
-                      _cell(_common_name(str(g["subject"]))), _cell(g["serial"]), _cell(g["key_type"]),
-                      _cell(short_time(g["not_before"])), _cell(short_time(g["not_after"])),
-                      _cell(g["state"], "green" if g["state"] == "active" else "yellow"),
-                      _cell("yes" if g.get("signing") else "", "bold"))
-    out.table(table)
-    return 0
-
 
 def _collect(client: AdminClient, path: str, query: dict[str, Any],
              walk_all: bool) -> tuple[list[dict[str, Any]], str | None]:
@@ -402,7 +385,7 @@ def _token_list(client: AdminClient, args: argparse.Namespace, out: Output) -> i
 
 # ---- parser -----------------------------------------------------------------------------
 
-def _common_options() -> argparse.ArgumentParser:
+def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("connection (the data directory, or --server and --token-file)")
     where.add_argument("--data-dir", type=Path, default=None,
@@ -432,7 +415,7 @@ def _paging(parser: argparse.ArgumentParser, noun: str) -> None:
 
 
 def add_admin_parser(commands: SubParsers) -> None:
-    common = _common_options()
+    common = common_options()
 
     def leaf(group: SubParsers, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         parser = group.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -444,7 +427,7 @@ def add_admin_parser(commands: SubParsers) -> None:
         description="Operate a running meshca through its admin REST API (HTTPS).")
     resources = admin.add_subparsers(dest="admin_command", required=True, metavar="RESOURCE")
 
-    leaf(resources, "ca", _ca, "CA generations (roots and intermediates)")
+    leaf(resources, "ca", ca_status, "CA generations (roots and intermediates); see also `meshca ca`")
 
     certs = resources.add_parser("certs", help="issued certificates").add_subparsers(
         dest="certs_command", required=True, metavar="ACTION")

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshca.core.bundle import TrustBundle, certificate_pem
-from meshca.core.keys import SigningKey, signature_hash
+from meshca.core.keys import SigningKey
+from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate, sign_crl
 from meshca.core.spiffe import SpiffeId
 
 
@@ -20,29 +21,46 @@ class SigningFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SigningAuthority:
-    """The active intermediate: its key, the chain above it (without roots) and the bundle."""
+    """The active intermediate: its key, the chain above it (without roots) and the bundle.
+
+    It signs with a `private_key` in memory or, when the key lives elsewhere (Vault Transit),
+    through a remote `signer`; exactly one of the two is given.
+    """
 
     generation_id: int
     certificate: x509.Certificate
-    private_key: SigningKey
+    private_key: SigningKey | None
     chain: tuple[x509.Certificate, ...]
     bundle: TrustBundle
+    signer: Signer | None = field(default=None, kw_only=True, repr=False)
     chain_pem: tuple[str, ...] = field(init=False)
+    _signer: Signer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        issuer_public = self.certificate.public_key()
-        own_public = self.private_key.public_key()
-        if issuer_public != own_public:
+        if (self.private_key is None) == (self.signer is None):
+            raise ValueError("a signing authority needs exactly one of private_key or signer")
+        signer = LocalSigner(self.private_key) if self.private_key is not None else self.signer
+        assert signer is not None
+        if self.certificate.public_key() != signer.public_key:
             raise ValueError("signing key does not match the signing certificate")
         pems = tuple(certificate_pem(c) for c in (self.certificate, *self.chain))
         object.__setattr__(self, "chain_pem", pems)
+        object.__setattr__(self, "_signer", signer)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when every signature is a network call (run it off the event loop)."""
+        return self.private_key is None
 
     @property
     def not_after(self) -> datetime:
         return self.certificate.not_valid_after_utc
 
     def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        return builder.sign(self.private_key, signature_hash(self.private_key))
+        return sign_certificate(builder, self._signer)
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        return sign_crl(builder, self._signer)
 
 
 def sign_leaf(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
@@ -118,14 +118,19 @@ class BundlePublisher:
         self.last_report = report
         return report
 
-    async def run(self, stop: asyncio.Event, interval_seconds: float) -> None:
-        """Pass after pass, `interval_seconds` apart (or sooner after `wake`), until `stop` is set."""
+    async def run(self, stop: asyncio.Event, interval_seconds: float,
+                  leader: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Pass after pass, `interval_seconds` apart (or sooner after `wake`), until `stop` is set.
+
+        With `leader`, a pass runs only while it says this replica publishes (several replicas
+        each holding a slightly different bundle for a moment must not take turns writing)."""
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be positive")
         self._wake = asyncio.Event()  # of this loop; run() starts with a pass anyway
         while not stop.is_set():
             self._wake.clear()
-            await self._pass()
+            if leader is None or await leader():
+                await self._pass()
             waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
             try:
                 await asyncio.wait(waits, timeout=interval_seconds, return_when=asyncio.FIRST_COMPLETED)

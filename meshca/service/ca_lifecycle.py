@@ -66,6 +66,12 @@ class CaLifecycle:
         """An operator says this key is compromised; the next `run_due` replaces it."""
         self._journal.move(lease, self._clock.now(), generation_id, State.TAINTED)
 
+    def apply(self, action: Action, lease: Lease | None) -> None:
+        """One action an operator asked for (`rotation.manual_prepare` / `manual_activate`)."""
+        generations, _ = self._journal.snapshot()
+        self._apply(action, generations, lease)
+        log.info("CA rotation (operator): %s", action)
+
     def _apply(self, action: Action, generations: list[rotation.Generation],
                lease: Lease | None) -> None:
         now = self._clock.now()
@@ -87,17 +93,21 @@ class CaLifecycle:
         serial = x509.random_serial_number()
         subject = ca_subject(profile.organization, kind.value, number, serial)
         trust_domain = SpiffeId.for_trust_domain(profile.trust_domain)
+        # Backdated for clock skew, but never by a noticeable part of the lifetime: thresholds
+        # are fractions of not_before..not_after, so a large backdate would make them due early.
+        ttl = profile.root_ttl if parent_id is None else profile.intermediate_ttl
+        backdate = min(_BACKDATE, ttl / 100)
         if parent_id is None:
             cert = ca_certificate(
                 public_key=key.public_key(), subject=subject, trust_domain=trust_domain,
-                issuer=None, serial=serial, not_before=now - _BACKDATE,
+                issuer=None, serial=serial, not_before=now - backdate,
                 not_after=now + profile.root_ttl, path_length=1,
             ).sign(key, signature_hash(key))
         else:
             parent_cert, parent_key = self._signing_parent(parent_id)
             cert = ca_certificate(
                 public_key=key.public_key(), subject=subject, trust_domain=trust_domain,
-                issuer=parent_cert, serial=serial, not_before=now - _BACKDATE,
+                issuer=parent_cert, serial=serial, not_before=now - backdate,
                 not_after=min(now + profile.intermediate_ttl, parent_cert.not_valid_after_utc),
                 path_length=0,
             ).sign(parent_key, signature_hash(parent_key))

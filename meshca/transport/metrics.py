@@ -26,7 +26,7 @@ REASONS = ("invalid", "missing", "malformed", "too_large", "algorithm", "signatu
            "cluster", "impersonation", "pod_binding", "api_unavailable", "tokenreview",
            "certificate")
 CACHE_OUTCOMES = ("hit", "miss", "negative_hit", "coalesced")
-KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery")
+KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery", "namespaces", "configmaps")
 
 
 class _Layout:

@@ -72,12 +72,30 @@ class TlsFront:
         self._ssl_context = ssl_context
         self._peers = peers
         self._server: asyncio.Server | None = None
+        self._current: ssl.SSLContext | None = None
 
     async def start(self, sock: socket.socket) -> None:
         """Accept on an already bound, listening socket."""
+        base = self._ssl_context()
+        self._current = base
+        # The listening context stays; each handshake switches to the newest one as soon as
+        # the ClientHello arrives (SNI or not), so a reload needs no restart and a root that
+        # left the bundle stops being trusted (a context can gain roots but never lose them).
+        base.sni_callback = self._choose_context
         self._server = await asyncio.start_server(
-            self._serve, sock=sock, ssl=self._ssl_context(), ssl_handshake_timeout=10
+            self._serve, sock=sock, ssl=base, ssl_handshake_timeout=10
         )
+
+    def reload(self) -> None:
+        """New handshakes use a freshly built context (serving certificate, trusted roots);
+        connections already open keep theirs."""
+        self._current = self._ssl_context()
+
+    def _choose_context(self, connection: ssl.SSLObject, server_name: str | None,
+                        listening: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not None and current is not listening:
+            connection.context = current
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -119,11 +137,12 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             dst.close()
 
 
-def server_ssl_context(cert_chain_file: str, key_file: str, bundle_pem: str,
+def server_ssl_context(serving_file: str, password: bytes | None, bundle_pem: str,
                        alpn: tuple[str, ...] = ("h2",)) -> ssl.SSLContext:
+    """`serving_file` holds the (encrypted) key and the certificate chain."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_chain_file, key_file)
+    context.load_cert_chain(serving_file, password=password)
     context.load_verify_locations(cadata=bundle_pem)
     context.verify_mode = ssl.CERT_OPTIONAL
     context.set_alpn_protocols(list(alpn))

@@ -12,21 +12,25 @@ from datetime import UTC, datetime
 import uvicorn
 
 from meshca.config import ADMIN_TOKEN_FILE, Settings, split_host_port
-from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
 from meshca.core.roles import Role
 from meshca.infra.db.admin_tokens import SqlAdminTokens, TokenNameTaken
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.inventory import SqlInventory
-from meshca.infra.keyfiles import FileKeyStore, write_private_file
+from meshca.infra.db.policies import SqlPolicies
+from meshca.infra.keyfiles import write_private_file
 from meshca.service.admin_auth import AdminAuthenticator
+from meshca.service.policy_store import PolicyStore
 from meshca.service.ports import AuditEntry, TokenAuthenticator
 from meshca.transport.rest.app import create_app
 from meshca.transport.rest.context import AdminContext
+from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.routes.tokens import new_admin_token
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
-from meshca.wiring.startup import database_url, listen_socket, tls_files
+from meshca.wiring.ca_runtime import SupervisorCa, serving_file
+from meshca.wiring.keys import key_encryption_key, key_store
+from meshca.wiring.startup import database_url, listen_socket
 
 log = logging.getLogger("meshca")
 
@@ -71,13 +75,18 @@ def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
     log.info("created the first admin token in %s", settings.data_dir / ADMIN_TOKEN_FILE)
 
 
-async def start_admin(settings: Settings, authority: SigningAuthority, clock: Clock,
-                      service_account_tokens: TokenAuthenticator) -> AdminServer:
+async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
+                      service_account_tokens: TokenAuthenticator,
+                      policies: PolicyStore) -> AdminServer:
     engine = open_engine(database_url(settings))
+    reloader = ca.reloader
     context = AdminContext(
         engine=engine, inventory=SqlInventory(engine), tokens=SqlAdminTokens(engine),
-        ca=SqlCaRepository(engine), authority=lambda: authority, clock=clock,
-        keys=FileKeyStore(settings.data_dir),
+        ca=SqlCaRepository(engine), authority=lambda: reloader.current, clock=clock,
+        keys=key_store(settings),
+        bundle_refresh_hint_seconds=int(settings.bundle_refresh_hint.total_seconds()),
+        rotator=ca.rotator, rotation_policy=settings.rotation_policy, plugged=ca.plugged,
+        bundle_sequence=lambda: reloader.sequence, ca_changed=ca.changed,
     )
     bootstrap_admin_token(settings, context.tokens)
     authenticator = AdminAuthenticator(
@@ -88,7 +97,9 @@ async def start_admin(settings: Settings, authority: SigningAuthority, clock: Cl
         certificate_usable=context.inventory.usable,
     )
     peers = PeerCertificates()
-    app = create_app(context, authenticator, peers)
+    # The in-process worker's policy set: a change made here is enforced here at once.
+    authz_context = AuthzContext(policies, SqlPolicies(engine), policies.current.mesh)
+    app = create_app(context, authenticator, peers, authz_context)
     upstream = listen_socket("127.0.0.1", 0, reuse_port=False)
     server = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", access_log=False,
                                              lifespan="off", server_header=False))
@@ -97,13 +108,15 @@ async def start_admin(settings: Settings, authority: SigningAuthority, clock: Cl
         if task.done():
             task.result()  # raises what stopped it
         await asyncio.sleep(0.01)
-    chain_file, key_file = tls_files(settings)
+    serving = str(serving_file(settings))
+    password = key_encryption_key(settings).tls_password()
     front = TlsFront(
         int(upstream.getsockname()[1]),
-        lambda: server_ssl_context(str(chain_file), str(key_file), authority.bundle.pem,
+        lambda: server_ssl_context(serving, password, reloader.current.bundle.pem,
                                    alpn=("http/1.1",)),
         peers,
     )
+    reloader.add_listener(lambda _: front.reload())
     host, port = split_host_port(settings.admin_addr)
     sock = listen_socket(host, port, reuse_port=False)
     await front.start(sock)

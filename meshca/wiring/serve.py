@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from meshca.config import ENDPOINTS_FILE, Settings, split_host_port
+from meshca.core.authority import SigningAuthority
 from meshca.core.clock import SystemClock
-from meshca.transport.metrics import CaMetricsCollector, shared_slots
+from meshca.infra.db.ca_repository import SqlCaRepository
+from meshca.infra.db.engine import open_engine
+from meshca.transport.ca_metrics import CaStateCollector
+from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.wiring.admin import start_admin
-from meshca.wiring.startup import listen_socket, prepare
+from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
+from meshca.wiring.keys import key_encryption_key
+from meshca.wiring.publishing import start_publishing
+from meshca.wiring.serving import ServingCertKeeper
+from meshca.wiring.startup import database_url, listen_socket, prepare, serving_names, write_bundle
 from meshca.wiring.worker import child_main, start_worker
 
 log = logging.getLogger("meshca")
@@ -27,7 +37,10 @@ WORKER_START_SECONDS = 60
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set or SIGTERM/SIGINT arrives."""
     clock = SystemClock()
-    authority = prepare(settings, clock)
+    serving = ServingCertKeeper(serving_file(settings), serving_names(settings),
+                                settings.trust_domain, clock, key_encryption_key(settings))
+    prepare(settings, clock, serving)
+    settings = _pin_ext_authz_port(settings)
     workers = settings.workers
     grpc_host, grpc_port = split_host_port(settings.grpc_addr)
     sock = listen_socket(grpc_host, grpc_port, reuse_port=workers > 1)
@@ -50,28 +63,42 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if not await loop.run_in_executor(None, ready.wait, WORKER_START_SECONDS):
             raise SystemExit(f"{child.name} did not start (exit code {child.exitcode})")
 
+    stop = stop or asyncio.Event()
+    engine = open_engine(database_url(settings))
+    ca, ca_tasks = await start_supervisor_ca(settings, engine, clock, stop)
+    ca.also_wake.append(worker.reloader)
     registry = CollectorRegistry()
     collector = CaMetricsCollector(slots, workers, registry)
-    collector.root_expiry = min(r.not_valid_after_utc for r in authority.bundle.roots).timestamp()
+    CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry)
     metrics_host, metrics_port = split_host_port(settings.metrics_addr)
     metrics_server, _ = start_http_server(metrics_port, metrics_host, registry=registry)
 
-    admin = await start_admin(settings, authority, clock, worker.auth.admin_tokens)
+    def on_ca_change(current: SigningAuthority) -> None:
+        write_bundle(settings, current)
+        serving.ensure(current)
+        collector.root_expiry = min(r.not_valid_after_utc for r in current.bundle.roots).timestamp()
+
+    on_ca_change(ca.reloader.current)
+    ca.reloader.add_listener(on_ca_change)
+    ca_tasks += start_publishing(settings, ca, CaMetrics(slots, 0), engine, stop)
+    admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies)
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
-                 "metrics": f"{metrics_host}:{metrics_server.server_port}", "pid": os.getpid()}
+                 "metrics": f"{metrics_host}:{metrics_server.server_port}", "pid": os.getpid(),
+                 "ext_authz": settings.ext_authz_addr}
     (settings.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints))
     log.info("meshca serving CreateCertificate on %s (TLS, %d worker%s), admin API on https://%s, "
              "metrics on %s, trust domain %s", endpoints["grpc"], workers, "s" * (workers > 1),
              admin.address, endpoints["metrics"], settings.trust_domain)
 
-    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = loop.create_task(_watch_children(children, stop))
     await stop.wait()
     log.info("meshca stopping")
     watcher.cancel()
+    for task in ca_tasks:
+        task.cancel()
     for child, _ in children:
         if child.is_alive():
             child.terminate()
@@ -82,8 +109,24 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if child.is_alive():
             child.kill()
     metrics_server.shutdown()
+    engine.dispose()
     if watcher.done() and not watcher.cancelled() and watcher.result():
         raise SystemExit(1)
+
+
+def _pin_ext_authz_port(settings: Settings) -> Settings:
+    """Port 0 means "any free port": chosen once here, so every worker shares the same one
+    (each binds it with SO_REUSEPORT)."""
+    if settings.ext_authz_addr is None:
+        return settings
+    host, port = split_host_port(settings.ext_authz_addr)
+    if port != 0:
+        return settings
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        port = int(probe.getsockname()[1])
+    shown = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(settings, ext_authz_addr=f"{shown}:{port}")
 
 
 async def _watch_children(children: list[tuple[BaseProcess, ProcessEvent]],

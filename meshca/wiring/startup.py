@@ -11,16 +11,15 @@ from pathlib import Path
 from meshca.config import Settings, split_host_port
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
-from meshca.core.rotation import RotationPolicy
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.engine import database_url_for, migrate, open_engine
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.dev_issuer import DevIssuer
-from meshca.infra.keyfiles import FileKeyStore, private_key_pem, write_private_file
-from meshca.service.ca_lifecycle import CaLifecycle, LifecycleProfile
 from meshca.service.ca_setup import bring_up
-from meshca.service.serving_cert import issue_serving_certificate
 from meshca.wiring.authn import uses_development_issuer
+from meshca.wiring.ca_runtime import ca_source, lifecycle_for
+from meshca.wiring.keys import key_store
+from meshca.wiring.serving import ServingCertKeeper
 
 log = logging.getLogger("meshca")
 
@@ -36,11 +35,6 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or database_url_for(settings.data_dir)
 
 
-def tls_files(settings: Settings) -> tuple[Path, Path]:
-    tls_dir = settings.data_dir / "tls"
-    return tls_dir / "grpc-chain.pem", tls_dir / "grpc-key.pem"
-
-
 def _warn_if_development_issuer(settings: Settings) -> None:
     if uses_development_issuer(settings):
         log.warning(
@@ -52,40 +46,42 @@ def _warn_if_development_issuer(settings: Settings) -> None:
 
 
 def write_bundle(settings: Settings, authority: SigningAuthority) -> None:
+    """`<data-dir>/root-cert.pem` (0644): the roots peers must trust, replaced atomically."""
     path = settings.bundle_path
+    if path.is_file() and path.read_text() == authority.bundle.pem:
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(authority.bundle.pem)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
-def prepare(settings: Settings, clock: Clock) -> SigningAuthority:
+def serving_names(settings: Settings) -> list[str]:
+    """Every name clients may dial: the configured DNS names and both listening hosts."""
+    hosts = [split_host_port(addr)[0] for addr in (settings.grpc_addr, settings.admin_addr)]
+    return list(dict.fromkeys(
+        [*settings.server_dns_names, *(h for h in hosts if not _is_wildcard(h))]))
+
+
+def prepare(settings: Settings, clock: Clock, serving: ServingCertKeeper) -> SigningAuthority:
     """Once per start, before any worker: schema, CA, bundle file, serving certificate."""
     prepare_data_dir(settings.data_dir)
     engine = open_engine(database_url(settings))
     try:
         migrate(engine)
-        keys = FileKeyStore(settings.data_dir)
-        journal = SqlCaJournal(engine)
-        lifecycle = CaLifecycle(journal, keys, LifecycleProfile(
-            key_type=settings.ca_key_type, trust_domain=settings.trust_domain,
-            organization=settings.ca_organization, root_ttl=settings.root_ttl,
-            intermediate_ttl=settings.intermediate_ttl), RotationPolicy(), clock)
-        authority = bring_up(lifecycle, journal, SqlLeases(engine), keys, clock)
+        if settings.ca_dir is None:
+            journal = SqlCaJournal(engine)
+            authority = bring_up(lifecycle_for(settings, engine, clock), journal,
+                                 SqlLeases(engine), key_store(settings), clock)
+        else:
+            authority = ca_source(settings, engine, clock, publishes=True).load().authority
     finally:
         engine.dispose()
     write_bundle(settings, authority)
     if uses_development_issuer(settings):
         DevIssuer.load_or_create(settings.data_dir)  # before workers start, so they share one
     _warn_if_development_issuer(settings)
-    # Every name clients may dial: the configured DNS names and both listening hosts.
-    hosts = [split_host_port(addr)[0] for addr in (settings.grpc_addr, settings.admin_addr)]
-    names = list(dict.fromkeys(
-        [*settings.server_dns_names, *(h for h in hosts if not _is_wildcard(h))]))
-    serving = issue_serving_certificate(authority, names, settings.trust_domain, clock)
-    chain_file, key_file = tls_files(settings)
-    write_private_file(key_file, private_key_pem(serving.key))
-    write_private_file(chain_file, serving.chain_pem.encode())
+    serving.ensure(authority)
     return authority
 
 

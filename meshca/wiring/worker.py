@@ -19,17 +19,19 @@ from meshca.config import Settings
 from meshca.core.clock import SystemClock
 from meshca.core.lifetime import LifetimePolicy
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.records import SqlCertificateLog
-from meshca.infra.keyfiles import FileKeyStore
-from meshca.service.ca_setup import load_signing_authority
+from meshca.service.ca_reload import CaReloader
 from meshca.service.issuance import IssuanceService
+from meshca.service.policy_store import PolicyStore
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
 from meshca.wiring.authn import TokenAuthentication, build_token_authentication
-from meshca.wiring.startup import database_url, listen_socket, tls_files
+from meshca.wiring.authz import start_authorization
+from meshca.wiring.ca_runtime import reloader_for, serving_file
+from meshca.wiring.keys import key_encryption_key
+from meshca.wiring.startup import database_url, listen_socket
 
 log = logging.getLogger("meshca")
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
@@ -47,6 +49,9 @@ class Worker:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     records: SqlCertificateLog
+    reloader: CaReloader
+    policies: PolicyStore
+    ext_authz: grpc.aio.Server | None
     auth: TokenAuthentication
     tasks: list[asyncio.Task[None]]
     stopping: asyncio.Event
@@ -57,6 +62,8 @@ class Worker:
         await self.health.enter_graceful_shutdown()
         await self.front.stop()
         await self.server.stop(grace=5)
+        if self.ext_authz is not None:
+            await self.ext_authz.stop(grace=5)
         self.records.close()
         for task in self.tasks:
             task.cancel()
@@ -70,17 +77,19 @@ async def start_worker(
     engine = open_engine(database_url(settings))
     cleanup = contextlib.ExitStack()
     cleanup.callback(engine.dispose)
-    authority = load_signing_authority(SqlCaJournal(engine), FileKeyStore(settings.data_dir))
+    reloader = await asyncio.to_thread(reloader_for, settings, engine, clock, publishes=False)
     records = SqlCertificateLog(engine)
     metrics = CaMetrics(slots, row)
     stopping = asyncio.Event()
     auth = build_token_authentication(settings, metrics, stopping)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(job) for job in auth.background]
+    tasks.append(loop.create_task(
+        reloader.run(stopping, settings.ca_reload_interval.total_seconds())))
     issuance = IssuanceService(
         trust_domain=settings.trust_domain,
         workloads=auth.workloads,
-        authority=lambda: authority,
+        authority=lambda: reloader.current,
         lifetimes=LifetimePolicy(settings.default_ttl, settings.max_ttl, settings.backdate),
         certificate_log=records,
         audit=records,
@@ -107,16 +116,20 @@ async def start_worker(
     )
     upstream_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    chain_file, key_file = tls_files(settings)
+    serving = str(serving_file(settings))
+    password = key_encryption_key(settings).tls_password()
     front = TlsFront(
         upstream_port,
-        lambda: server_ssl_context(str(chain_file), str(key_file), authority.bundle.pem),
+        lambda: server_ssl_context(serving, password, reloader.current.bundle.pem),
         peers,
     )
     await front.start(sock)
+    reloader.add_listener(lambda _: front.reload())
+    policies, ext_authz = await start_authorization(settings, engine, stopping, tasks)
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return Worker(front, server, health_servicer, records, auth, tasks, stopping, cleanup)
+    return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
+                  stopping, cleanup)
 
 
 def child_main(settings: Settings, host: str, port: int, slots: MutableSequence[float], row: int,

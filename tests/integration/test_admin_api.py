@@ -317,6 +317,86 @@ def _revoke_token(env: Env, tag: str) -> Case:
                 audit=("admin-token.revoke", name))
 
 
+def _generations(env: Env) -> dict[int, dict[str, Any]]:
+    return {g["id"]: g for g in env.admin("GET", "/v1/ca")["generations"]}
+
+
+def _prepared_intermediate(env: Env) -> int:
+    answer = env.admin("POST", "/v1/ca:prepare", {"kind": "intermediate"}, expect=201)
+    return int(answer["actions"][0]["generation_id"])
+
+
+def _ca_prepare(env: Env, tag: str) -> Case:
+    before = len(_generations(env))
+    return Case("POST", "/v1/ca:prepare", 201, {"kind": "intermediate"},
+                applied=lambda: len(_generations(env)) == before + 1,
+                audit=("ca.prepare", "intermediate"))
+
+
+def _signing(env: Env) -> int:
+    return next(g["id"] for g in _generations(env).values() if g["signing"])
+
+
+def _ca_activate(env: Env, tag: str) -> Case:
+    _prepared_intermediate(env)
+    before = _signing(env)
+    return Case("POST", "/v1/ca:activate", 200, {"kind": "intermediate"},
+                applied=lambda: _signing(env) != before, audit=("ca.activate", "intermediate"))
+
+
+def _ca_taint(env: Env, tag: str) -> Case:
+    victim = _prepared_intermediate(env)  # a prepared one: signing goes on undisturbed
+    return Case("POST", f"/v1/ca/generations/{victim}:taint", 200, {"reason": tag},
+                applied=lambda: _generations(env)[victim]["state"] == "tainted",
+                audit=("ca.taint", f"generation/{victim}"))
+
+
+_AUTHZ_REQUEST = {"protocol": "HTTP",
+                  "source": {"principal": f"{TD}/ns/shop/sa/web", "ip": "10.0.0.1"},
+                  "destination": {"namespace": "shop", "labels": {"app": "cart"}, "port": 8080},
+                  "http": {"method": "GET", "path": "/cart", "host": "cart", "headers": {}}}
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": [f"/{name}"]}}]}]}}
+
+
+def _policy_names(env: Env) -> set[str]:
+    return {p["name"] for p in env.admin("GET", "/v1/authz/policies")["policies"]}
+
+
+def _authz_evaluate(env: Env, tag: str) -> Case:
+    return Case("POST", "/v1/authz:evaluate", 200,
+                {"policies": [_policy("try")], "request": _AUTHZ_REQUEST})
+
+
+def _stored_policy(env: Env, tag: str) -> str:
+    name = f"stored-{tag}"
+    response = env.client.request("PUT", f"/v1/authz/policies/shop/{name}", token=env.bootstrap,
+                                  json_body=_policy(name))
+    assert response.status == 201, response.body
+    return name
+
+
+def _authz_get(env: Env, tag: str) -> Case:
+    return Case("GET", f"/v1/authz/policies/shop/{_stored_policy(env, 'get-' + tag)}", 200)
+
+
+def _authz_put(env: Env, tag: str) -> Case:
+    name = f"put-{tag}"
+    return Case("PUT", f"/v1/authz/policies/shop/{name}", 201, _policy(name),
+                applied=lambda: name in _policy_names(env), audit=("authz.policy.put", f"shop/{name}"))
+
+
+def _authz_delete(env: Env, tag: str) -> Case:
+    name = _stored_policy(env, "delete-" + tag)
+    return Case("DELETE", f"/v1/authz/policies/shop/{name}", 200,
+                applied=lambda: name not in _policy_names(env),
+                audit=("authz.policy.delete", f"shop/{name}"))
+
+
 ROUTE_CASES: dict[tuple[str, str], Callable[[Env, str], Case]] = {
     ("GET", "/healthz"): _get("/healthz"),
     ("GET", "/readyz"): _get("/readyz"),
@@ -324,6 +404,9 @@ ROUTE_CASES: dict[tuple[str, str], Callable[[Env, str], Case]] = {
     ("GET", "/openapi.json"): _get("/openapi.json"),
     ("GET", "/docs"): _get("/docs"),
     ("GET", "/v1/ca"): _get("/v1/ca"),
+    ("POST", "/v1/ca:prepare"): _ca_prepare,
+    ("POST", "/v1/ca:activate"): _ca_activate,
+    ("POST", "/v1/ca/generations/{generation_id}:taint"): _ca_taint,
     ("GET", "/v1/certificates"): _get("/v1/certificates?limit=2"),
     ("GET", "/v1/certificates/{serial}"): _known_certificate,
     ("POST", "/v1/certificates/{serial}:revoke"): _revoke,
@@ -332,6 +415,13 @@ ROUTE_CASES: dict[tuple[str, str], Callable[[Env, str], Case]] = {
     ("POST", "/v1/identities/{spiffe_id:path}:block"): _block,
     ("POST", "/v1/identities/{spiffe_id:path}:unblock"): _unblock,
     ("GET", "/v1/audit"): _get("/v1/audit?limit=2"),
+    ("POST", "/v1/authz:evaluate"): _authz_evaluate,
+    ("POST", "/v1/authz:check"): lambda env, tag: Case("POST", "/v1/authz:check", 200,
+                                                       _AUTHZ_REQUEST),
+    ("GET", "/v1/authz/policies"): _get("/v1/authz/policies"),
+    ("GET", "/v1/authz/policies/{namespace}/{name}"): _authz_get,
+    ("PUT", "/v1/authz/policies/{namespace}/{name}"): _authz_put,
+    ("DELETE", "/v1/authz/policies/{namespace}/{name}"): _authz_delete,
     ("GET", "/v1/admin-tokens"): _get("/v1/admin-tokens"),
     ("POST", "/v1/admin-tokens"): _create_token,
     ("POST", "/v1/admin-tokens/{name}:revoke"): _revoke_token,

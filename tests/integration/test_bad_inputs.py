@@ -41,7 +41,7 @@ from tests.support import (
 
 OWN_ID = "spiffe://cluster.local/ns/default/sa/web"  # what `meshca.token()` authenticates as
 OTHER_ID = "spiffe://cluster.local/ns/kube-system/sa/admin"
-MAX_TTL_SECONDS = 7 * 24 * 3600  # `meshca serve`'s default --max-ttl
+MAX_TTL_SECONDS = 28 * 3600  # `meshca serve`'s default --max-ttl (1/6 of the 7-day intermediate)
 SERVER_MAX_MESSAGE = 256 * 1024
 
 Metadata = list[tuple[str, str]]

@@ -18,7 +18,7 @@ from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import migrate, open_engine
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.db.schema import issued_certificates
-from meshca.infra.keyfiles import FileKeyStore
+from meshca.infra.keyfiles import FileKeyStore, KeyEncryptionKey
 from meshca.service.ca_lifecycle import CaLifecycle, LifecycleProfile
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -36,6 +36,9 @@ class Clock:
         return self.current
 
 
+KEK = KeyEncryptionKey.generate()  # one for the module: every store must open the same keys
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     url = (str(request.getfixturevalue("pg_url")) if request.param == "postgres"
@@ -48,7 +51,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 
 def _lifecycle(engine: Engine, tmp_path: Path, clock: Clock) -> tuple[CaLifecycle, SqlCaJournal]:
     journal = SqlCaJournal(engine)
-    return CaLifecycle(journal, FileKeyStore(tmp_path), PROFILE, POLICY, clock), journal
+    return CaLifecycle(journal, FileKeyStore(tmp_path, KEK), PROFILE, POLICY, clock), journal
 
 
 def _record_leaf(engine: Engine, issuer_id: int, now: datetime, n: int) -> None:
@@ -156,6 +159,6 @@ def test_a_crash_between_key_and_row_loses_nothing(engine: Engine, tmp_path: Pat
         lifecycle.run_due(None)
     journal.add = original_add  # type: ignore[method-assign]
     assert lifecycle.run_due(None)  # resumes: prepares the intermediate again
-    keys = FileKeyStore(tmp_path)
+    keys = FileKeyStore(tmp_path, KEK)
     for generation in journal.snapshot()[0]:
         keys.load(journal.row(generation.id).key_location)  # every key is there

@@ -93,7 +93,7 @@ def test_restart_reuses_the_ca_and_keeps_records(tmp_path: Path) -> None:
 def test_data_dir_permissions(meshca: MeshcaProcess) -> None:
     data = meshca.data_dir
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    key_files = [*data.glob("keys/*.pem"), data / "dev-token-issuer.key", data / "tls" / "grpc-key.pem"]
+    key_files = [*data.glob("keys/*.pem"), data / "dev-token-issuer.key", data / "tls" / "serving.pem"]
     assert len(key_files) >= 4
     for path in key_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

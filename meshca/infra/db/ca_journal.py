@@ -10,11 +10,16 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from meshca.core.rotation import Generation, Kind, State, transition
 from meshca.infra.db.ca_repository import CaGeneration, generation_from_row
 from meshca.infra.db.lease import Lease, holds
 from meshca.infra.db.schema import bundle_state, ca_generations, issued_certificates
+
+# Rows of a plugged-in CA (--ca-dir): recorded so issued certificates can name their issuer,
+# never part of rotation; meshca holds no key for them.
+PLUGGED = "plugged"
 
 
 class LostLease(Exception):
@@ -32,7 +37,8 @@ class SqlCaJournal:
                          func.max(issued_certificates.c.not_after))
                   .group_by(issued_certificates.c.issuer_generation_id))
         with self._engine.connect() as connection:
-            rows = list(connection.execute(select(ca_generations).order_by(t.id)).mappings())
+            rows = list(connection.execute(select(ca_generations).where(t.kind != PLUGGED)
+                                           .order_by(t.id)).mappings())
             last_leaf = {int(g): e for g, e in connection.execute(leaves)}
         by_root: dict[int, datetime] = {}
         for row in rows:
@@ -99,6 +105,52 @@ class SqlCaJournal:
                                .where(ca_generations.c.id == generation_id,
                                       ca_generations.c.pruned_at.is_(None))
                                .values(pruned_at=now))
+            _bump_sequence(connection, now)
+
+    def version(self) -> tuple[int, tuple[tuple[int, str, bool], ...]]:
+        """Cheap to poll: changes whenever the signing generation or the bundle may have."""
+        t = ca_generations.c
+        with self._engine.connect() as connection:
+            sequence = connection.execute(select(bundle_state.c.sequence)
+                                          .where(bundle_state.c.id == 1)).scalar()
+            rows = connection.execute(select(t.id, t.state, t.pruned_at).order_by(t.id)).all()
+        return int(sequence or 0), tuple((int(r[0]), str(r[1]), r[2] is None) for r in rows)
+
+    def register_plugged(self, *, certificate_pem: str, serial: str, subject: str, key_type: str,
+                         location: str, not_before: datetime, not_after: datetime,
+                         now: datetime) -> int:
+        """The plugged-in signing certificate as a row (once per certificate); earlier plugged
+        rows are retired. Idempotent, so every process may call it."""
+        t = ca_generations.c
+        for _ in range(3):
+            with self._engine.begin() as connection:
+                found = connection.execute(select(t.id, t.kind).where(t.serial == serial)).first()
+                if found is not None:
+                    if found[1] != PLUGGED:
+                        raise ValueError(f"serial {serial} belongs to a meshca generation")
+                    gid = int(found[0])
+                else:
+                    try:
+                        with connection.begin_nested():
+                            result = connection.execute(insert(ca_generations).values(
+                                kind=PLUGGED, parent_id=None, subject=subject, serial=serial,
+                                key_type=key_type, key_location=location, not_before=not_before,
+                                not_after=not_after, state=State.ACTIVE.value,
+                                certificate_pem=certificate_pem, created_at=now))
+                    except IntegrityError:
+                        continue  # another process registered it first: read it again
+                    key = result.inserted_primary_key
+                    assert key is not None
+                    gid = int(key[0])
+                connection.execute(update(ca_generations).where(
+                    t.kind == PLUGGED, t.id != gid, t.state == State.ACTIVE.value
+                ).values(state=State.RETIRED.value))
+                return gid
+        raise RuntimeError("could not record the plugged-in CA certificate")
+
+    def bump_sequence(self, now: datetime) -> None:
+        """The published roots changed outside the journal (a plugged-in CA was reloaded)."""
+        with self._engine.begin() as connection:
             _bump_sequence(connection, now)
 
     def row(self, generation_id: int) -> CaGeneration:

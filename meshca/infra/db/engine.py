@@ -27,7 +27,9 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(parsed, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    # A database that stops answering must fail requests (UNAVAILABLE, not ready), not hang them.
+    return create_engine(parsed, pool_size=8, max_overflow=8, pool_pre_ping=True,
+                         connect_args={"connect_timeout": 5})
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

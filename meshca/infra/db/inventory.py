@@ -9,6 +9,7 @@ from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from meshca.infra.db.audit import append_audit
+from meshca.infra.db.records import renewable
 from meshca.infra.db.schema import blocked_identities, issued_certificates
 from meshca.service.ports import AuditEntry
 
@@ -98,11 +99,9 @@ class SqlInventory:
         return dict(row)
 
     def usable(self, serial: str) -> bool:
-        """On record and not revoked (validity itself is checked by TLS)."""
-        t = issued_certificates.c
-        query = select(t.serial).where(t.serial == serial, t.revoked_at.is_(None))
+        """On record, not revoked, not under a tainted key (validity itself is checked by TLS)."""
         with self._engine.connect() as connection:
-            return connection.execute(query).first() is not None
+            return connection.execute(renewable({serial})).first() is not None
 
     def revoke(self, serial: str, reason: str, audit: AuditEntry) -> None:
         t = issued_certificates.c

@@ -18,12 +18,13 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, Select, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.errors import AuthenticationError, CaUnavailable, MeshcaError, PermissionDenied
-from meshca.infra.db.schema import audit_log, blocked_identities, issued_certificates
+from meshca.infra.db.schema import audit_log, blocked_identities, ca_generations, issued_certificates
 from meshca.service.ports import AuditEntry, IssuedRecord
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,18 @@ class SqlCertificateLog:
         self._writer.shutdown(wait=True)
 
 
+def renewable(serials: set[str]) -> Select[Any]:
+    """Serials that may still authenticate a renewal: on record, not revoked, and not issued
+    under a tainted generation (the intermediate itself, or the root above it)."""
+    issued, issuer = issued_certificates.c, ca_generations.alias("issuer")
+    tainted = select(ca_generations.c.id).where(ca_generations.c.state == "tainted")
+    return (select(issued.serial)
+            .select_from(issued_certificates.join(issuer, issuer.c.id == issued.issuer_generation_id))
+            .where(issued.serial.in_(serials), issued.revoked_at.is_(None),
+                   issuer.c.state != "tainted",
+                   or_(issuer.c.parent_id.is_(None), issuer.c.parent_id.not_in(tainted))))
+
+
 def _preconditions(connection: Connection, batch: list[_Pending]) -> list[MeshcaError | None]:
     ids = {item.record.spiffe_id for item in batch if item.record is not None}
     blocked: set[str] = set()
@@ -110,19 +123,15 @@ def _preconditions(connection: Connection, batch: list[_Pending]) -> list[Meshca
     serials = {item.renewing_serial for item in batch if item.renewing_serial}
     good_serials: set[str] = set()
     if serials:
-        good_serials = set(connection.execute(
-            select(issued_certificates.c.serial).where(
-                issued_certificates.c.serial.in_(serials),
-                issued_certificates.c.revoked_at.is_(None),
-            )
-        ).scalars())
+        good_serials = set(connection.execute(renewable(serials)).scalars())
     outcomes: list[MeshcaError | None] = []
     for item in batch:
         if item.record is None:
             outcomes.append(None)
         elif item.renewing_serial and item.renewing_serial not in good_serials:
-            outcomes.append(AuthenticationError("client certificate is revoked or unknown",
-                                                reason="certificate"))
+            outcomes.append(AuthenticationError(
+                "client certificate is revoked, unknown, or under a CA key marked compromised; "
+                "authenticate with a token", reason="certificate"))
         elif item.record.spiffe_id in blocked:
             outcomes.append(PermissionDenied("identity is blocked by an administrator"))
         else:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -135,4 +136,24 @@ leases = Table(
     # Grows by one whenever the lease changes hands: writes carry it to fence off a stale holder.
     Column("fencing", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# Authorization policies stored through the admin API (migration 0005).
+authz_policies = Table(
+    "authz_policies",
+    metadata,
+    Column("namespace", String(63), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("version", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("document", Text, nullable=False),  # the object as received, JSON
+    Column("updated_by", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("namespace", "name", name="pk_authz_policies"),
+)
+
+authz_state = Table(
+    "authz_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("version", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
 )

@@ -12,7 +12,8 @@ from meshca.infra.db.audit import append_audit_alone
 from meshca.service.admin_auth import AdminAuthenticator
 from meshca.transport.rest import problems
 from meshca.transport.rest.context import AdminContext
-from meshca.transport.rest.routes import audit, bundle, ca, certificates, health, identities, tokens
+from meshca.transport.rest.routes import audit, authz, bundle, ca, certificates, health, identities, tokens
+from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.security import ROUTE_ROLES, RoleMiddleware
 from meshca.transport.tls_front import PeerCertificates
 
@@ -67,17 +68,19 @@ def _add_responses(operation: dict[str, Any], responses: dict[int | str, dict[st
 
 
 def create_app(context: AdminContext, authenticator: AdminAuthenticator,
-               peers: PeerCertificates) -> FastAPI:
+               peers: PeerCertificates, authz_context: AuthzContext | None = None) -> FastAPI:
     app = _AdminApi(
         title="meshca admin API",
         version=__version__,
         description="Operate meshca: CA generations, issued certificates, revocation, "
-                    "blocked identities, audit. Errors are RFC 9457 problem details.",
+                    "blocked identities, authorization policies, audit. Errors are RFC 9457 "
+                    "problem details.",
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,  # no OAuth2 here; one route fewer to guard
     )
     app.state.admin = context
-    for module in (health, bundle, ca, certificates, identities, audit, tokens):
+    app.state.authz = authz_context
+    for module in (health, bundle, ca, certificates, identities, audit, tokens, authz):
         # Added flat, so every route is a plain APIRoute the role middleware can match.
         app.router.routes.extend(module.router.routes)
     problems.install(app)

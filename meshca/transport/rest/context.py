@@ -11,10 +11,13 @@ from sqlalchemy import Engine
 
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
+from meshca.core.rotation import RotationPolicy
 from meshca.infra.db.admin_tokens import SqlAdminTokens
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.inventory import SqlInventory
 from meshca.service.admin_auth import Principal
+from meshca.service.ca_rotator import CaRotator
+from meshca.service.ca_source import PluggedCaSource
 from meshca.service.ports import AuditEntry, KeyStore
 
 
@@ -28,6 +31,11 @@ class AdminContext:
     clock: Clock
     keys: KeyStore
     bundle_refresh_hint_seconds: int = 300
+    rotator: CaRotator | None = None  # None: a plugged-in CA, which meshca does not rotate
+    rotation_policy: RotationPolicy | None = None
+    plugged: PluggedCaSource | None = None
+    bundle_sequence: Callable[[], int] | None = None  # of the bundle `authority` serves
+    ca_changed: Callable[[], None] = lambda: None  # reload this process now
 
     def audit(self, request: Request, action: str, target: str, detail: str | None = None,
               outcome: str = "ok") -> AuditEntry:

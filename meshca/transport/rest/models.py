@@ -37,9 +37,60 @@ class CaGenerationOut(BaseModel):
     not_after: datetime
     state: str
     signing: bool = Field(description="true for the intermediate that signs new certificates")
+    in_bundle: bool = Field(description="a root that is published in the trust bundle")
+
+
+class RotationOut(BaseModel):
+    automatic: bool = Field(description="false when the CA is plugged in: meshca rotates nothing")
+    prepare_at: float | None = Field(description="fraction of a generation's life")
+    activate_at: float | None
+    publish_lead_seconds: int | None = Field(description="a new root is published this long "
+                                             "before it signs")
+    skew_seconds: int | None
+    next_check: datetime | None = Field(description="when the rotator next has something due")
+    last_error: str | None
+    note: str
+
+
+class PluggedOut(BaseModel):
+    directory: str
+    loaded_fingerprint: str | None
+    last_error: str | None = Field(description="why the files on disk are not in use, if so")
+    warnings: list[str]
 
 
 class CaOut(BaseModel):
+    mode: Literal["meshca", "plugged"]
+    bundle_sequence: int
+    rotation: RotationOut
+    plugged: PluggedOut | None = None
+    generations: list[CaGenerationOut]
+
+
+class CaKindIn(BaseModel):
+    kind: Literal["root", "intermediate"]
+
+
+class CaActivateIn(CaKindIn):
+    waive_publish_lead: bool = Field(
+        default=False, description="activate a root published for less than the publish lead "
+        "(peers that have not refreshed their bundle will reject what it signs)")
+
+
+class TaintIn(BaseModel):
+    reason: str = Field(default="", max_length=1024, pattern=NO_NUL)
+
+
+class CaActionOut(BaseModel):
+    action: str = Field(description="prepare | activate | withdraw | prune")
+    kind: str
+    generation_id: int | None
+    retires: int | None = None
+    reason: str
+
+
+class CaChangeOut(BaseModel):
+    actions: list[CaActionOut]
     generations: list[CaGenerationOut]
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from meshca.errors import AuthenticationError, PermissionDenied
+from meshca.errors import AuthenticationError, CaUnavailable, PermissionDenied
 from meshca.infra.db.admin_tokens import TokenNameTaken, TokenNotFound
 from meshca.infra.db.inventory import Conflict, NotFound
 
@@ -147,6 +147,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> JSONResponse:
         return problem(409, str(exc), request)
+
+    @app.exception_handler(CaUnavailable)
+    async def unavailable(request: Request, exc: CaUnavailable) -> JSONResponse:
+        return problem(503, str(exc), request, headers={"Retry-After": "5"})
 
     @app.exception_handler(TokenNameTaken)
     async def token_taken(request: Request, exc: TokenNameTaken) -> JSONResponse:

@@ -32,5 +32,6 @@ def bundle(request: Request, context: Context) -> Response:
         return problem(503, "the CA is not loaded yet", request)
     if PEM in request.headers.get("accept", ""):
         return Response(authority.bundle.pem, media_type=PEM)
-    return JSONResponse(spiffe_jwks(authority.bundle, context.ca.bundle_sequence(),
+    sequence = context.bundle_sequence() if context.bundle_sequence else context.ca.bundle_sequence()
+    return JSONResponse(spiffe_jwks(authority.bundle, sequence,
                                     context.bundle_refresh_hint_seconds))

@@ -1,0 +1,159 @@
+{{/* Name of every object; also the Service's DNS name that sidecars dial. */}}
+{{- define "meshca.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshca.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default (include "meshca.fullname" .) -}}
+{{- end -}}
+
+{{/* Selector labels: never change after install (a Deployment's selector is immutable). */}}
+{{- define "meshca.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "meshca.labels" -}}
+{{ include "meshca.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "meshca.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Combinations that render fine but cannot work, refused with a message that says why. */}}
+{{- define "meshca.validate" -}}
+{{- $replicas := int .Values.replicaCount -}}
+{{- if and (gt $replicas 1) (not .Values.database.existingSecret) -}}
+{{- fail (printf "meshca: replicaCount %d needs a shared PostgreSQL database: set database.existingSecret to a Secret holding its URL. The embedded SQLite database lives in one pod's data dir and only works with replicaCount 1." $replicas) -}}
+{{- end -}}
+{{- if and (gt $replicas 1) .Values.persistence.enabled -}}
+{{- fail (printf "meshca: replicaCount %d cannot share one PersistentVolumeClaim: set persistence.enabled=false (the data dir becomes an emptyDir; state lives in PostgreSQL)." $replicas) -}}
+{{- end -}}
+{{- $vault := hasPrefix "vault-" .Values.keystore.type -}}
+{{- if and $vault (not .Values.keystore.vault.addr) -}}
+{{- fail (printf "meshca: keystore.type %s needs keystore.vault.addr." .Values.keystore.type) -}}
+{{- end -}}
+{{- if and $vault (eq .Values.keystore.vault.auth "token") (not .Values.keystore.vault.tokenSecret) -}}
+{{- fail "meshca: keystore.vault.auth token needs keystore.vault.tokenSecret (a Secret with key \"token\")." -}}
+{{- end -}}
+{{- if and $vault (eq .Values.keystore.vault.auth "kubernetes") (not .Values.keystore.vault.role) -}}
+{{- fail "meshca: keystore.vault.auth kubernetes needs keystore.vault.role." -}}
+{{- end -}}
+{{- if and $vault (eq .Values.keystore.vault.auth "approle") (not (and .Values.keystore.vault.approle.roleId .Values.keystore.vault.approle.secretIdSecret)) -}}
+{{- fail "meshca: keystore.vault.auth approle needs keystore.vault.approle.roleId and keystore.vault.approle.secretIdSecret (a Secret with key \"secret-id\")." -}}
+{{- end -}}
+{{- if and (gt $replicas 1) (eq .Values.keystore.type "file") (not .Values.caSecret) -}}
+{{- fail (printf "meshca: replicaCount %d with keystore.type file would give each pod CA keys of its own in its own data dir: use keystore.type vault-transit or vault-kv, or a plugged-in CA (caSecret)." $replicas) -}}
+{{- end -}}
+{{- if and .Values.tokens.jwks (not .Values.tokens.issuer) -}}
+{{- fail "meshca: tokens.jwks needs tokens.issuer (the iss those keys sign for)." -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Does meshca call the API server's OIDC discovery (tokens checked locally, issuer not given)? */}}
+{{- define "meshca.discoversIssuer" -}}
+{{- if and (ne .Values.tokens.validation "tokenreview") (not .Values.tokens.issuer) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The `meshca serve` arguments (the image's entrypoint is `meshca serve`). */}}
+{{- define "meshca.args" -}}
+{{- $fullname := include "meshca.fullname" . -}}
+- --data-dir=/var/lib/meshca/data
+- --grpc-addr=0.0.0.0:15012
+- --admin-addr=0.0.0.0:8443
+- --metrics-addr=0.0.0.0:15014
+- --server-dns-name={{ $fullname }}.{{ .Release.Namespace }}.svc
+- --server-dns-name={{ $fullname }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}
+{{- /* `meshca admin` run inside the pod dials the wildcard bind address as localhost. */}}
+- --server-dns-name=localhost
+{{- range .Values.extraDnsNames }}
+- {{ printf "--server-dns-name=%v" . | quote }}
+{{- end }}
+- {{ printf "--trust-domain=%v" .Values.trustDomain | quote }}
+- {{ printf "--ca-key-type=%v" .Values.caKeyType | quote }}
+- {{ printf "--default-ttl=%v" .Values.ttl.default | quote }}
+- {{ printf "--max-ttl=%v" .Values.ttl.max | quote }}
+- {{ printf "--log-level=%v" .Values.logLevel | quote }}
+- {{ printf "--workers=%v" .Values.workers | quote }}
+- {{ printf "--token-validation=%v" .Values.tokens.validation | quote }}
+{{- with .Values.tokens.issuer }}
+- {{ printf "--token-issuer=%v" . | quote }}
+{{- end }}
+{{- with .Values.tokens.jwks }}
+- {{ printf "--token-jwks=%v" . | quote }}
+{{- end }}
+{{- range .Values.tokens.audiences }}
+- {{ printf "--token-audience=%v" . | quote }}
+{{- end }}
+{{- if .Values.tokens.verifyPodBinding }}
+- --verify-pod-binding
+{{- end }}
+{{- range .Values.tokens.trustedNodeAccounts }}
+- {{ printf "--trusted-node-account=%v" . | quote }}
+{{- end }}
+{{- range .Values.admin.serviceAccounts }}
+- {{ printf "--admin-service-account=%v" . | quote }}
+{{- end }}
+{{- range .Values.admin.spiffeIds }}
+- {{ printf "--admin-spiffe-id=%v" . | quote }}
+{{- end }}
+{{- /* Every keystore seals some keys in files (serving keys at least) under the KEK. */}}
+{{- if .Values.keystore.kekSecret }}
+- --kek-file=/etc/meshca/kek/kek
+{{- else }}
+- --kek-file=/var/lib/meshca/data.kek
+{{- end }}
+{{- /* "file" is meshca's default keystore: no flag needed. */}}
+{{- if ne .Values.keystore.type "file" }}
+- {{ printf "--keystore=%v" .Values.keystore.type | quote }}
+{{- with .Values.keystore.vault }}
+- {{ printf "--vault-addr=%v" .addr | quote }}
+{{- if .namespace }}
+- {{ printf "--vault-namespace=%v" .namespace | quote }}
+{{- end }}
+{{- if .caCertSecret }}
+- --vault-ca-cert=/etc/meshca/vault-ca/ca.crt
+{{- end }}
+- {{ printf "--vault-auth=%v" .auth | quote }}
+{{- if eq .auth "kubernetes" }}
+- {{ printf "--vault-role=%v" .role | quote }}
+{{- else if eq .auth "approle" }}
+- {{ printf "--vault-role-id=%v" .approle.roleId | quote }}
+- --vault-secret-id-file=/etc/meshca/vault-approle/secret-id
+{{- else }}
+- --vault-token-file=/etc/meshca/vault-token/token
+{{- end }}
+{{- if eq $.Values.keystore.type "vault-transit" }}
+- {{ printf "--vault-transit-mount=%v" .transitMount | quote }}
+{{- else }}
+- {{ printf "--vault-kv-mount=%v" .kvMount | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.caSecret }}
+- --ca-dir=/etc/meshca/cacerts
+{{- end }}
+{{- if .Values.publishConfigMaps.enabled }}
+- {{ printf "--publish-configmaps=%v" .Values.publishConfigMaps.selector | quote }}
+{{- end }}
+{{- if .Values.extAuthz.enabled }}
+- --ext-authz-addr=0.0.0.0:9191
+- {{ printf "--authz-root-namespace=%v" .Values.extAuthz.rootNamespace | quote }}
+{{- if .Values.extAuthz.watchKubePolicies }}
+- --watch-kube-policies
+{{- end }}
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}

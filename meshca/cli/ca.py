@@ -1,0 +1,70 @@
+"""`meshca ca status | prepare | activate | taint`: the CA lifecycle of a running meshca.
+
+Same connection options as `meshca admin` (`--data-dir D`, or `--server URL --token-file F`);
+the changes need the operator role. Exit 0 on success, 1 on a refusal (printed), 2 on bad
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from meshca.cli.admin import Output, common_options
+from meshca.cli.admin_client import AdminClient
+from meshca.cli.ca_output import ca_status, print_change
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _prepare(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    print_change(client.post("/v1/ca:prepare", {"kind": args.kind}), out)
+    return 0
+
+
+def _activate(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    body = {"kind": args.kind, "waive_publish_lead": args.waive_publish_lead}
+    print_change(client.post("/v1/ca:activate", body), out)
+    return 0
+
+
+def _taint(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    data = client.post(f"/v1/ca/generations/{args.generation}:taint", {"reason": args.reason})
+    print_change(data, out)
+    if not out.as_json:
+        out.note("certificates under the tainted key can no longer renew with themselves; "
+                 "workloads re-authenticate with their tokens at their next renewal")
+    return 0
+
+
+def _generation(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) < 2**31:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CA generation id (see `meshca ca status`)")
+    return int(text)
+
+
+def add_ca_parser(commands: SubParsers) -> None:
+    common = common_options()
+    ca = commands.add_parser(
+        "ca", help="the CA's roots and intermediates: status, prepare, activate, taint",
+        description="Inspect and steer the CA lifecycle of a running meshca.")
+    actions = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+
+    def action(name: str, handler: object, text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, parents=[common], help=text, description=text)
+        parser.set_defaults(admin_handler=handler)
+        return parser
+
+    action("status", ca_status, "every generation, its state, and how meshca rotates them")
+    prepare = action("prepare", _prepare, "prepare the next root or intermediate now (a new root "
+                     "is published in the trust bundle at once; nothing signs until activated)")
+    prepare.add_argument("kind", choices=("root", "intermediate"))
+    activate = action("activate", _activate, "activate the oldest usable prepared generation now")
+    activate.add_argument("kind", choices=("root", "intermediate"))
+    activate.add_argument("--waive-publish-lead", action="store_true",
+                          help="activate a root published for less than the publish lead "
+                               "(peers that have not refreshed their bundle will reject its leaves)")
+    taint = action("taint", _taint, "mark a generation's key compromised and rotate away at once")
+    taint.add_argument("generation", type=_generation, metavar="ID")
+    taint.add_argument("--reason", default="", help="why, for the audit log")

@@ -1,0 +1,79 @@
+"""Vault's PKI engine as meshca's upstream: it signs meshca's intermediate from a CSR.
+
+`POST <mount>/root/sign-intermediate` with the CSR, a TTL and the trust domain's URI SAN;
+Vault answers `certificate`, `issuing_ca` and `ca_chain`. The answer is checked before meshca
+records anything: the certificate carries the CSR's key, is a CA, and verifies under the
+issuing CA Vault named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from meshca.infra.vault.errors import VaultBadResponse
+from meshca.infra.vault.session import VaultSession
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIntermediate:
+    certificate: x509.Certificate
+    issuing_ca: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # above the intermediate, as Vault lists it
+
+
+class VaultPkiUpstream:
+    def __init__(self, session: VaultSession, mount: str = "pki") -> None:
+        self._session = session
+        self._mount = mount
+
+    def sign_intermediate(self, csr: x509.CertificateSigningRequest, *, ttl: timedelta,
+                          uri_sans: list[str]) -> SignedIntermediate:
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not names:
+            raise ValueError("the intermediate's CSR needs a common name: Vault requires one")
+        pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+        params = {"ttl": f"{int(ttl.total_seconds())}s", "uri_sans": ",".join(uri_sans),
+                  "format": "pem", "use_csr_values": True}
+        response = self._session.call(
+            f"PKI sign-intermediate on {self._mount}",
+            lambda client: client.secrets.pki.sign_intermediate(
+                csr=pem, common_name=str(names[0].value), extra_params=params, mount_point=self._mount))
+        return _checked(response, csr)
+
+
+def _checked(response: Any, csr: x509.CertificateSigningRequest) -> SignedIntermediate:
+    data = response.get("data") if isinstance(response, dict) else None
+    if not isinstance(data, dict):
+        raise VaultBadResponse("Vault's sign-intermediate answer has no data")
+    certificate = _certificate(data.get("certificate"), "certificate")
+    issuing_ca = _certificate(data.get("issuing_ca"), "issuing_ca")
+    raw_chain = data.get("ca_chain") or []
+    chain = tuple(_certificate(c, "ca_chain") for c in raw_chain) if isinstance(raw_chain, list) else ()
+    if certificate.public_key() != csr.public_key():
+        raise VaultBadResponse("Vault signed a different key than the CSR's")
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise VaultBadResponse("Vault's intermediate has no basic constraints") from None
+    if not constraints.ca:
+        raise VaultBadResponse("Vault's intermediate is not a CA certificate")
+    try:
+        certificate.verify_directly_issued_by(issuing_ca)
+    except Exception:  # noqa: BLE001 - any failure means the answer cannot be used
+        raise VaultBadResponse("Vault's intermediate does not verify under its issuing_ca") from None
+    return SignedIntermediate(certificate, issuing_ca, chain)
+
+
+def _certificate(value: object, field: str) -> x509.Certificate:
+    if not isinstance(value, str) or "BEGIN CERTIFICATE" not in value:
+        raise VaultBadResponse(f"Vault's sign-intermediate answer has no PEM {field}")
+    try:
+        return x509.load_pem_x509_certificate(value.encode())
+    except ValueError:
+        raise VaultBadResponse(f"Vault's {field} is not a valid certificate") from None

@@ -1,0 +1,198 @@
+"""The running rotator: applies what `core/rotation.py` says is due, and operators' requests.
+
+Every replica runs one. Each pass takes the `ca-rotator` lease, applies everything due (one
+fenced transaction per action, see `CaLifecycle`) and gives the lease back; a replica that
+finds the lease taken retries shortly and then, as a rule, finds nothing left to do. So
+exactly one replica acts on each step, and any replica can serve an operator's
+prepare/activate/taint: it waits for the lease (up to `lease_wait`) rather than refusing
+because another replica happens to be the one rotating.
+
+Between passes it sleeps until `rotation.next_check` (capped by `max_sleep`, so a clock jump
+or another replica's change is noticed), or until woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from meshca.core import rotation
+from meshca.core.clock import Clock
+from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, Withdraw
+from meshca.errors import CaUnavailable
+from meshca.infra.db.ca_journal import PLUGGED, LostLease, SqlCaJournal
+from meshca.infra.db.inventory import Conflict, NotFound
+from meshca.infra.db.lease import Lease, SqlLeases
+from meshca.service.ca_lifecycle import CaLifecycle
+from meshca.service.ca_setup import ROTATOR_LEASE
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def event_labels(action: Action, manual: bool) -> tuple[str, str, str]:
+    """(event, kind, reason) for the rotation-events metric."""
+    match action:
+        case Prepare(kind=kind, reason=reason):
+            event, kind_name = "prepare", kind.value
+        case Activate(kind=kind, reason=reason):
+            event, kind_name = "activate", kind.value
+        case Withdraw(kind=kind, reason=reason):
+            event, kind_name = "withdraw", kind.value
+        case Prune(reason=reason):
+            event, kind_name = "prune", Kind.ROOT.value
+    return event, kind_name, "manual" if manual else reason.value
+
+
+class CaRotator:
+    def __init__(self, lifecycle: CaLifecycle, journal: SqlCaJournal, leases: SqlLeases,
+                 policy: RotationPolicy, clock: Clock, *, identity: str,
+                 lease_ttl: timedelta = timedelta(seconds=60),
+                 max_sleep: timedelta = timedelta(seconds=60),
+                 lease_wait: timedelta = timedelta(seconds=15)) -> None:
+        self._lifecycle = lifecycle
+        self._journal = journal
+        self._leases = leases
+        self._policy = policy
+        self._clock = clock
+        self._identity = identity
+        self._lease_ttl = lease_ttl
+        self._max_sleep = max_sleep
+        self._lease_wait = lease_wait
+        self._lock = threading.Lock()  # the loop and operator requests share one lease holder
+        self._wake = asyncio.Event()
+        self.events: Counter[tuple[str, str, str]] = Counter()
+        self.tainted: Counter[str] = Counter()
+        self.last_error: str | None = None
+
+    @property
+    def journal(self) -> SqlCaJournal:
+        return self._journal
+
+    # ---- operators ------------------------------------------------------------------------
+
+    def prepare(self, kind: Kind) -> tuple[Action, int]:
+        """A new generation of `kind` now; returns the action and the new generation's id."""
+        def act(lease: Lease) -> tuple[Action, int]:
+            generations, _ = self._journal.snapshot()
+            try:
+                action = rotation.manual_prepare(generations, kind)
+            except ValueError as exc:
+                raise Conflict(str(exc)) from None
+            self._lifecycle.apply(action, lease)
+            return action, max(g.id for g in self._journal.snapshot()[0])
+        return self._with_lease(act, manual=True)
+
+    def activate(self, kind: Kind, *, waive_lead: bool = False) -> Action:
+        def act(lease: Lease) -> Action:
+            generations, _ = self._journal.snapshot()
+            try:
+                action = rotation.manual_activate(self._policy, generations, kind,
+                                                  self._clock.now(), waive_lead=waive_lead)
+            except ValueError as exc:
+                raise Conflict(str(exc)) from None
+            self._lifecycle.apply(action, lease)
+            return action
+        return self._with_lease(act, manual=True)
+
+    def taint(self, generation_id: int) -> list[Action]:
+        """Mark a key compromised and rotate away from it at once (same lease hold)."""
+        def act(lease: Lease) -> list[Action]:
+            try:
+                row = self._journal.row(generation_id)
+            except ValueError:
+                raise NotFound(f"CA generation {generation_id}") from None
+            if row.kind == PLUGGED:
+                raise Conflict("a plugged-in CA generation is not meshca's to taint; replace "
+                               "the files in --ca-dir")
+            try:
+                self._lifecycle.taint(generation_id, lease)
+            except ValueError as exc:
+                raise Conflict(f"CA generation {generation_id} cannot be tainted: {exc}") from None
+            self.tainted[row.kind] += 1
+            done = self._lifecycle.run_due(lease)
+            self._count(done, manual=False)
+            return done
+        return self._with_lease(act, manual=False)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def tick(self) -> datetime:
+        """One pass (blocking): apply what is due if the lease is free; when to look again."""
+        now = self._clock.now()
+        with self._lock:
+            lease = self._leases.acquire(ROTATOR_LEASE, self._identity, self._lease_ttl, now)
+            if lease is None:
+                return now + timedelta(seconds=5)  # another replica is acting; look again soon
+            try:
+                done = self._lifecycle.run_due(lease)
+            finally:
+                self._leases.release(lease)
+        self._count(done, manual=False)
+        generations, _ = self._journal.snapshot()
+        later = rotation.next_check(self._policy, generations, self._clock.now())
+        cap = self._clock.now() + self._max_sleep
+        return min(later, cap) if later is not None else cap
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, changed: Callable[[], None]) -> None:
+        """Pass after pass until `stop`; `changed` runs after a pass that changed the journal."""
+        while not stop.is_set():
+            self._wake.clear()
+            before = sum(self.events.values())
+            try:
+                due = await asyncio.to_thread(self.tick)
+                self.last_error = None
+            except (LostLease, CaUnavailable, SQLAlchemyError, OSError, RuntimeError) as exc:
+                if self.last_error != str(exc):
+                    log.warning("CA rotation pass failed (will retry): %s", exc)
+                self.last_error = str(exc)
+                due = self._clock.now() + timedelta(seconds=5)
+            if sum(self.events.values()) != before:
+                changed()
+            delay = max(1.0, (due - self._clock.now()).total_seconds())
+            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+            try:
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiting
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _with_lease(self, act: Callable[[Lease], T], *, manual: bool) -> T:
+        deadline = time.monotonic() + self._lease_wait.total_seconds()
+        with self._lock:
+            while True:
+                lease = self._leases.acquire(ROTATOR_LEASE, self._identity, self._lease_ttl,
+                                             self._clock.now())
+                if lease is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise CaUnavailable("another replica holds the CA rotation lease; try again")
+                time.sleep(0.2)
+            try:
+                result = act(lease)
+            finally:
+                self._leases.release(lease)
+        if manual and isinstance(result, tuple | Prepare | Activate):
+            action = result[0] if isinstance(result, tuple) else result
+            self._count([action], manual=True)
+        return result
+
+    def _count(self, actions: list[Action], *, manual: bool) -> None:
+        for action in actions:
+            self.events[event_labels(action, manual)] += 1

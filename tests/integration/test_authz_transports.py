@@ -1,0 +1,167 @@
+"""The conformance cases give the same answers in process, through REST, the CLI and ext_authz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from meshca.authz import MeshConfig, PolicySet, evaluate, parse_mesh, parse_policies, parse_request
+from meshca.cli.authz import main as authz_cli
+from meshca.service.policy_store import PolicyStore
+from meshca.transport.ext_authz.server import AuthorizationServicer
+from meshca.transport.rest import problems
+from meshca.transport.rest.routes import authz
+from tests.integration.authz_envoy import check_request
+from tests.unit.authz.cases import Case, answered, expected, load_cases
+
+CASES = load_cases()
+
+
+class _NoStore:
+    def all(self) -> tuple[int, list[Any]]:
+        return 0, []
+
+
+def rest_app(store: PolicyStore | None = None, stored: Any = None, admin: Any = None) -> FastAPI:
+    app = FastAPI()
+    app.router.routes.extend(authz.router.routes)
+    problems.install(app)
+    app.state.authz = authz.AuthzContext(store or PolicyStore(), stored or _NoStore(), MeshConfig())
+    app.state.admin = admin
+    return app
+
+
+def in_process(case: Case) -> dict[str, Any]:
+    request, mesh = parse_request(case.request)
+    return evaluate(PolicySet.build(parse_policies(case.policies), mesh or MeshConfig()),
+                    request).to_json()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(rest_app()) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_rest_evaluate(case: Case, client: TestClient) -> None:
+    response = client.post("/v1/authz:evaluate", json={"policies": case.policies,
+                                                        "request": case.request})
+    assert response.status_code == 200, response.text
+    assert answered(response.json()) == expected(case) == answered(in_process(case))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_cli_eval(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policies, request = tmp_path / "policies.yaml", tmp_path / "req.json"
+    policies.write_text(yaml.safe_dump_all(case.policies))
+    request.write_text(json.dumps(case.request))
+    status = authz_cli(["authz", "eval", "-f", str(policies), "--request", str(request), "--json"])
+    answer = json.loads(capsys.readouterr().out)
+    assert answered(answer) == expected(case)
+    assert status == (0 if case.expect["decision"] == "ALLOW" else 3)
+
+
+@pytest.fixture(scope="module")
+def ext_authz() -> Iterator[tuple[AuthorizationServicer, Any, asyncio.AbstractEventLoop]]:
+    loop = asyncio.new_event_loop()
+    servicer = AuthorizationServicer(PolicyStore())
+
+    async def start() -> tuple[grpc.aio.Server, Any, grpc.aio.Channel]:
+        server = grpc.aio.server()
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        return server, external_auth_pb2_grpc.AuthorizationStub(channel), channel
+
+    server, stub, channel = loop.run_until_complete(start())
+    yield servicer, stub, loop
+    loop.run_until_complete(channel.close())
+    loop.run_until_complete(server.stop(None))
+    loop.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_ext_authz_check(case: Case, ext_authz: tuple[AuthorizationServicer, Any, Any]) -> None:
+    servicer, stub, loop = ext_authz
+    mesh = parse_mesh(case.request["mesh"]) if "mesh" in case.request else MeshConfig()
+    servicer.store = PolicyStore(mesh)
+    servicer.store.replace("api", parse_policies(case.policies))
+    response = loop.run_until_complete(stub.Check(check_request(case.request)))
+    if case.expect["decision"] == "ALLOW":
+        assert response.status.code == 0
+        assert response.HasField("ok_response")
+        header = response.ok_response.headers[0].header
+    else:
+        assert response.status.code == 7  # PERMISSION_DENIED
+        assert response.denied_response.status.code == 403
+        assert answered(json.loads(response.denied_response.body)) == expected(case)
+        header = response.denied_response.headers[0].header
+    policy, rule = case.expect["policy"], case.expect["rule"]
+    assert header.value == " ".join(str(v) for v in (case.expect["decision"], policy, rule)
+                                    if v is not None)
+
+
+def test_rest_invalid_policy_is_422_with_field_path(client: TestClient) -> None:
+    bad = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": "x", "namespace": "n"}, "spec": {"action": "DENY"}}
+    response = client.post("/v1/authz:evaluate", json={"policies": [CASES[0].policies[0], bad],
+                                                        "request": CASES[0].request})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert {"field": "body.policies[1].spec.rules",
+            "message": response.json()["errors"][0]["message"]} in response.json()["errors"]
+
+
+def test_rest_invalid_request_is_422_with_field_path(client: TestClient) -> None:
+    request = {**CASES[0].request, "source": {"principal": None, "ip": "not-an-ip"}}
+    response = client.post("/v1/authz:check", json=request)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["body.source.ip"]
+    response = client.post("/v1/authz:evaluate", json={"policies": [], "request": {"protocol": "UDP"}})
+    assert response.status_code == 422
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert {"body.request.protocol", "body.request.source", "body.request.destination"} <= fields
+
+
+def test_rest_body_that_is_not_an_object_is_422(client: TestClient) -> None:
+    response = client.post("/v1/authz:evaluate", json=[1, 2])
+    assert response.status_code == 422
+    response = client.post("/v1/authz:evaluate", json={"policies": "x", "request": {}})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "body.policies", "message": "must be a list"}]
+
+
+def test_cli_invalid_policy_file_exits_1_with_path(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "p.yaml").write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                                     "metadata: {name: a, namespace: n}\nspec: {action: DENY}\n")
+    (tmp_path / "r.json").write_text(json.dumps(CASES[0].request))
+    status = authz_cli(["authz", "eval", "-f", str(tmp_path / "p.yaml"), "--request",
+                        str(tmp_path / "r.json")])
+    assert status == 1
+    assert f"{tmp_path / 'p.yaml'}[0].spec.rules: DENY action without" in capsys.readouterr().err
+
+
+def test_cli_explain_human_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = next(c for c in CASES if "exact means exact" in c.id)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "p.yaml").write_text(yaml.safe_dump_all(case.policies))
+    (tmp_path / "r.json").write_text(json.dumps(case.request))
+    status = authz_cli(["authz", "eval", "-f", str(tmp_path / "dir"), "--request",
+                        str(tmp_path / "r.json"), "--explain"])
+    out = capsys.readouterr().out
+    assert status == 3
+    assert out.startswith("DENY\nreason: no rule of the 1 ALLOW policy")
+    assert "rule 0: first mismatch at rules[0].to[0].operation.paths" in out
