@@ -9,6 +9,7 @@ from pathlib import Path
 from meshca.core.keys import KeyType
 from meshca.core.roles import Role
 from meshca.core.rotation import DEFAULT_POLICY, RotationPolicy, check_lifetimes, max_leaf_ttl
+from meshca.service.keystore_select import KeystoreSettings
 
 DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
 # Written into the data dir once meshca serves: the addresses it actually bound.
@@ -72,6 +73,22 @@ class Settings:
     policy_dir: Path | None = None
     watch_kube_policies: bool = False
     ext_authz_addr: str | None = "127.0.0.1:9191"  # None: no ext_authz server
+    # Where CA keys live (docs/vault.md): sealed files, or HashiCorp Vault.
+    keystore: str = "file"  # file | vault-transit | vault-kv
+    vault_addr: str | None = None
+    vault_ca_cert: Path | None = None
+    vault_namespace: str | None = None
+    vault_auth: str = "token"  # token | kubernetes | approle
+    vault_auth_mount: str | None = None
+    vault_role: str | None = None
+    vault_token_file: Path | None = None  # None: $VAULT_TOKEN
+    vault_kube_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    vault_role_id: str | None = None
+    vault_secret_id_file: Path | None = None
+    vault_transit_mount: str = "transit"
+    vault_transit_intermediate: bool = False
+    vault_kv_mount: str = "secret"
+    vault_kv_prefix: str = "meshca/ca-keys"
     key_dir: Path | None = None  # None: the data dir; replicas with file keys share one
     kek_file: Path | None = None  # None: <data-dir>.kek beside the data dir (or $MESHCA_KEK)
 
@@ -121,6 +138,19 @@ class Settings:
                               activate_at=self.rotation_activate_at, skew=self.rotation_skew,
                               refresh_hint=self.bundle_refresh_hint,
                               publish_lead=self.bundle_publish_lead)
+
+    @property
+    def keystore_settings(self) -> KeystoreSettings:
+        return KeystoreSettings(
+            keystore=self.keystore, kek_file=self.kek_path, vault_addr=self.vault_addr,
+            vault_ca_cert=self.vault_ca_cert, vault_namespace=self.vault_namespace,
+            vault_auth=self.vault_auth, vault_auth_mount=self.vault_auth_mount,
+            vault_role=self.vault_role, vault_token_file=self.vault_token_file,
+            vault_kube_token_file=self.vault_kube_token_file, vault_role_id=self.vault_role_id,
+            vault_secret_id_file=self.vault_secret_id_file,
+            vault_transit_mount=self.vault_transit_mount,
+            vault_transit_intermediate=self.vault_transit_intermediate,
+            vault_kv_mount=self.vault_kv_mount, vault_kv_prefix=self.vault_kv_prefix)
 
     @property
     def kek_path(self) -> Path:

@@ -30,6 +30,7 @@ from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.schema import issued_certificates
 from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
+from meshca.infra.keyfiles import KeyEncryptionKey
 
 CA_METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 
@@ -45,6 +46,7 @@ class MeshcaProcess:
     database_url: str
     log_path: Path
     admin_addr: str = ""
+    kek_text: str | None = None  # the server's $MESHCA_KEK, when the test gave one
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     @property
@@ -53,7 +55,8 @@ class MeshcaProcess:
 
     @property
     def issuer(self) -> DevIssuer:
-        return DevIssuer.load(self.data_dir)
+        kek = KeyEncryptionKey.from_text(self.kek_text, "MESHCA_KEK") if self.kek_text else None
+        return DevIssuer.load(self.data_dir, kek)
 
     def token(self, namespace: str = "default", account: str = "web", **kw: Any) -> str:
         kw.setdefault("audiences", ["istio-ca"])
@@ -144,7 +147,7 @@ def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
     info = json.loads(endpoints.read_text())
     url = database_url or f"sqlite:///{data_dir / 'meshca.db'}"
     return MeshcaProcess(data_dir, process, info["grpc"], info["metrics"], url, log_path,
-                         admin_addr=info["admin"])
+                         admin_addr=info["admin"], kek_text=(env or {}).get("MESHCA_KEK"))
 
 
 # ---- CSRs -------------------------------------------------------------------------------

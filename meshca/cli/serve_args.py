@@ -133,10 +133,45 @@ def _add_authz_flags(serve: argparse.ArgumentParser) -> None:
                             "plaintext on HOST:PORT; \"off\" for none (default 127.0.0.1:9191)")
 
 
+def _add_keystore_flags(serve: argparse.ArgumentParser) -> None:
+    """Vault settings (docs/vault.md). The Vault token itself is never a flag: a file or
+    $VAULT_TOKEN, so it stays out of process listings."""
+    group = serve.add_argument_group("key storage")
+    group.add_argument("--keystore", choices=("file", "vault-transit", "vault-kv"),
+                       default=env("KEYSTORE", "file"),
+                       help="where CA keys live: sealed files (default), Vault Transit (the root "
+                            "key never leaves Vault) or Vault KV v2")
+    group.add_argument("--vault-addr", default=env("VAULT_ADDR"), help="https://vault:8200")
+    group.add_argument("--vault-ca-cert", type=Path, default=_path(env("VAULT_CA_CERT")),
+                       help="CA bundle to verify Vault's TLS certificate")
+    group.add_argument("--vault-namespace", default=env("VAULT_NAMESPACE"))
+    group.add_argument("--vault-auth", choices=("token", "kubernetes", "approle"),
+                       default=env("VAULT_AUTH", "token"))
+    group.add_argument("--vault-auth-mount", default=env("VAULT_AUTH_MOUNT"),
+                       help="auth method mount (default: the method's name)")
+    group.add_argument("--vault-role", default=env("VAULT_ROLE"), help="Kubernetes auth role")
+    group.add_argument("--vault-token-file", type=Path, default=_path(env("VAULT_TOKEN_FILE")),
+                       help="token auth: file holding the token (default $VAULT_TOKEN)")
+    group.add_argument("--vault-kube-token-file", type=Path,
+                       default=Path(env("VAULT_KUBE_TOKEN_FILE")
+                                    or "/var/run/secrets/kubernetes.io/serviceaccount/token"),
+                       help="Kubernetes auth: the pod's projected service-account token")
+    group.add_argument("--vault-role-id", default=env("VAULT_ROLE_ID"), help="AppRole role_id")
+    group.add_argument("--vault-secret-id-file", type=Path, default=_path(env("VAULT_SECRET_ID_FILE")),
+                       help="AppRole: file holding the secret_id")
+    group.add_argument("--vault-transit-mount", default=env("VAULT_TRANSIT_MOUNT", "transit"))
+    group.add_argument("--vault-transit-intermediate", action="store_true",
+                       default=(env("VAULT_TRANSIT_INTERMEDIATE") or "").lower() in ("1", "true"),
+                       help="also keep intermediate keys in Transit (every issuance then calls Vault)")
+    group.add_argument("--vault-kv-mount", default=env("VAULT_KV_MOUNT", "secret"))
+    group.add_argument("--vault-kv-prefix", default=env("VAULT_KV_PREFIX", "meshca/ca-keys"))
+
+
 def add_serve_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the CA")
     _add_ca_flags(serve)
     _add_authz_flags(serve)
+    _add_keystore_flags(serve)
     data_dir_arg(serve)
     serve.add_argument("--database-url", default=env("DATABASE_URL"),
                        help="SQLAlchemy URL (default: SQLite in the data dir)")
@@ -215,6 +250,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
         publish_configmaps=args.publish_configmaps,
         publish_interval=args.publish_interval,
         kek_file=args.kek_file,
+        keystore=args.keystore,
+        vault_addr=args.vault_addr,
+        vault_ca_cert=args.vault_ca_cert,
+        vault_namespace=args.vault_namespace,
+        vault_auth=args.vault_auth,
+        vault_auth_mount=args.vault_auth_mount,
+        vault_role=args.vault_role,
+        vault_token_file=args.vault_token_file,
+        vault_kube_token_file=args.vault_kube_token_file,
+        vault_role_id=args.vault_role_id,
+        vault_secret_id_file=args.vault_secret_id_file,
+        vault_transit_mount=args.vault_transit_mount,
+        vault_transit_intermediate=args.vault_transit_intermediate,
+        vault_kv_mount=args.vault_kv_mount,
+        vault_kv_prefix=args.vault_kv_prefix,
         authz_root_namespace=args.authz_root_namespace,
         policy_dir=args.policy_dir,
         watch_kube_policies=args.watch_kube_policies,

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from meshca.core.keys import SigningKey, signature_hash
+from meshca.core.remote_signing import Signer, sign_crl
 
 
 class RevocationReason(enum.StrEnum):
@@ -46,7 +46,7 @@ class Revocation:
 CRL_VALIDITY = timedelta(hours=1)
 
 
-def build_crl(issuer: x509.Certificate, key: SigningKey, revoked: Iterable[Revocation],
+def build_crl(issuer: x509.Certificate, signer: Signer, revoked: Iterable[Revocation],
               now: datetime) -> x509.CertificateRevocationList:
     """A CRL valid for an hour; its number is the issue time in seconds, so it only grows."""
     builder = (
@@ -67,4 +67,4 @@ def build_crl(issuer: x509.Certificate, key: SigningKey, revoked: Iterable[Revoc
         if entry.reason is not RevocationReason.UNSPECIFIED:
             item = item.add_extension(x509.CRLReason(entry.reason.x509_flag), critical=False)
         builder = builder.add_revoked_certificate(item.build())
-    return builder.sign(key, signature_hash(key))
+    return sign_crl(builder, signer)

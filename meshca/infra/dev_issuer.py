@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshca.core import jwt
 from meshca.core.jwks import key_id
 from meshca.core.jwt import VerificationKey
-from meshca.infra.keyfiles import load_private_key_pem, private_key_pem, write_private_file
+from meshca.infra.keyfiles import KeyEncryptionKey, SealedKeyFile, existing_kek
 
 DEV_ISSUER = "https://meshca-dev-issuer.invalid"
 _KEY_FILE = "dev-token-issuer.key"
@@ -29,25 +29,28 @@ class DevIssuer:
         self.kid = key_id(key.public_key())
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> DevIssuer:
-        path = data_dir / _KEY_FILE
-        if path.exists():
-            key = load_private_key_pem(path.read_bytes())
+    def load_or_create(cls, data_dir: Path, kek: KeyEncryptionKey) -> DevIssuer:
+        """The key is sealed under `kek` like every key meshca keeps (an old plaintext file is
+        re-sealed on first read)."""
+        sealed = SealedKeyFile(data_dir / _KEY_FILE, kek)
+        if sealed.exists():
+            key = sealed.read()
             if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{path} does not hold an EC key")
+                raise ValueError(f"{sealed.path} does not hold an EC key")
             return cls(key)
         key = ec.generate_private_key(ec.SECP256R1())
-        write_private_file(path, private_key_pem(key))
+        sealed.write(key)
         return cls(key)
 
     @classmethod
-    def load(cls, data_dir: Path) -> DevIssuer:
+    def load(cls, data_dir: Path, kek: KeyEncryptionKey | None = None) -> DevIssuer:
+        """For tools beside a server: the KEK from $MESHCA_KEK or `<data-dir>.kek` when not given."""
         path = data_dir / _KEY_FILE
         if not path.exists():
             raise FileNotFoundError(
                 f"no development issuer in {data_dir}; start `meshca serve` there first"
             )
-        return cls.load_or_create(data_dir)
+        return cls.load_or_create(data_dir, kek or existing_kek(data_dir))
 
     def public_keys(self) -> dict[str, VerificationKey]:
         return {self.kid: self._key.public_key()}

@@ -273,3 +273,18 @@ class FileKeyStore:
 
     def _file(self, relative: Path) -> SealedKeyFile:
         return SealedKeyFile(self._data_dir / relative, self._kek, purpose=relative.as_posix())
+
+
+def existing_kek(data_dir: Path, kek_file: Path | None = None,
+                 env: Mapping[str, str] = os.environ) -> KeyEncryptionKey:
+    """The KEK a server beside `data_dir` uses, never a new one: $MESHCA_KEK, else `kek_file`
+    (default `<data-dir>.kek`). FileNotFoundError says where it looked."""
+    if env.get(KEK_ENV):
+        return KeyEncryptionKey.from_text(env[KEK_ENV], f"${KEK_ENV}")
+    resolved = data_dir.resolve()
+    path = kek_file or resolved.with_name(resolved.name + ".kek")
+    try:
+        return KeyEncryptionKey.from_text(path.read_text(), f"--kek-file {path}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no key-encryption key at {path} (nor ${KEK_ENV}); start "
+                                "`meshca serve` with this data dir first") from None

@@ -17,13 +17,14 @@ from cryptography import x509
 from meshca.core import rotation
 from meshca.core.bundle import certificate_pem
 from meshca.core.clock import Clock
-from meshca.core.keys import KeyType, SigningKey, signature_hash
+from meshca.core.keys import KeyType, SigningKey
+from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, State, Withdraw
 from meshca.core.spiffe import SpiffeId
 from meshca.core.templates import ca_certificate, ca_subject
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.lease import Lease
-from meshca.service.ports import KeyStore
+from meshca.service.keystore_select import KeyBackend
 
 log = logging.getLogger(__name__)
 _BACKDATE = timedelta(minutes=5)
@@ -40,7 +41,7 @@ class LifecycleProfile:
 
 
 class CaLifecycle:
-    def __init__(self, journal: SqlCaJournal, keys: KeyStore, profile: LifecycleProfile,
+    def __init__(self, journal: SqlCaJournal, keys: KeyBackend, profile: LifecycleProfile,
                  policy: RotationPolicy, clock: Clock) -> None:
         self._journal = journal
         self._keys = keys
@@ -89,8 +90,21 @@ class CaLifecycle:
     def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None) -> None:
         now = self._clock.now()
         profile = self._profile
-        key = profile.key_type.generate()
         serial = x509.random_serial_number()
+        name = f"{kind.value}-{serial:x}"
+        # A key in Vault Transit is created there (and confirmed) before anything names it;
+        # a local key is stored (sealed) before the journal row that names it is committed.
+        key: SigningKey | None = None
+        if self._keys.creates_remotely(kind.value):
+            remote = self._keys.remote
+            assert remote is not None
+            created = remote.create(name, profile.key_type)
+            own: Signer = created
+            location: str | None = str(created.location)
+        else:
+            key = profile.key_type.generate()
+            own, location = LocalSigner(key), None
+        public = own.public_key
         subject = ca_subject(profile.organization, kind.value, number, serial)
         trust_domain = SpiffeId.for_trust_domain(profile.trust_domain)
         # Backdated for clock skew, but never by a noticeable part of the lifetime: thresholds
@@ -98,29 +112,31 @@ class CaLifecycle:
         ttl = profile.root_ttl if parent_id is None else profile.intermediate_ttl
         backdate = min(_BACKDATE, ttl / 100)
         if parent_id is None:
-            cert = ca_certificate(
-                public_key=key.public_key(), subject=subject, trust_domain=trust_domain,
+            cert = sign_certificate(ca_certificate(
+                public_key=public, subject=subject, trust_domain=trust_domain,
                 issuer=None, serial=serial, not_before=now - backdate,
                 not_after=now + profile.root_ttl, path_length=1,
-            ).sign(key, signature_hash(key))
+            ), own)
         else:
-            parent_cert, parent_key = self._signing_parent(parent_id)
-            cert = ca_certificate(
-                public_key=key.public_key(), subject=subject, trust_domain=trust_domain,
+            parent_cert, parent_signer = self._signing_parent(parent_id)
+            cert = sign_certificate(ca_certificate(
+                public_key=public, subject=subject, trust_domain=trust_domain,
                 issuer=parent_cert, serial=serial, not_before=now - backdate,
                 not_after=min(now + profile.intermediate_ttl, parent_cert.not_valid_after_utc),
                 path_length=0,
-            ).sign(parent_key, signature_hash(parent_key))
+            ), parent_signer)
             cert.verify_directly_issued_by(parent_cert)
-        location = self._keys.put(f"{kind.value}-{serial:x}", key)
+        if location is None:
+            assert key is not None
+            location = self._keys.keys.put(name, key)
         self._journal.add(
             lease, now, kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
-            serial=f"{serial:x}", key_type=KeyType.of(key).value, key_location=location,
+            serial=f"{serial:x}", key_type=profile.key_type.value, key_location=location,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
             certificate_pem=certificate_pem(cert),
         )
 
-    def _signing_parent(self, parent_id: int) -> tuple[x509.Certificate, SigningKey]:
+    def _signing_parent(self, parent_id: int) -> tuple[x509.Certificate, Signer]:
         row = self._journal.row(parent_id)
         return (x509.load_pem_x509_certificate(row.certificate_pem.encode()),
-                self._keys.load(row.key_location))
+                self._keys.signer(row.key_location))

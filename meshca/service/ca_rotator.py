@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.core import rotation
 from meshca.core.clock import Clock
+from meshca.core.remote_signing import SignerUnavailable
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, Withdraw
 from meshca.errors import CaUnavailable
 from meshca.infra.db.ca_journal import PLUGGED, LostLease, SqlCaJournal
@@ -58,7 +59,10 @@ class CaRotator:
                  policy: RotationPolicy, clock: Clock, *, identity: str,
                  lease_ttl: timedelta = timedelta(seconds=60),
                  max_sleep: timedelta = timedelta(seconds=60),
-                 lease_wait: timedelta = timedelta(seconds=15)) -> None:
+                 lease_wait: timedelta = timedelta(seconds=15),
+                 waiting: Callable[[bool], None] = lambda _: None) -> None:
+        """`waiting(True)` while a due rotation cannot reach the key service (Vault): the
+        active generations keep signing and the step is retried."""
         self._lifecycle = lifecycle
         self._journal = journal
         self._leases = leases
@@ -68,6 +72,7 @@ class CaRotator:
         self._lease_ttl = lease_ttl
         self._max_sleep = max_sleep
         self._lease_wait = lease_wait
+        self._waiting = waiting
         self._lock = threading.Lock()  # the loop and operator requests share one lease holder
         self._wake = asyncio.Event()
         self.events: Counter[tuple[str, str, str]] = Counter()
@@ -154,6 +159,13 @@ class CaRotator:
             try:
                 due = await asyncio.to_thread(self.tick)
                 self.last_error = None
+                self._waiting(False)
+            except SignerUnavailable as exc:
+                if self.last_error != str(exc):
+                    log.warning("CA rotation waits for the key service: %s", exc)
+                self.last_error = str(exc)
+                self._waiting(True)
+                due = self._clock.now() + timedelta(seconds=5)
             except (LostLease, CaUnavailable, SQLAlchemyError, OSError, RuntimeError) as exc:
                 if self.last_error != str(exc):
                     log.warning("CA rotation pass failed (will retry): %s", exc)

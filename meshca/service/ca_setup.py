@@ -18,11 +18,12 @@ from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
+from meshca.core.remote_signing import LocalSigner, SignerUnavailable
 from meshca.errors import CaUnavailable
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.lease import SqlLeases
 from meshca.service.ca_lifecycle import CaLifecycle
-from meshca.service.ports import KeyStore
+from meshca.service.keystore_select import KeyBackend
 
 log = logging.getLogger(__name__)
 ROTATOR_LEASE = "ca-rotator"
@@ -34,27 +35,41 @@ def rotator_identity() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-def bring_up(lifecycle: CaLifecycle, journal: SqlCaJournal, leases: SqlLeases, keys: KeyStore,
+def bring_up(lifecycle: CaLifecycle, journal: SqlCaJournal, leases: SqlLeases, keys: KeyBackend,
              clock: Clock) -> SigningAuthority:
-    """Apply what is due (under the lease, when this replica can get it), then load."""
-    lease = leases.acquire(ROTATOR_LEASE, rotator_identity(), _LEASE_TTL, clock.now())
-    if lease is not None:
-        try:
-            for action in lifecycle.run_due(lease):
-                log.info("CA journal: %s", action)
-        finally:
-            leases.release(lease)
+    """Apply what is due (under the lease, when this replica can get it), then load.
+
+    While the key service (Vault) cannot be reached, a CA that exists is served as it is and
+    its rotation waits; with no CA yet, start-up waits for Vault, retrying with backoff.
+    """
     deadline = time.monotonic() + _WAIT_SECONDS
+    delay = 0.5
     while True:
+        keys_unavailable = False
+        lease = leases.acquire(ROTATOR_LEASE, rotator_identity(), _LEASE_TTL, clock.now())
+        if lease is not None:
+            try:
+                for action in lifecycle.run_due(lease):
+                    log.info("CA journal: %s", action)
+            except SignerUnavailable as exc:
+                log.warning("CA rotation waits for the key service: %s", exc)
+                keys_unavailable = True
+            finally:
+                leases.release(lease)
         try:
             return load_signing_authority(journal, keys)
+        except SignerUnavailable as exc:
+            log.warning("the signing key's service is unavailable: %s", exc)
+            keys_unavailable = True
         except CaUnavailable:
-            if time.monotonic() > deadline:
+            if not keys_unavailable and time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)  # another replica holds the lease and is bootstrapping
+        # Another replica holds the lease and is bootstrapping, or Vault is away.
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0) if keys_unavailable else 0.5
 
 
-def load_signing_authority(journal: SqlCaJournal, keys: KeyStore) -> SigningAuthority:
+def load_signing_authority(journal: SqlCaJournal, keys: KeyBackend) -> SigningAuthority:
     """The one generation allowed to sign, and the published roots; never changes anything."""
     generations, published = journal.snapshot()
     signing = rotation.signing_generation(generations)
@@ -63,10 +78,13 @@ def load_signing_authority(journal: SqlCaJournal, keys: KeyStore) -> SigningAuth
     intermediate = journal.row(signing.id)
     roots = tuple(x509.load_pem_x509_certificate(journal.row(root_id).certificate_pem.encode())
                   for root_id in sorted(published))
+    signer = keys.signer(intermediate.key_location)
+    local = signer.private_key if isinstance(signer, LocalSigner) else None
     return SigningAuthority(
         generation_id=intermediate.id,
         certificate=x509.load_pem_x509_certificate(intermediate.certificate_pem.encode()),
-        private_key=keys.load(intermediate.key_location),
+        private_key=local,
+        signer=None if local is not None else signer,
         chain=(),
         bundle=TrustBundle(roots),
     )

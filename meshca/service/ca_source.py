@@ -20,7 +20,7 @@ from meshca.errors import CaUnavailable
 from meshca.infra.cacerts import CA_KEY, PluggedCa, PluggedCaWatcher
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.service.ca_setup import load_signing_authority
-from meshca.service.ports import KeyStore
+from meshca.service.keystore_select import KeyBackend
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class CaSource(Protocol):
 class JournalCaSource:
     """meshca's own CA: the signing generation and the published roots of the journal."""
 
-    def __init__(self, journal: SqlCaJournal, keys: KeyStore) -> None:
+    def __init__(self, journal: SqlCaJournal, keys: KeyBackend) -> None:
         self._journal = journal
         self._keys = keys
 

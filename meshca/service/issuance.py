@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,10 +14,11 @@ from meshca.core.bundle import certificate_pem
 from meshca.core.clock import Clock
 from meshca.core.csr import check_csr
 from meshca.core.lifetime import LifetimePolicy, leaf_validity
+from meshca.core.remote_signing import SignerUnavailable
 from meshca.core.sa_token import ServiceAccount
 from meshca.core.spiffe import SpiffeId
 from meshca.core.templates import leaf_svid
-from meshca.errors import AuthenticationError, InvalidRequest, PermissionDenied
+from meshca.errors import AuthenticationError, CaUnavailable, InvalidRequest, PermissionDenied
 from meshca.service.authentication import bearer_token, caller_from_certificate
 from meshca.service.ports import (
     AuditEntry,
@@ -161,7 +163,13 @@ class IssuanceService:
             not_before=validity.not_before,
             not_after=validity.not_after,
         )
-        cert = sign_leaf(authority, builder, identity)
+        try:
+            if authority.is_remote:  # a network call (Vault Transit): off the event loop
+                cert = await asyncio.to_thread(sign_leaf, authority, builder, identity)
+            else:
+                cert = sign_leaf(authority, builder, identity)
+        except SignerUnavailable as exc:
+            raise CaUnavailable("the signing key's service (Vault) is unavailable") from exc
         leaf_pem = certificate_pem(cert)
         serial = f"{cert.serial_number:x}"
         await self._log.record(

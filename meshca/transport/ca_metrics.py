@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 class CaStateCollector:
     def __init__(self, repository: SqlCaRepository, rotator: CaRotator | None,
-                 bundle_sequence: Callable[[], int], registry: CollectorRegistry) -> None:
+                 bundle_sequence: Callable[[], int], registry: CollectorRegistry,
+                 vault_alert: Callable[[], float] | None = None) -> None:
+        self._vault_alert = vault_alert
         self._repository = repository
         self._rotator = rotator
         self._sequence = bundle_sequence
@@ -59,3 +61,8 @@ class CaStateCollector:
         yield events
         yield taints
         yield failing
+        if self._vault_alert is not None:
+            alert = Metric("meshca_vault_alert", "1 while Vault has failed for 30 s or a due "
+                           "rotation waits for it.", "gauge")
+            alert.add_sample(alert.name, {}, self._vault_alert())
+            yield alert

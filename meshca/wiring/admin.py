@@ -29,7 +29,7 @@ from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.routes.tokens import new_admin_token
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
-from meshca.wiring.keys import key_encryption_key, key_store
+from meshca.wiring.keys import key_backend, key_encryption_key
 from meshca.wiring.startup import database_url, listen_socket
 
 log = logging.getLogger("meshca")
@@ -83,7 +83,7 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
     context = AdminContext(
         engine=engine, inventory=SqlInventory(engine), tokens=SqlAdminTokens(engine),
         ca=SqlCaRepository(engine), authority=lambda: reloader.current, clock=clock,
-        keys=key_store(settings),
+        keys=key_backend(settings),
         bundle_refresh_hint_seconds=int(settings.bundle_refresh_hint.total_seconds()),
         rotator=ca.rotator, rotation_policy=settings.rotation_policy, plugged=ca.plugged,
         bundle_sequence=lambda: reloader.sequence, ca_changed=ca.changed,

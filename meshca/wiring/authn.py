@@ -26,6 +26,7 @@ from meshca.service.token_validation import (
     TokenValidator,
 )
 from meshca.service.workload_auth import ClusterAuth, WorkloadAuthenticator
+from meshca.wiring.keys import key_encryption_key
 
 
 @dataclass
@@ -76,7 +77,7 @@ def build_token_authentication(settings: Settings, metrics: AuthMetrics,
     local_keys: KeySource | None = None
     if settings.token_validation != "tokenreview":
         if uses_development_issuer(settings):
-            issuer = DevIssuer.load_or_create(settings.data_dir)
+            issuer = DevIssuer.load_or_create(settings.data_dir, key_encryption_key(settings))
             local_keys = StaticKeySource(DEV_ISSUER, issuer.public_keys())
         elif settings.token_issuer and settings.token_jwks:
             local_keys = StaticKeySource(settings.token_issuer, load_jwks(settings.token_jwks))

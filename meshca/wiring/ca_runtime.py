@@ -18,7 +18,7 @@ from meshca.service.ca_reload import CaReloader
 from meshca.service.ca_rotator import CaRotator
 from meshca.service.ca_setup import rotator_identity
 from meshca.service.ca_source import CaSource, JournalCaSource, PluggedCaSource
-from meshca.wiring.keys import key_store
+from meshca.wiring.keys import key_backend
 
 
 def serving_file(settings: Settings) -> Path:
@@ -31,7 +31,7 @@ def lifecycle_for(settings: Settings, engine: Engine, clock: Clock) -> CaLifecyc
         key_type=settings.ca_key_type, trust_domain=settings.trust_domain,
         organization=settings.ca_organization, root_ttl=settings.root_ttl,
         intermediate_ttl=settings.intermediate_ttl)
-    return CaLifecycle(SqlCaJournal(engine), key_store(settings), profile,
+    return CaLifecycle(SqlCaJournal(engine), key_backend(settings), profile,
                        settings.rotation_policy, clock)
 
 
@@ -39,7 +39,7 @@ def ca_source(settings: Settings, engine: Engine, clock: Clock, *, publishes: bo
     """Raises ValueError with one clear sentence when a plugged-in CA cannot be used."""
     journal = SqlCaJournal(engine)
     if settings.ca_dir is None:
-        return JournalCaSource(journal, key_store(settings))
+        return JournalCaSource(journal, key_backend(settings))
     try:
         plugged = load_plugged_ca(settings.ca_dir, clock.now())
     except PluggedCaError as exc:
@@ -57,9 +57,11 @@ def reloader_for(settings: Settings, engine: Engine, clock: Clock, *,
 def rotator_for(settings: Settings, engine: Engine, clock: Clock) -> CaRotator | None:
     if settings.ca_dir is not None:
         return None  # meshca rotates nothing it does not own
+    health = key_backend(settings).health
     return CaRotator(lifecycle_for(settings, engine, clock), SqlCaJournal(engine),
                      SqlLeases(engine), settings.rotation_policy, clock,
-                     identity=rotator_identity())
+                     identity=rotator_identity(),
+                     waiting=health.rotation_waiting if health is not None else lambda _: None)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from meshca.transport.ca_metrics import CaStateCollector
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.wiring.admin import start_admin
 from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
-from meshca.wiring.keys import key_encryption_key
+from meshca.wiring.keys import key_backend, key_encryption_key
 from meshca.wiring.publishing import start_publishing
 from meshca.wiring.serving import ServingCertKeeper
 from meshca.wiring.startup import database_url, listen_socket, prepare, serving_names, write_bundle
@@ -69,7 +69,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     ca.also_wake.append(worker.reloader)
     registry = CollectorRegistry()
     collector = CaMetricsCollector(slots, workers, registry)
-    CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry)
+    health = key_backend(settings).health
+    CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry,
+                     vault_alert=(lambda: health.alert) if health is not None else None)
     metrics_host, metrics_port = split_host_port(settings.metrics_addr)
     metrics_server, _ = start_http_server(metrics_port, metrics_host, registry=registry)
 

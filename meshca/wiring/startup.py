@@ -18,7 +18,7 @@ from meshca.infra.dev_issuer import DevIssuer
 from meshca.service.ca_setup import bring_up
 from meshca.wiring.authn import uses_development_issuer
 from meshca.wiring.ca_runtime import ca_source, lifecycle_for
-from meshca.wiring.keys import key_store
+from meshca.wiring.keys import key_backend, key_encryption_key
 from meshca.wiring.serving import ServingCertKeeper
 
 log = logging.getLogger("meshca")
@@ -69,17 +69,23 @@ def prepare(settings: Settings, clock: Clock, serving: ServingCertKeeper) -> Sig
     engine = open_engine(database_url(settings))
     try:
         migrate(engine)
+        backend = key_backend(settings)
+        resealed = backend.files.seal_plaintext_keys()
+        if resealed:
+            log.warning("sealed %d plaintext CA key file(s) under the key-encryption key",
+                        len(resealed))
         if settings.ca_dir is None:
             journal = SqlCaJournal(engine)
             authority = bring_up(lifecycle_for(settings, engine, clock), journal,
-                                 SqlLeases(engine), key_store(settings), clock)
+                                 SqlLeases(engine), backend, clock)
         else:
             authority = ca_source(settings, engine, clock, publishes=True).load().authority
     finally:
         engine.dispose()
     write_bundle(settings, authority)
     if uses_development_issuer(settings):
-        DevIssuer.load_or_create(settings.data_dir)  # before workers start, so they share one
+        # Before the workers start, so that they share one.
+        DevIssuer.load_or_create(settings.data_dir, key_encryption_key(settings))
     _warn_if_development_issuer(settings)
     serving.ensure(authority)
     return authority

@@ -17,8 +17,17 @@ create, replace, delete) behave as the API server's do: resourceVersion moves on
 and only then, a replace carrying a stale resourceVersion is 409 Conflict, a create of an
 existing name 409 AlreadyExists, writes into a missing namespace 404 and creates into a
 terminating one 403 (NamespaceLifecycle), bodies are validated (400/422). PATCH, watch and
-deletecollection are not served. `before()` runs another client's write between a client's
-read and its write, to provoke real conflicts.
+deletecollection are not served for them. `before()` runs another client's write between a
+client's read and its write, to provoke real conflicts.
+
+Istio AuthorizationPolicies (`security.istio.io` v1 and v1beta1, a custom resource) are served
+read-only: list (all namespaces or one, with selectors and limit/continue), get, and watch
+(`?watch=true`): newline-delimited JSON events in a chunked response, replayed from the
+requested resourceVersion out of a bounded history (`watch_window` events, like the watch
+cache), BOOKMARKs when asked for, the stream closed after `timeoutSeconds`, and a
+resourceVersion older than the history answered as the watch cache does: HTTP 200 and one
+ERROR event carrying a 410 `Expired` Status. Other clients' writes are `put_authorization_policy`
+and `delete_authorization_policy`; `expire_watch_history()` forgets the history.
 
 Usage::
 
@@ -29,6 +38,7 @@ Usage::
         kube.kubeconfig(tmp_path / "kubeconfig")
         kube.add_namespace("shop", {"istio-injection": "enabled"})
         kube.put_configmap("shop", "istio-ca-root-cert", {"root-cert.pem": pem})
+        kube.put_authorization_policy("shop", "deny-all", {"action": "DENY", "rules": [{}]})
 """
 
 from __future__ import annotations
@@ -49,8 +59,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -74,6 +85,10 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"
 # go-jose's jwt.DefaultLeeway, which Kubernetes' claim validation uses.
 LEEWAY_SECONDS = 60
+AUTHZ_GROUP = "security.istio.io"
+AUTHZ_VERSIONS = ("v1", "v1beta1")  # both served by Istio's CRD, from the same stored objects
+AUTHZ_PLURAL = "authorizationpolicies"
+AUTHZ_KIND = "AuthorizationPolicy"
 
 _REASONS = {
     400: "BadRequest",
@@ -166,10 +181,12 @@ class _Fault:
 
 @dataclass(frozen=True)
 class _Route:
-    kind: str  # tokenreviews, pod, pods, discovery, jwks, namespaces, configmaps, other
+    # tokenreviews, pod, pods, discovery, jwks, namespaces, configmaps, authorizationpolicies, other
+    kind: str
     allowed_methods: tuple[str, ...] = ()
     namespace: str | None = None
     name: str | None = None
+    version: str | None = None  # of an API group's resource (authorizationpolicies)
 
 
 def _route(path: str) -> _Route:
@@ -200,6 +217,20 @@ def _route(path: str) -> _Route:
             return _Route("pods", ("GET",), namespace=parts[4])
         if parts[6]:
             return _Route("pod", ("GET",), namespace=parts[4], name=parts[6])
+    if len(parts) >= 5 and parts[:3] == ["", "apis", AUTHZ_GROUP] and parts[3] in AUTHZ_VERSIONS:
+        return _authz_route(parts[3], parts[4:])
+    return _Route("other")
+
+
+def _authz_route(version: str, rest: list[str]) -> _Route:
+    """`.../authorizationpolicies` or `.../namespaces/{ns}/authorizationpolicies[/{name}]`."""
+    if rest == [AUTHZ_PLURAL]:
+        return _Route(AUTHZ_PLURAL, ("GET",), version=version)
+    if len(rest) in (3, 4) and rest[0] == "namespaces" and rest[1] and rest[2] == AUTHZ_PLURAL:
+        if len(rest) == 3:
+            return _Route(AUTHZ_PLURAL, ("GET",), namespace=rest[1], version=version)
+        if rest[3]:
+            return _Route(AUTHZ_PLURAL, ("GET",), namespace=rest[1], name=rest[3], version=version)
     return _Route("other")
 
 
@@ -454,6 +485,28 @@ class _ConfigMap:
 
 
 @dataclass
+class _AuthzPolicy:
+    namespace: str
+    name: str
+    uid: str
+    created: float
+    resource_version: int
+    generation: int
+    spec: Any  # as another client wrote it: the CRD's schema is loose, so may be invalid for Istio
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def content(self) -> tuple[Any, ...]:
+        return (self.spec, self.labels, self.annotations)
+
+
+@dataclass(frozen=True)
+class _WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED
+    policy: _AuthzPolicy  # a snapshot: never changed once recorded
+
+
+@dataclass
 class _Hook:
     method: str
     prefix: str
@@ -489,6 +542,21 @@ def _invalid(kind: str, name: str, causes: list[tuple[str, str, str]]) -> _Refus
     }
     return _Refusal(422, _status_body(422, f'{kind} "{name}" is invalid: {summary}', reason="Invalid",
                                       details=details))
+
+
+def _authz_object(policy: _AuthzPolicy, version: str) -> dict[str, Any]:
+    """As the API server renders a custom resource: typed, in lists and watch events too."""
+    metadata: dict[str, Any] = {}
+    if policy.annotations:
+        metadata["annotations"] = dict(policy.annotations)
+    metadata["creationTimestamp"] = _rfc3339(policy.created)
+    metadata["generation"] = policy.generation
+    if policy.labels:
+        metadata["labels"] = dict(policy.labels)
+    metadata.update(name=policy.name, namespace=policy.namespace,
+                    resourceVersion=str(policy.resource_version), uid=policy.uid)
+    return {"apiVersion": f"{AUTHZ_GROUP}/{version}", "kind": AUTHZ_KIND, "metadata": metadata,
+            "spec": policy.spec}
 
 
 class _Server(ThreadingHTTPServer):
@@ -619,6 +687,15 @@ class FakeKubeApi:
         self._hooks: list[_Hook] = []
         self._namespaces: dict[str, _Namespace] = {}
         self._configmaps: dict[tuple[str, str], _ConfigMap] = {}
+        self._authz: dict[tuple[str, str], _AuthzPolicy] = {}
+        self._authz_history: list[_WatchEvent] = []
+        # A watch from a resourceVersion below this cannot be replayed: 410 Expired.
+        self._history_floor = self._resource_version
+        self.watch_window = 100  # events the history keeps (the watch cache's capacity)
+        self.bookmark_interval = 60.0  # seconds between BOOKMARKs, when a watch asks for them
+        self.expired_watches = 0  # watches answered with the 410 ERROR event
+        self._changed = threading.Condition(self._lock)  # wakes watch streams
+        self._epoch = 0  # go_down() bumps it: streams of a server that went down end
         self._keys: list[_SigningKey] = [self._new_key(algorithm)]
         self._connections: set[Any] = set()
         self._ca_pem, self._ssl_context = self._make_tls()
@@ -661,6 +738,8 @@ class FakeKubeApi:
             server, thread = self._server, self._thread
             self._server, self._thread = None, None
             connections = list(self._connections)
+            self._epoch += 1
+            self._changed.notify_all()
         if server is None:
             return
         if thread is not None:
@@ -943,6 +1022,8 @@ class FakeKubeApi:
             for key in [k for k in self._pods if k[0] == name]:
                 del self._pods[key]
             self._bump()
+            for key in [k for k in self._authz if k[0] == name]:
+                self.delete_authorization_policy(*key)
 
     def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap as a GET would return it, or None."""
@@ -992,6 +1073,74 @@ class FakeKubeApi:
         with self._lock:
             del self._configmaps[(namespace, name)]
             self._bump()
+
+    # ----------------------------------------------------------------- authorization policies
+
+    def authorization_policy(self, namespace: str, name: str, version: str = "v1") -> dict[str, Any] | None:
+        """The AuthorizationPolicy as a GET would return it, or None."""
+        with self._lock:
+            policy = self._authz.get((namespace, name))
+            return _authz_object(policy, version) if policy is not None else None
+
+    def put_authorization_policy(
+        self,
+        namespace: str,
+        name: str,
+        spec: Any,
+        *,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> str:
+        """Write an AuthorizationPolicy as another client would (create or overwrite); returns its
+        resourceVersion. `spec` is taken as is (the CRD does not enforce Istio's rules).
+
+        The namespace must exist. Writing the same content again changes nothing, as on the API server.
+        """
+        with self._lock:
+            if not name or namespace not in self._namespaces:
+                raise KeyError(f'namespaces "{namespace}" not found')
+            old = self._authz.get((namespace, name))
+            fresh = _AuthzPolicy(
+                namespace, name, old.uid if old else str(uuid.uuid4()), old.created if old else self.clock(),
+                0, 1, json.loads(json.dumps(spec)), dict(labels or {}), dict(annotations or {}),
+            )
+            if old is not None and old.content() == fresh.content():
+                return str(old.resource_version)
+            if old is not None:  # the status subresource makes only spec changes count
+                fresh.generation = old.generation + (fresh.spec != old.spec)
+            fresh.resource_version = self._bump()
+            self._authz[(namespace, name)] = fresh
+            self._record("MODIFIED" if old is not None else "ADDED", fresh)
+            return str(fresh.resource_version)
+
+    def delete_authorization_policy(self, namespace: str, name: str) -> None:
+        with self._lock:
+            policy = self._authz.pop((namespace, name))
+            gone = replace(policy, resource_version=self._bump())
+            self._record("DELETED", gone)  # the last state, at the deletion's resourceVersion
+
+    def expire_watch_history(self) -> None:
+        """Forget every change so far, as a watch cache that was re-initialised: a watch from an
+        older resourceVersion gets the 410 ERROR event, and open watches that had not yet sent
+        a forgotten change end (their client resumes from where it was, and gets the 410)."""
+        with self._lock:
+            self._authz_history.clear()
+            self._history_floor = self._resource_version
+            self._changed.notify_all()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Changes made inside reach watches together, after the block (no watch sees half)."""
+        with self._lock:
+            yield
+
+    def _record(self, kind: str, policy: _AuthzPolicy) -> None:
+        self._authz_history.append(_WatchEvent(kind, policy))
+        overflow = len(self._authz_history) - max(self.watch_window, 0)
+        if overflow > 0:
+            self._history_floor = self._authz_history[overflow - 1].policy.resource_version
+            del self._authz_history[:overflow]
+        self._changed.notify_all()
 
     # ----------------------------------------------------------------- tokens
 
@@ -1269,8 +1418,9 @@ class FakeKubeApi:
     @property
     def calls(self) -> Counter[tuple[str, str]]:
         """A snapshot: (method, kind) -> requests received, kind one of tokenreviews, pod,
-        pods, discovery, jwks, namespaces, configmaps (collection and item alike), other. Every
-        request that reached the server counts, including ones answered with an error."""
+        pods, discovery, jwks, namespaces, configmaps, authorizationpolicies (collection and item
+        alike), other; a watch counts as method "WATCH". Every request that reached the server
+        counts, including ones answered with an error."""
         with self._lock:
             return Counter(self._calls)
 
@@ -1294,8 +1444,10 @@ class FakeKubeApi:
             req.reply(400, _status_body(400, "invalid Content-Length", details={}))
             return
         body = req.rfile.read(length) if length > 0 else b""
+        # A watch is the API's own verb, counted apart from list and get.
+        verb = "WATCH" if route.kind == AUTHZ_PLURAL and _flag(query, "watch") else req.command
         with self._lock:
-            self._calls[(req.command, route.kind)] += 1
+            self._calls[(verb, route.kind)] += 1
             pause = sum(s for prefix, s in self._delays if path.startswith(prefix))
             fault = next((f for f in self._faults if path.startswith(f.prefix) and f.remaining != 0), None)
             if fault is not None and fault.remaining is not None:
@@ -1344,10 +1496,14 @@ class FakeKubeApi:
             self._get_pod(req, str(route.namespace), str(route.name))
         elif route.kind == "pods":
             self._list_pods(req, route.namespace, query)
+        elif route.kind == AUTHZ_PLURAL and route.name is None and _flag(query, "watch"):
+            self._watch_authz(req, route, query)
         else:
             try:
                 if route.kind == "namespaces":
                     code, answer = 200, self._list_namespaces(query)
+                elif route.kind == AUTHZ_PLURAL:
+                    code, answer = 200, self._get_authz(route, query)
                 else:
                     code, answer = self._configmap_request(req.command, route, query, body)
             except _Refusal as refusal:
@@ -1415,6 +1571,19 @@ class FakeKubeApi:
             return (
                 f'{subject} is forbidden: User "{user}" cannot {verb} resource "{route.kind}" '
                 f'in API group "" {where}',
+                details,
+            )
+        if route.kind == AUTHZ_PLURAL:
+            resource = f"{AUTHZ_PLURAL}.{AUTHZ_GROUP}"
+            subject = f'{resource} "{route.name}"' if route.name else resource
+            verb = "get" if route.name else "list"
+            where = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+            details = {"group": AUTHZ_GROUP, "kind": AUTHZ_PLURAL}
+            if route.name:
+                details["name"] = route.name
+            return (
+                f'{subject} is forbidden: User "{user}" cannot {verb} resource "{AUTHZ_PLURAL}" '
+                f'in API group "{AUTHZ_GROUP}" {where}',
                 details,
             )
         return f'forbidden: User "{user}" cannot {method.lower()} path "{path}"', {}
@@ -1919,3 +2088,115 @@ class FakeKubeApi:
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
             "details": {"name": name, "kind": "configmaps", "uid": cm.uid},
         }
+
+    # ----------------------------------------------------------------- authorization policies (HTTP)
+
+    def _get_authz(self, route: _Route, query: dict[str, list[str]]) -> dict[str, Any]:
+        version, namespace = str(route.version), route.namespace
+        if route.name is not None:
+            with self._lock:
+                policy = self._authz.get((str(namespace), route.name))
+                if policy is None:
+                    details = {"name": route.name, "group": AUTHZ_GROUP, "kind": AUTHZ_PLURAL}
+                    raise _Refusal(404, _status_body(
+                        404, f'{AUTHZ_PLURAL}.{AUTHZ_GROUP} "{route.name}" not found', details=details))
+                return _authz_object(policy, version)
+        labels, by_field = self._selectors(query, ("metadata.name", "metadata.namespace"))
+        with self._lock:
+            keyed = [
+                (f"{p.namespace}/{p.name}", _authz_object(p, version))
+                for p in sorted(self._authz.values(), key=lambda p: (p.namespace, p.name))
+                if self._authz_selected(p, namespace, labels, by_field)
+            ]
+            current = self._resource_version
+        items, meta = self._page(keyed, query, current)
+        meta.setdefault("continue", "")
+        return {"apiVersion": f"{AUTHZ_GROUP}/{version}", "items": items, "kind": f"{AUTHZ_KIND}List",
+                "metadata": meta}
+
+    @staticmethod
+    def _authz_selected(policy: _AuthzPolicy, namespace: str | None, labels: list[_Requirement],
+                        by_field: list[tuple[str, bool, str]]) -> bool:
+        values = {"metadata.name": policy.name, "metadata.namespace": policy.namespace}
+        return ((namespace is None or policy.namespace == namespace)
+                and all(r.matches(policy.labels) for r in labels)
+                and all((values[n] == v) == eq for n, eq, v in by_field))
+
+    def _watch_authz(self, req: _Handler, route: _Route, query: dict[str, list[str]]) -> None:
+        """A watch as the API server's watch cache serves one (see the module docstring)."""
+        version, namespace = str(route.version), route.namespace
+        try:
+            labels, by_field = self._selectors(query, ("metadata.name", "metadata.namespace"))
+            timeout = float((query.get("timeoutSeconds") or ["1800"])[0])
+            raw_version = (query.get("resourceVersion") or [""])[0]
+            since = int(raw_version) if raw_version not in ("", "0") else None
+        except _Refusal as refusal:
+            req.reply(refusal.code, refusal.body)
+            return
+        except ValueError as exc:
+            req.reply(400, _status_body(400, f"invalid watch parameter: {exc}", details={}))
+            return
+        bookmarks = _flag(query, "allowWatchBookmarks")
+        deadline = time.monotonic() + timeout
+        req.send_response_only(200)
+        req.send_header("Date", req.date_time_string())
+        req.send_header("Audit-Id", str(uuid.uuid4()))
+        req.send_header("Cache-Control", "no-cache, private")
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Transfer-Encoding", "chunked")
+        req.end_headers()
+
+        def send(kind: str, obj: Mapping[str, Any]) -> None:
+            line = json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
+            req.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            req.wfile.flush()
+
+        def selected(policy: _AuthzPolicy) -> bool:
+            return self._authz_selected(policy, namespace, labels, by_field)
+
+        with self._lock:
+            epoch, cursor = self._epoch, self._resource_version
+            if since is None:  # "from any": the current state as ADDED, then changes
+                pending = [("ADDED", _authz_object(p, version)) for _, p in sorted(self._authz.items())
+                           if selected(p)]
+            elif since < self._history_floor:
+                self.expired_watches += 1
+                message = f"too old resource version: {since} ({self._history_floor})"
+                pending = [("ERROR", _status_body(410, message, reason="Expired"))]
+                deadline = 0.0  # the cache's error watcher: one event, then the end
+            else:
+                cursor = since
+                pending = []
+        next_bookmark = time.monotonic() + self.bookmark_interval
+        while True:
+            for kind, obj in pending:
+                send(kind, obj)
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if bookmarks and now >= next_bookmark:
+                with self._lock:
+                    mark = {"apiVersion": f"{AUTHZ_GROUP}/{version}", "kind": AUTHZ_KIND,
+                            "metadata": {"resourceVersion": str(self._resource_version)}}
+                send("BOOKMARK", mark)
+                next_bookmark = now + self.bookmark_interval
+            with self._lock:
+                wake = min(deadline, next_bookmark if bookmarks else deadline) - time.monotonic()
+                newer = [e for e in self._authz_history if e.policy.resource_version > cursor]
+                if not newer and cursor >= self._history_floor and self._epoch == epoch and wake > 0:
+                    self._changed.wait(wake)
+                    newer = [e for e in self._authz_history if e.policy.resource_version > cursor]
+                if self._epoch != epoch:  # the server went down: the stream breaks off, unterminated
+                    req.close_connection = True
+                    return
+                if cursor < self._history_floor:
+                    break  # this watch fell out of the window: the cache ends it
+                pending = [(e.type, _authz_object(e.policy, version)) for e in newer if selected(e.policy)]
+                cursor = max([cursor, *(e.policy.resource_version for e in newer)])
+        req.wfile.write(b"0\r\n\r\n")
+        req.wfile.flush()
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    """A boolean query parameter as the API server reads one (Go's strconv.ParseBool)."""
+    return (query.get(name) or ["false"])[0] in ("1", "t", "T", "true", "TRUE", "True")

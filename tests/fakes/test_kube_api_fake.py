@@ -10,15 +10,16 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from meshca.core import jwks as meshca_jwks
@@ -875,3 +876,216 @@ def test_configmap_calls_faults_and_before(mesh: FakeKubeApi, api: client.ApiCli
         'namespaces is forbidden: User "system:serviceaccount:meshca:meshca" cannot list resource '
         '"namespaces" in API group "" at the cluster scope'
     )
+
+
+# --------------------------------------------------------------------------- authorization policies
+
+GROUP, PLURAL = "security.istio.io", "authorizationpolicies"
+DENY_ALL = {"action": "DENY", "rules": [{}]}
+ALLOW_GET = {"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}
+
+
+def _watch_events(api: client.ApiClient, resource_version: str | None, *, timeout: int = 2,
+                  namespace: str | None = None, until: int | None = None,
+                  **extra: Any) -> list[dict[str, Any]]:
+    """Events of one watch through the client's Watch, as (type, object) dicts; `until` stops early."""
+    custom: Any = client.CustomObjectsApi(api)  # custom objects come back untyped
+    args: tuple[Any, ...] = (GROUP, "v1", PLURAL)
+    func = custom.list_cluster_custom_object
+    if namespace is not None:
+        func, args = custom.list_namespaced_custom_object, (GROUP, "v1", namespace, PLURAL)
+    options = {"timeout_seconds": timeout, **extra}
+    if resource_version is not None:
+        options["resource_version"] = resource_version
+    events = []
+    watcher: Any = watch.Watch()
+    for event in watcher.stream(func, *args, **options):
+        events.append({"type": event["type"], "object": event["raw_object"]})
+        if until is not None and len(events) >= until:
+            watcher.stop()
+    return events
+
+
+@pytest.fixture
+def policies(kube: FakeKubeApi) -> FakeKubeApi:
+    kube.add_namespace("shop")
+    kube.add_namespace("bank")
+    kube.put_authorization_policy("shop", "deny-all", DENY_ALL, labels={"team": "a"})
+    kube.put_authorization_policy("bank", "allow-get", ALLOW_GET, annotations={"istio.io/dry-run": "true"})
+    return kube
+
+
+def test_authorization_policies_list_and_get_like_a_custom_resource(
+    policies: FakeKubeApi, api: client.ApiClient
+) -> None:
+    custom: Any = client.CustomObjectsApi(api)  # custom objects come back untyped
+    listed = custom.list_cluster_custom_object(GROUP, "v1", PLURAL)
+    assert listed["kind"] == "AuthorizationPolicyList" and listed["apiVersion"] == f"{GROUP}/v1"
+    assert int(listed["metadata"]["resourceVersion"]) >= int(
+        listed["items"][1]["metadata"]["resourceVersion"])
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed["items"]] == [
+        ("bank", "allow-get"), ("shop", "deny-all")]
+    item = listed["items"][1]  # custom resources keep apiVersion and kind inside lists
+    assert item["apiVersion"] == f"{GROUP}/v1" and item["kind"] == "AuthorizationPolicy"
+    assert item["spec"] == DENY_ALL and item["metadata"]["labels"] == {"team": "a"}
+    assert item["metadata"]["generation"] == 1 and item["metadata"]["uid"]
+    one = custom.get_namespaced_custom_object(GROUP, "v1beta1", "bank", PLURAL, "allow-get")
+    assert one["apiVersion"] == f"{GROUP}/v1beta1"
+    assert one["metadata"]["annotations"] == {"istio.io/dry-run": "true"}
+    in_shop = custom.list_namespaced_custom_object(GROUP, "v1", "shop", PLURAL, label_selector="team=a")
+    assert [i["metadata"]["name"] for i in in_shop["items"]] == ["deny-all"]
+    paged = custom.list_cluster_custom_object(GROUP, "v1", PLURAL, limit=1)
+    assert len(paged["items"]) == 1 and paged["metadata"]["continue"]
+    rest = custom.list_cluster_custom_object(GROUP, "v1", PLURAL, _continue=paged["metadata"]["continue"])
+    assert [i["metadata"]["name"] for i in rest["items"]] == ["deny-all"]
+    with pytest.raises(ApiException) as info:
+        custom.get_namespaced_custom_object(GROUP, "v1", "shop", PLURAL, "nope")
+    assert info.value.status == 404
+    assert json.loads(str(info.value.body))["details"] == {"name": "nope", "group": GROUP, "kind": PLURAL}
+    assert policies.calls[("GET", PLURAL)] == 6
+
+
+def test_authorization_policy_writes_move_resource_version_only_on_change(policies: FakeKubeApi) -> None:
+    before = policies.authorization_policy("shop", "deny-all")
+    assert before is not None
+    same = policies.put_authorization_policy("shop", "deny-all", DENY_ALL, labels={"team": "a"})
+    assert same == before["metadata"]["resourceVersion"]
+    relabelled = policies.put_authorization_policy("shop", "deny-all", DENY_ALL)
+    assert int(relabelled) > int(same)
+    after = policies.authorization_policy("shop", "deny-all")
+    assert after is not None and after["metadata"]["generation"] == 1  # labels are not spec
+    policies.put_authorization_policy("shop", "deny-all", ALLOW_GET)
+    after = policies.authorization_policy("shop", "deny-all")
+    assert after is not None and after["metadata"]["generation"] == 2
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    with pytest.raises(KeyError):
+        policies.put_authorization_policy("nowhere", "p", DENY_ALL)
+
+
+def test_watch_streams_changes_after_the_listed_resource_version(
+    policies: FakeKubeApi, api: client.ApiClient
+) -> None:
+    custom: Any = client.CustomObjectsApi(api)
+    listed = custom.list_cluster_custom_object(GROUP, "v1", PLURAL)
+    policies.put_authorization_policy("shop", "allow-get", ALLOW_GET)  # before the watch: replayed
+    changes: list[Callable[[], object]] = [
+        lambda: policies.put_authorization_policy("shop", "deny-all", ALLOW_GET),
+        lambda: policies.delete_authorization_policy("bank", "allow-get"),
+    ]
+
+    def later() -> None:
+        time.sleep(0.2)  # while the client is blocked reading the stream
+        for change in changes:
+            change()
+
+    threading.Thread(target=later, daemon=True).start()
+    events = _watch_events(api, listed["metadata"]["resourceVersion"], until=3, timeout=5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "allow-get"), ("MODIFIED", "deny-all"), ("DELETED", "allow-get")]
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert versions == sorted(versions) and len(set(versions)) == 3
+    assert events[1]["object"]["spec"] == ALLOW_GET
+    assert events[2]["object"]["metadata"]["namespace"] == "bank"
+    assert policies.calls[("WATCH", PLURAL)] == 1
+
+
+def test_watch_from_any_version_starts_with_the_current_objects_and_filters_by_namespace(
+    policies: FakeKubeApi, api: client.ApiClient
+) -> None:
+    everything = _watch_events(api, None, timeout=1)
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in everything) == [
+        ("ADDED", "allow-get"), ("ADDED", "deny-all")]
+    assert [e["object"]["metadata"]["name"] for e in _watch_events(api, "0", timeout=1, namespace="shop")] \
+        == ["deny-all"]
+
+
+def test_watch_ends_after_timeout_seconds(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    started = time.monotonic()
+    rv = policies.put_authorization_policy("shop", "late", DENY_ALL)
+    assert _watch_events(api, rv, timeout=1) == []
+    assert 0.9 <= time.monotonic() - started < 3
+
+
+def test_watch_sends_bookmarks_only_when_asked(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    policies.bookmark_interval = 0.2
+    rv = policies.put_authorization_policy("shop", "late", DENY_ALL)
+    policies.add_namespace("other")  # moves the resourceVersion without a policy event
+    marks = _watch_events(api, rv, timeout=1, allow_watch_bookmarks=True, until=1)
+    assert marks == [{"type": "BOOKMARK", "object": {
+        "apiVersion": f"{GROUP}/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"resourceVersion": str(int(rv) + 1)}}}]
+    assert _watch_events(api, rv, timeout=1) == []
+
+
+def test_watch_from_a_forgotten_version_is_410_expired(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    rv = policies.put_authorization_policy("shop", "one", DENY_ALL)
+    policies.put_authorization_policy("shop", "two", DENY_ALL)
+    policies.expire_watch_history()
+    # The watch cache answers 200 and one ERROR event; the client turns it into a 410 ApiException.
+    status, headers, data = _raw(api, "GET", f"/apis/{GROUP}/v1/{PLURAL}?watch=true&resourceVersion={rv}")
+    assert status == 200 and headers["Transfer-Encoding"] == "chunked"
+    assert headers["Content-Type"] == "application/json"
+    current = policies.authorization_policy("shop", "two")
+    assert current is not None
+    assert json.loads(data) == {"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": f"too old resource version: {rv} ({current['metadata']['resourceVersion']})",
+        "reason": "Expired", "code": 410}}
+    with pytest.raises(ApiException) as info:
+        _watch_events(api, rv)
+    assert info.value.status == 410
+    assert policies.expired_watches == 2
+    custom: Any = client.CustomObjectsApi(api)
+    listed = custom.list_cluster_custom_object(GROUP, "v1", PLURAL)
+    assert _watch_events(api, listed["metadata"]["resourceVersion"], timeout=1) == []  # fresh list: fine
+
+
+def test_watch_window_keeps_only_the_latest_events(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    policies.watch_window = 2
+    first = policies.put_authorization_policy("shop", "a", DENY_ALL)
+    policies.put_authorization_policy("shop", "b", DENY_ALL)
+    policies.put_authorization_policy("shop", "c", DENY_ALL)
+    with pytest.raises(ApiException) as info:
+        _watch_events(api, str(int(first) - 1))  # would need "a", which the window dropped
+    assert info.value.status == 410
+    kept = _watch_events(api, first, timeout=1)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in kept] == [("ADDED", "b"), ("ADDED", "c")]
+
+
+def test_open_watch_that_falls_out_of_the_window_ends(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    rv = policies.put_authorization_policy("shop", "a", DENY_ALL)
+
+    def forget() -> None:
+        time.sleep(0.2)
+        with policies.atomic():  # the watch never sees "b": it ends instead
+            policies.put_authorization_policy("shop", "b", DENY_ALL)
+            policies.expire_watch_history()
+
+    threading.Thread(target=forget, daemon=True).start()
+    started = time.monotonic()
+    assert _watch_events(api, rv, timeout=10) == []
+    assert time.monotonic() - started < 5
+
+
+def test_deleting_a_namespace_deletes_its_policies(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    rv = policies.put_authorization_policy("bank", "second", DENY_ALL)
+    policies.delete_namespace("bank")
+    events = _watch_events(api, rv, timeout=1)
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in events) == [
+        ("DELETED", "allow-get"), ("DELETED", "second")]
+    assert policies.authorization_policy("bank", "second") is None
+
+
+def test_watch_faults_and_going_down(policies: FakeKubeApi, api: client.ApiClient) -> None:
+    policies.fail(f"/apis/{GROUP}/v1/{PLURAL}", 403, times=1)
+    with pytest.raises(ApiException) as info:
+        _watch_events(api, "0")
+    assert info.value.status == 403
+    assert json.loads(str(info.value.body))["message"] == (
+        f'{PLURAL}.{GROUP} is forbidden: User "system:serviceaccount:meshca:meshca" cannot list resource '
+        f'"{PLURAL}" in API group "{GROUP}" at the cluster scope')
+    threading.Timer(0.3, policies.go_down).start()
+    started = time.monotonic()
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        _watch_events(api, None, timeout=30)  # the stream breaks off: no terminating chunk
+    assert time.monotonic() - started < 5

@@ -112,3 +112,23 @@ def test_the_cli_gives_the_same_answer_as_the_server(server: Any, tmp_path: Path
     assert json.loads(ran.stdout)["policy"] == "shop/no-admin"
     served = api(process, "POST", "/v1/authz:check", request("/admin/x"))
     assert served["decision"] == "DENY" and served["policy"] == "shop/no-admin"
+
+
+def test_policies_watched_in_kubernetes_are_enforced_and_withdrawn(tmp_path: Path) -> None:
+    from tests.fakes.kube_api import FakeKubeApi
+
+    with FakeKubeApi() as kube:
+        kube.add_namespace("shop")
+        process = start_meshca(tmp_path / "data", "--workers", "2", "--watch-kube-policies",
+                               "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")))
+        try:
+            assert checks(process, request("/cart")) == {0}
+            kube.put_authorization_policy("shop", "no-cart", deny_path("no-cart", "/cart")["spec"])
+            eventually(lambda: checks(process, request("/cart")) == {7},
+                       what="the watched policy enforced by every worker")
+            listed = api(process, "GET", "/v1/authz/policies")["policies"]
+            assert [(p["name"], p["source"]) for p in listed] == [("no-cart", "kube")]
+            kube.delete_authorization_policy("shop", "no-cart")
+            eventually(lambda: checks(process, request("/cart")) == {0}, what="withdrawn")
+        finally:
+            process.stop()

@@ -18,7 +18,8 @@ from meshca.infra.db.inventory import SqlInventory
 from meshca.service.admin_auth import Principal
 from meshca.service.ca_rotator import CaRotator
 from meshca.service.ca_source import PluggedCaSource
-from meshca.service.ports import AuditEntry, KeyStore
+from meshca.service.keystore_select import KeyBackend
+from meshca.service.ports import AuditEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class AdminContext:
     ca: SqlCaRepository
     authority: Callable[[], SigningAuthority | None]
     clock: Clock
-    keys: KeyStore
+    keys: KeyBackend
     bundle_refresh_hint_seconds: int = 300
     rotator: CaRotator | None = None  # None: a plugged-in CA, which meshca does not rotate
     rotation_policy: RotationPolicy | None = None

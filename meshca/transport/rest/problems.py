@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from meshca.core.remote_signing import SignerUnavailable
 from meshca.errors import AuthenticationError, CaUnavailable, PermissionDenied
 from meshca.infra.db.admin_tokens import TokenNameTaken, TokenNotFound
 from meshca.infra.db.inventory import Conflict, NotFound
@@ -151,6 +152,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CaUnavailable)
     async def unavailable(request: Request, exc: CaUnavailable) -> JSONResponse:
         return problem(503, str(exc), request, headers={"Retry-After": "5"})
+
+    @app.exception_handler(SignerUnavailable)
+    async def key_service_unavailable(request: Request, exc: SignerUnavailable) -> JSONResponse:
+        return problem(503, f"the key service (Vault) is unavailable: {exc}", request,
+                       headers={"Retry-After": "5"})
 
     @app.exception_handler(TokenNameTaken)
     async def token_taken(request: Request, exc: TokenNameTaken) -> JSONResponse:

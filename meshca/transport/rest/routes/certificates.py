@@ -133,7 +133,7 @@ def crl(request: Request, context: Context,
     entries = [Revocation(int(e.serial, 16), e.revoked_at, RevocationReason(e.reason))
                for e in context.inventory.revoked_by(generation.id, now)]
     issuer_cert = x509.load_pem_x509_certificate(generation.certificate_pem.encode())
-    revocation_list = build_crl(issuer_cert, context.keys.load(generation.key_location), entries, now)
+    revocation_list = build_crl(issuer_cert, context.keys.signer(generation.key_location), entries, now)
     if PKIX_CRL in request.headers.get("accept", ""):
         return Response(revocation_list.public_bytes(Encoding.DER), media_type=PKIX_CRL)
     return Response(revocation_list.public_bytes(Encoding.PEM), media_type=PEM)

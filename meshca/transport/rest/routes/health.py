@@ -26,6 +26,12 @@ def readyz(request: Request, context: Context) -> StatusOut | JSONResponse:
     """The signing key is loaded and the database answers."""
     if context.authority() is None:
         return problem(503, "signing key is not loaded", request)
+    # Vault matters for readiness only when signing needs it: with the intermediate's key in a
+    # local sealed file, issuance goes on through a Vault outage (only rotation waits).
+    health = context.keys.health
+    authority = context.authority()
+    if health is not None and not health.ready and authority is not None and authority.is_remote:
+        return problem(503, "the signing key's service (Vault) is not reachable", request)
     try:
         with context.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
