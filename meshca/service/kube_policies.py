@@ -7,8 +7,9 @@ seen, which BOOKMARK events keep fresh; a resourceVersion the server has forgott
 and any failure (after a capped backoff) start again from a list, which replaces the whole
 set, so nothing missed in between survives or is lost.
 
-An object Istio's validation refuses is left out, with a warning naming it and the field:
-like istiod skipping a rule it cannot build, it never stops the other policies from applying.
+An object Istio's validation refuses is left out, with a warning naming it and the field; it
+never stops the other policies from applying. An invalid *edit* of a policy that was valid
+keeps the last valid version in force (a mistyped DENY must not start allowing).
 """
 
 from __future__ import annotations
@@ -87,12 +88,15 @@ class _Objects:
         self._warned: dict[str, str] = {}  # key -> problem already logged, not repeated on a re-list
 
     def reset(self, items: list[dict[str, Any]]) -> None:
+        before = dict(self.by_key)
         self.by_key.clear()
         for item in items:
-            self.apply("ADDED", item)
+            self.apply("ADDED", item, before.get(_key(item)))
 
-    def apply(self, kind: str, obj: Mapping[str, Any]) -> None:
+    def apply(self, kind: str, obj: Mapping[str, Any],
+              previous: AuthorizationPolicy | None = None) -> None:
         key = _key(obj)
+        previous = previous or self.by_key.get(key)
         if kind == "DELETED":
             self.by_key.pop(key, None)
             self._warned.pop(key, None)
@@ -101,9 +105,13 @@ class _Objects:
             self.by_key[key] = parse_policy(obj)
             self._warned.pop(key, None)
         except Invalid as exc:
-            self.by_key[key] = None
+            # An invalid edit keeps the last valid version: dropping it would let a DENY policy
+            # stop denying because someone mistyped a field (fail closed, not open).
+            self.by_key[key] = previous
             if self._warned.get(key) != str(exc):
-                log.warning("AuthorizationPolicy %s not enforced, Istio would refuse it: %s", key, exc)
+                kept = "; its last valid version stays in force" if previous else " and not enforced"
+                log.warning("AuthorizationPolicy %s is invalid (Istio would refuse it)%s: %s",
+                            key, kept, exc)
                 self._warned[key] = str(exc)
 
     def policies(self) -> list[AuthorizationPolicy]:

@@ -163,10 +163,14 @@ def test_an_invalid_object_is_skipped_with_its_field_and_the_others_apply(
 
             kube.put_authorization_policy("shop", "broken", DENY_ADMIN)  # fixed: now enforced
             await run.holds("bank/fine", "shop/broken", "shop/cart-get")
-            kube.put_authorization_policy("shop", "broken", BAD_IP)  # broken again: left out
-            await run.holds("bank/fine", "shop/cart-get")
-            kube.delete_authorization_policy("shop", "broken")  # deleting an invalid one: fine
+            # An invalid edit keeps the last valid version: a mistyped DENY goes on denying.
+            kube.put_authorization_policy("shop", "broken", BAD_IP)
             kube.put_authorization_policy("shop", "later", ALLOW_GET)
+            await run.holds("bank/fine", "shop/broken", "shop/cart-get", "shop/later")
+            assert decide(run.store, "GET", path="/admin/keys") == "DENY"
+            assert any("shop/broken" in r.getMessage() and "last valid version" in r.getMessage()
+                       for r in caplog.records)
+            kube.delete_authorization_policy("shop", "broken")  # deleting it: gone at last
             await run.holds("bank/fine", "shop/cart-get", "shop/later")
 
     asyncio.run(scenario())

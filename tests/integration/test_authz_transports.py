@@ -75,6 +75,8 @@ def test_cli_eval(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 @pytest.fixture(scope="module")
 def ext_authz() -> Iterator[tuple[AuthorizationServicer, Any, asyncio.AbstractEventLoop]]:
     loop = asyncio.new_event_loop()
+    # grpc.aio binds to the current loop: an earlier asyncio.run() in this process left none.
+    asyncio.set_event_loop(loop)
     servicer = AuthorizationServicer(PolicyStore())
 
     async def start() -> tuple[grpc.aio.Server, Any, grpc.aio.Channel]:
@@ -90,6 +92,7 @@ def ext_authz() -> Iterator[tuple[AuthorizationServicer, Any, asyncio.AbstractEv
     loop.run_until_complete(channel.close())
     loop.run_until_complete(server.stop(None))
     loop.close()
+    asyncio.set_event_loop(None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -20,6 +20,7 @@ from meshca.infra.db.lease import SqlLeases
 from meshca.infra.db.schema import issued_certificates
 from meshca.infra.keyfiles import FileKeyStore, KeyEncryptionKey
 from meshca.service.ca_lifecycle import CaLifecycle, LifecycleProfile
+from meshca.service.keystore_select import KeyBackend
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RotationPolicy(publish_lead=timedelta(days=1))
@@ -39,6 +40,11 @@ class Clock:
 KEK = KeyEncryptionKey.generate()  # one for the module: every store must open the same keys
 
 
+def _backend(directory: Path) -> KeyBackend:
+    files = FileKeyStore(directory, KEK)
+    return KeyBackend("file", KEK, files, files, None, frozenset(), None, None)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     url = (str(request.getfixturevalue("pg_url")) if request.param == "postgres"
@@ -51,7 +57,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 
 def _lifecycle(engine: Engine, tmp_path: Path, clock: Clock) -> tuple[CaLifecycle, SqlCaJournal]:
     journal = SqlCaJournal(engine)
-    return CaLifecycle(journal, FileKeyStore(tmp_path, KEK), PROFILE, POLICY, clock), journal
+    return CaLifecycle(journal, _backend(tmp_path), PROFILE, POLICY, clock), journal
 
 
 def _record_leaf(engine: Engine, issuer_id: int, now: datetime, n: int) -> None:
