@@ -14,7 +14,6 @@ paths, an AUDIT, and eight ALLOW policies each selecting one app), then measures
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import random
@@ -150,14 +149,11 @@ def serve(addr: str, port_queue: Any, namespaces: int) -> None:
     from meshca.service.policy_store import PolicyStore
     from meshca.transport.ext_authz.server import start_ext_authz
 
-    async def main() -> None:
-        store = PolicyStore()
-        store.replace("api", build_policies(namespaces))
-        server, port = await start_ext_authz(addr, store)
-        port_queue.put(port)
-        await server.wait_for_termination()
-
-    asyncio.run(main())
+    store = PolicyStore()
+    store.replace("api", build_policies(namespaces))
+    server, port = start_ext_authz(addr, store)
+    port_queue.put(port)
+    server.wait_for_termination()
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -276,8 +272,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--decisions", type=int, default=50_000)
     parser.add_argument("-g", "--checks", type=int, default=10_000)
-    parser.add_argument("-c", "--clients", type=int, default=2, help="h2load connections")
-    parser.add_argument("-m", "--streams", type=int, default=32, help="streams per connection")
+    parser.add_argument("-c", "--clients", type=int, default=8, help="h2load connections")
+    parser.add_argument("-m", "--streams", type=int, default=8, help="streams per connection")
     parser.add_argument("-w", "--servers", type=int, default=2, help="ext_authz processes")
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument("--skip-in-process", action="store_true")

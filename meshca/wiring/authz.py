@@ -22,7 +22,7 @@ from meshca.transport.ext_authz.server import start_ext_authz
 
 async def start_authorization(settings: Settings, engine: Engine, stopping: asyncio.Event,
                               tasks: list[asyncio.Task[None]],
-                              ) -> tuple[PolicyStore, grpc.aio.Server | None]:
+                              ) -> tuple[PolicyStore, grpc.Server | None]:
     store = PolicyStore(MeshConfig(root_namespace=settings.authz_root_namespace,
                                    trust_domain=settings.trust_domain))
     stored = SqlPolicies(engine)
@@ -40,6 +40,6 @@ async def start_authorization(settings: Settings, engine: Engine, stopping: asyn
         tasks.append(loop.create_task(watch_kube_policies(store, objects, stopping)))
     server = None
     if settings.ext_authz_addr is not None:
-        server, _ = await start_ext_authz(settings.ext_authz_addr, store,
+        server, _ = start_ext_authz(settings.ext_authz_addr, store,
                                           InventoryIdentityCheck(SqlInventory(engine)))
     return store, server

@@ -51,7 +51,7 @@ class Worker:
     records: SqlCertificateLog
     reloader: CaReloader
     policies: PolicyStore
-    ext_authz: grpc.aio.Server | None
+    ext_authz: grpc.Server | None
     auth: TokenAuthentication
     tasks: list[asyncio.Task[None]]
     stopping: asyncio.Event
@@ -63,7 +63,8 @@ class Worker:
         await self.front.stop()
         await self.server.stop(grace=5)
         if self.ext_authz is not None:
-            await self.ext_authz.stop(grace=5)
+            stopped = self.ext_authz.stop(grace=5)
+            await asyncio.to_thread(stopped.wait, 10)
         self.records.close()
         for task in self.tasks:
             task.cancel()

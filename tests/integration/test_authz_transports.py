@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,35 +73,25 @@ def test_cli_eval(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.fixture(scope="module")
-def ext_authz() -> Iterator[tuple[AuthorizationServicer, Any, asyncio.AbstractEventLoop]]:
-    loop = asyncio.new_event_loop()
-    # grpc.aio binds to the current loop: an earlier asyncio.run() in this process left none.
-    asyncio.set_event_loop(loop)
+def ext_authz() -> Iterator[tuple[AuthorizationServicer, Any]]:
     servicer = AuthorizationServicer(PolicyStore())
-
-    async def start() -> tuple[grpc.aio.Server, Any, grpc.aio.Channel]:
-        server = grpc.aio.server()
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        return server, external_auth_pb2_grpc.AuthorizationStub(channel), channel
-
-    server, stub, channel = loop.run_until_complete(start())
-    yield servicer, stub, loop
-    loop.run_until_complete(channel.close())
-    loop.run_until_complete(server.stop(None))
-    loop.close()
-    asyncio.set_event_loop(None)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield servicer, external_auth_pb2_grpc.AuthorizationStub(channel)
+    channel.close()
+    server.stop(None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_ext_authz_check(case: Case, ext_authz: tuple[AuthorizationServicer, Any, Any]) -> None:
-    servicer, stub, loop = ext_authz
+def test_ext_authz_check(case: Case, ext_authz: tuple[AuthorizationServicer, Any]) -> None:
+    servicer, stub = ext_authz
     mesh = parse_mesh(case.request["mesh"]) if "mesh" in case.request else MeshConfig()
     servicer.store = PolicyStore(mesh)
     servicer.store.replace("api", parse_policies(case.policies))
-    response = loop.run_until_complete(stub.Check(check_request(case.request)))
+    response = stub.Check(check_request(case.request), timeout=10)
     if case.expect["decision"] == "ALLOW":
         assert response.status.code == 0
         assert response.HasField("ok_response")

@@ -7,7 +7,7 @@ check); revocation is asked per certificate serial and remembered for the same t
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -22,12 +22,12 @@ class Inventory(Protocol):
 
 
 class IdentityCheck(Protocol):
-    async def refusal(self, principal: str | None, certificate: str) -> str | None:
-        """Why this caller is refused, or None."""
+    def refusal(self, principal: str | None, certificate: str) -> str | None:
+        """Why this caller is refused, or None (called from the server's threads)."""
 
 
 class NoIdentityCheck:
-    async def refusal(self, principal: str | None, certificate: str) -> str | None:
+    def refusal(self, principal: str | None, certificate: str) -> str | None:
         return None
 
 
@@ -40,12 +40,18 @@ class InventoryIdentityCheck:
         self._blocked: frozenset[str] = frozenset()
         self._blocked_at = float("-inf")
         self._serials: dict[str, tuple[bool, float]] = {}
+        self._refreshing = threading.Lock()
 
-    async def refusal(self, principal: str | None, certificate: str) -> str | None:
+    def refusal(self, principal: str | None, certificate: str) -> str | None:
         now = self._clock()
-        if now - self._blocked_at > self._ttl:
-            rows = await asyncio.to_thread(self._inventory.blocked)
-            self._blocked, self._blocked_at = frozenset(str(r["spiffe_id"]) for r in rows), now
+        # One thread re-reads the block list when it is due; the others (and every check
+        # while the list is fresh) use the snapshot they find.
+        if now - self._blocked_at > self._ttl and self._refreshing.acquire(blocking=False):
+            try:
+                rows = self._inventory.blocked()
+                self._blocked, self._blocked_at = frozenset(str(r["spiffe_id"]) for r in rows), now
+            finally:
+                self._refreshing.release()
         if principal and principal in self._blocked:
             return f"source identity {principal} is blocked"
         serial = _serial(certificate)
@@ -53,7 +59,7 @@ class InventoryIdentityCheck:
             return None
         usable, at = self._serials.get(serial, (True, float("-inf")))
         if now - at > self._ttl:
-            usable = await asyncio.to_thread(self._inventory.usable, serial)
+            usable = self._inventory.usable(serial)
             if len(self._serials) > 100_000:
                 self._serials.clear()
             self._serials[serial] = (usable, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -30,10 +31,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self._identities = identities or NoIdentityCheck()
         self._responses: dict[tuple[str, str | None, int | None, str | None, str], Any] = {}
 
-    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         attrs = request.attributes
         principal = attrs.source.principal or None
-        refusal = await self._identities.refusal(principal, attrs.source.certificate)
+        refusal = self._identities.refusal(principal, attrs.source.certificate)
         if refusal is not None:
             return denied({"decision": "DENY", "policy": None, "rule": None, "action": None,
                            "reason": refusal})
@@ -82,15 +83,19 @@ def denied(summary: dict[str, Any]) -> Any:
             body=json.dumps(summary)))
 
 
-async def start_ext_authz(addr: str, store: PolicyStore, identities: IdentityCheck | None = None,
-                          ) -> tuple[grpc.aio.Server, int]:
-    """Serve Check on `addr` (port 0: any free port); returns the server and its port."""
-    server = grpc.aio.server()
+def start_ext_authz(addr: str, store: PolicyStore, identities: IdentityCheck | None = None,
+                    *, threads: int = 8) -> tuple[grpc.Server, int]:
+    """Serve Check on `addr` (port 0: any free port); returns the server and its port.
+
+    grpc's synchronous server with a thread pool, not grpc.aio: a check is pure computation on
+    an in-memory policy set, and measured on this workload (scripts/bench-authz) the thread-pool
+    server spends about a quarter less CPU per call than the asyncio one."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ext-authz"))
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(store, identities), server)
     port = server.add_insecure_port(addr)
     if port == 0:
         raise OSError(f"cannot listen for ext_authz on {addr}")
-    await server.start()
+    server.start()
     log.info("ext_authz (Envoy Authorization/Check) listening on port %d", port)
     return server, port
