@@ -12,12 +12,12 @@ and the others carry on. `run` repeats passes until stopped, never letting a fai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
+from meshca.service.pause import pause
 from meshca.service.ports import KubeApiError
 
 log = logging.getLogger(__name__)
@@ -131,14 +131,7 @@ class BundlePublisher:
             self._wake.clear()
             if leader is None or await leader():
                 await self._pass()
-            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
-            try:
-                await asyncio.wait(waits, timeout=interval_seconds, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiting
+            await pause(stop, self._wake, interval_seconds)
 
     async def _pass(self) -> None:
         try:

@@ -9,7 +9,6 @@ process never stops signing because it could not see a change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Hashable, Sequence
@@ -20,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from meshca.core.authority import SigningAuthority
 from meshca.errors import MeshcaError
 from meshca.service.ca_source import CaSource
+from meshca.service.pause import pause
 
 log = logging.getLogger(__name__)
 Listener = Callable[[SigningAuthority], None]
@@ -94,16 +94,8 @@ class CaReloader:
                 log.log(level, "CA reload failed, keeping generation %d: %s",
                         self.current.generation_id, exc)
                 self._failing = True
-            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
-            try:
-                retry = min(interval_seconds, 1.0) if self._failing else interval_seconds
-                await asyncio.wait(waits, timeout=retry,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiting
+            retry = min(interval_seconds, 1.0) if self._failing else interval_seconds
+            await pause(stop, self._wake, retry)
 
     def _observe(self) -> Hashable:
         return (self._source.version(), tuple(_stat(path) for path in self._files))

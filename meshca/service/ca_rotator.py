@@ -14,7 +14,6 @@ or another replica's change is noticed), or until woken.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from meshca.infra.db.inventory import Conflict, NotFound
 from meshca.infra.db.lease import Lease, SqlLeases
 from meshca.service.ca_lifecycle import CaLifecycle
 from meshca.service.ca_setup import ROTATOR_LEASE
+from meshca.service.pause import pause
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,14 +174,7 @@ class CaRotator:
             if sum(self.events.values()) != before:
                 changed()
             delay = max(1.0, (due - self._clock.now()).total_seconds())
-            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
-            try:
-                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiting in waits:
-                    waiting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiting
+            await pause(stop, self._wake, delay)
 
     # ---- internals ------------------------------------------------------------------------
 
