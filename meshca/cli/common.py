@@ -18,3 +18,11 @@ def data_dir_arg(parser: argparse.ArgumentParser) -> None:
         help="directory holding the database, CA keys and trust bundle "
              "(env MESHCA_DATA_DIR; default ./meshca-data)",
     )
+
+
+def kek_file_arg(parser: argparse.ArgumentParser) -> None:
+    """For tools that open keys beside a server: the KEK it uses, never a new one."""
+    kek_file = env("KEK_FILE")
+    parser.add_argument(
+        "--kek-file", type=Path, default=Path(kek_file) if kek_file else None,
+        help="the server's key-encryption key (default: $MESHCA_KEK, else <data-dir>.kek)")

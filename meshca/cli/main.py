@@ -12,7 +12,7 @@ from pathlib import Path
 from meshca.cli.admin import add_admin_parser
 from meshca.cli.authz import add_authz_parser
 from meshca.cli.ca import add_ca_parser
-from meshca.cli.common import data_dir_arg
+from meshca.cli.common import data_dir_arg, kek_file_arg
 from meshca.cli.durations import parse_duration
 from meshca.cli.serve_args import add_serve_parser, settings_from
 from meshca.errors import MeshcaError
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--token-file", type=Path,
                          help="service-account token (default: a development token)")
     request.add_argument("--ttl", type=parse_duration, help="requested lifetime")
+    kek_file_arg(request)
     request.add_argument("--server-name", default="localhost",
                          help="name to verify in meshca's certificate")
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=parse_duration, default=parse_duration("1h"))
     token.add_argument("--pod-name")
     token.add_argument("--node-name")
+    kek_file_arg(token)
 
     add_admin_parser(commands)
     add_ca_parser(commands)
@@ -91,10 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_admin(args)
     if args.command == "dev":
         from meshca.infra.dev_issuer import DevIssuer
+        from meshca.infra.keyfiles import KeyFileError
 
         try:
-            issuer = DevIssuer.load(args.data_dir)
-        except FileNotFoundError as exc:
+            issuer = DevIssuer.load(args.data_dir, kek_file=args.kek_file)
+        except (FileNotFoundError, KeyFileError) as exc:
             print(f"meshca: {exc}", file=sys.stderr)
             return 1
         print(issuer.token(args.namespace, args.service_account,

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshca.config import ENDPOINTS_FILE
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.infra.dev_issuer import DevIssuer
-from meshca.infra.keyfiles import private_key_pem, write_private_file
+from meshca.infra.keyfiles import KeyFileError, private_key_pem, write_private_file
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:
@@ -41,7 +41,12 @@ def run_request(args: argparse.Namespace) -> int:
     if args.token_file:
         token = args.token_file.read_text().strip()
     else:
-        token = DevIssuer.load(data_dir).token(
+        try:
+            issuer = DevIssuer.load(data_dir, kek_file=args.kek_file)
+        except (FileNotFoundError, KeyFileError) as exc:
+            print(f"meshca: {exc}", file=sys.stderr)
+            return 1
+        token = issuer.token(
             args.namespace, args.service_account, audiences=["istio-ca"], ttl_seconds=600
         )
     key = ec.generate_private_key(ec.SECP256R1())

@@ -43,14 +43,16 @@ class DevIssuer:
         return cls(key)
 
     @classmethod
-    def load(cls, data_dir: Path, kek: KeyEncryptionKey | None = None) -> DevIssuer:
-        """For tools beside a server: the KEK from $MESHCA_KEK or `<data-dir>.kek` when not given."""
+    def load(cls, data_dir: Path, kek: KeyEncryptionKey | None = None,
+             kek_file: Path | None = None) -> DevIssuer:
+        """For tools beside a server: without `kek`, the server's own ($MESHCA_KEK, else
+        `kek_file`, else `<data-dir>.kek`)."""
         path = data_dir / _KEY_FILE
         if not path.exists():
             raise FileNotFoundError(
                 f"no development issuer in {data_dir}; start `meshca serve` there first"
             )
-        return cls.load_or_create(data_dir, kek or existing_kek(data_dir))
+        return cls.load_or_create(data_dir, kek or existing_kek(data_dir, kek_file))
 
     def public_keys(self) -> dict[str, VerificationKey]:
         return {self.kid: self._key.public_key()}

@@ -1685,23 +1685,12 @@ class FakeKubeApi:
         req.reply(200, obj)
 
     def _list_pods(self, req: _Handler, namespace: str | None, query: dict[str, list[str]]) -> None:
-        requirements: list[tuple[str, bool, str]] = []
-        for selector in query.get("fieldSelector", []):
-            for term in filter(None, (t.strip() for t in selector.split(","))):
-                if "!=" in term:
-                    name, value = term.split("!=", 1)
-                    equal = False
-                else:
-                    name, sep, value = term.replace("==", "=", 1).partition("=")
-                    if not sep:
-                        message = f"invalid selector: '{selector}'; can't understand '{term}'"
-                        req.reply(400, _status_body(400, message, details={}))
-                        return
-                    equal = True
-                if name not in _POD_FIELDS:
-                    req.reply(400, _status_body(400, f'field label not supported: {name}', details={}))
-                    return
-                requirements.append((name, equal, value))
+        try:
+            requirements = [r for s in query.get("fieldSelector", [])
+                            for r in _parse_field_selector(s, _POD_FIELDS)]
+        except _SelectorError as exc:
+            req.reply(400, _status_body(400, str(exc), details={}))
+            return
         # labelSelector (and limit/continue) are accepted and ignored.
         with self._lock:
             items = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import subprocess
@@ -177,6 +178,21 @@ def test_dev_token_is_shaped_like_a_projected_token(meshca: MeshcaProcess) -> No
     assert claims["kubernetes.io"]["serviceaccount"]["name"] == "sa1"
     assert claims["kubernetes.io"]["pod"]["name"] == "p-1"
     assert set(claims) >= {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "kubernetes.io"}
+
+
+def test_tools_beside_a_server_refuse_a_wrong_or_missing_kek_in_one_line(
+        meshca: MeshcaProcess, tmp_path: Path) -> None:
+    other = tmp_path / "other.kek"
+    other.write_text(base64.b64encode(b"k" * 32).decode())
+    for args in (["dev", "token", "--namespace", "a", "--service-account", "b"],
+                 ["request", "--namespace", "a", "--service-account", "b", "--out", str(tmp_path / "o")]):
+        wrong = _meshca(*args, "--data-dir", str(meshca.data_dir), "--kek-file", str(other))
+        assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+        assert "sealed under key-encryption key" in wrong.stderr
+        missing = _meshca(*args, "--data-dir", str(meshca.data_dir),
+                          "--kek-file", str(tmp_path / "nowhere.kek"))
+        assert missing.returncode == 1 and "no key-encryption key at" in missing.stderr
+        assert "Traceback" not in missing.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [
