@@ -67,27 +67,30 @@ class CaLifecycle:
         """An operator says this key is compromised; the next `run_due` replaces it."""
         self._journal.move(lease, self._clock.now(), generation_id, State.TAINTED)
 
-    def apply(self, action: Action, lease: Lease | None) -> None:
-        """One action an operator asked for (`rotation.manual_prepare` / `manual_activate`)."""
+    def apply(self, action: Action, lease: Lease | None) -> int | None:
+        """One action an operator asked for (`rotation.manual_prepare` / `manual_activate`);
+        for a Prepare, the new generation's id."""
         generations, _ = self._journal.snapshot()
-        self._apply(action, generations, lease)
+        created = self._apply(action, generations, lease)
         log.info("CA rotation (operator): %s", action)
+        return created
 
     def _apply(self, action: Action, generations: list[rotation.Generation],
-               lease: Lease | None) -> None:
+               lease: Lease | None) -> int | None:
         now = self._clock.now()
         match action:
             case Prepare(kind=kind, parent_id=parent_id):
                 number = 1 + sum(1 for g in generations if g.kind is kind)  # "root g3"
-                self._prepare(kind, parent_id, number, lease)
+                return self._prepare(kind, parent_id, number, lease)
             case Activate(generation_id=gid, retires=retires):
                 self._journal.move(lease, now, gid, State.ACTIVE, retires=retires)
             case Withdraw(generation_id=gid):
                 self._journal.move(lease, now, gid, State.RETIRED)
             case Prune(generation_id=gid):
                 self._journal.prune(lease, now, gid)
+        return None
 
-    def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None) -> None:
+    def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None) -> int:
         now = self._clock.now()
         profile = self._profile
         serial = x509.random_serial_number()
@@ -129,7 +132,7 @@ class CaLifecycle:
         if location is None:
             assert key is not None
             location = self._keys.keys.put(name, key)
-        self._journal.add(
+        return self._journal.add(
             lease, now, kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
             serial=f"{serial:x}", key_type=profile.key_type.value, key_location=location,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,

@@ -85,29 +85,13 @@ class CaRotator:
 
     # ---- operators ------------------------------------------------------------------------
 
-    def prepare(self, kind: Kind) -> tuple[Action, int]:
+    def prepare(self, kind: Kind) -> tuple[Action, int | None]:
         """A new generation of `kind` now; returns the action and the new generation's id."""
-        def act(lease: Lease) -> tuple[Action, int]:
-            generations, _ = self._journal.snapshot()
-            try:
-                action = rotation.manual_prepare(generations, kind)
-            except ValueError as exc:
-                raise Conflict(str(exc)) from None
-            self._lifecycle.apply(action, lease)
-            return action, max(g.id for g in self._journal.snapshot()[0])
-        return self._with_lease(act, manual=True)
+        return self._manual(lambda generations: rotation.manual_prepare(generations, kind))
 
     def activate(self, kind: Kind, *, waive_lead: bool = False) -> Action:
-        def act(lease: Lease) -> Action:
-            generations, _ = self._journal.snapshot()
-            try:
-                action = rotation.manual_activate(self._policy, generations, kind,
-                                                  self._clock.now(), waive_lead=waive_lead)
-            except ValueError as exc:
-                raise Conflict(str(exc)) from None
-            self._lifecycle.apply(action, lease)
-            return action
-        return self._with_lease(act, manual=True)
+        return self._manual(lambda generations: rotation.manual_activate(
+            self._policy, generations, kind, self._clock.now(), waive_lead=waive_lead))[0]
 
     def taint(self, generation_id: int) -> list[Action]:
         """Mark a key compromised and rotate away from it at once (same lease hold)."""
@@ -127,7 +111,7 @@ class CaRotator:
             done = self._lifecycle.run_due(lease)
             self._count(done, manual=False)
             return done
-        return self._with_lease(act, manual=False)
+        return self._with_lease(act)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -178,7 +162,21 @@ class CaRotator:
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _with_lease(self, act: Callable[[Lease], T], *, manual: bool) -> T:
+    def _manual(self, decide: Callable[[list[rotation.Generation]], Action],
+                ) -> tuple[Action, int | None]:
+        """An operator's action, decided on the journal as it is under the lease: 409 (Conflict)
+        with the rotation rules' reason when the state does not allow it."""
+        def act(lease: Lease) -> tuple[Action, int | None]:
+            try:
+                action = decide(self._journal.snapshot()[0])
+            except ValueError as exc:
+                raise Conflict(str(exc)) from None
+            created = self._lifecycle.apply(action, lease)
+            self._count([action], manual=True)
+            return action, created
+        return self._with_lease(act)
+
+    def _with_lease(self, act: Callable[[Lease], T]) -> T:
         deadline = time.monotonic() + self._lease_wait.total_seconds()
         with self._lock:
             while True:
@@ -190,13 +188,9 @@ class CaRotator:
                     raise CaUnavailable("another replica holds the CA rotation lease; try again")
                 time.sleep(0.2)
             try:
-                result = act(lease)
+                return act(lease)
             finally:
                 self._leases.release(lease)
-        if manual and isinstance(result, tuple | Prepare | Activate):
-            action = result[0] if isinstance(result, tuple) else result
-            self._count([action], manual=True)
-        return result
 
     def _count(self, actions: list[Action], *, manual: bool) -> None:
         for action in actions:

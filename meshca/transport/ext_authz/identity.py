@@ -7,6 +7,7 @@ check); revocation is asked per certificate serial and remembered for the same t
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.parse
@@ -66,6 +67,7 @@ class InventoryIdentityCheck:
         return None if usable else f"source certificate {serial} is revoked or not on record"
 
 
+@functools.lru_cache(maxsize=4096)  # a workload sends the same certificate until it renews
 def _serial(certificate: str) -> str | None:
     """Envoy sends the peer certificate URL-encoded PEM (when configured to)."""
     if not certificate:

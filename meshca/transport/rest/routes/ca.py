@@ -10,7 +10,7 @@ from meshca.core import rotation
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, Withdraw
 from meshca.infra.db.audit import append_audit_alone
 from meshca.infra.db.inventory import Conflict
-from meshca.service.ca_rotator import event_labels
+from meshca.service.ca_rotator import CaRotator, event_labels
 from meshca.transport.rest.context import AdminContext, Context
 from meshca.transport.rest.models import (
     CaActionOut,
@@ -40,17 +40,18 @@ def ca_status(context: Context) -> CaOut:
     """Every root and intermediate generation, oldest first; how (and whether) meshca rotates."""
     plugged = context.plugged
     sequence = context.bundle_sequence() if context.bundle_sequence else context.ca.bundle_sequence()
+    journal = _snapshot(context)
     return CaOut(
         mode="plugged" if plugged else "meshca",
         bundle_sequence=sequence,
-        rotation=_rotation(context),
+        rotation=_rotation(context, journal),
         plugged=PluggedOut(
             directory=str(plugged.watcher.directory),
             loaded_fingerprint=plugged.watcher.current.fingerprint if plugged.watcher.current else None,
             last_error=plugged.watcher.last_error,
             warnings=list(plugged.watcher.current.warnings) if plugged.watcher.current else [],
         ) if plugged else None,
-        generations=_generations(context),
+        generations=_generations(context, journal),
     )
 
 
@@ -97,7 +98,7 @@ def taint(request: Request, context: Context, generation_id: GenerationPath,
     return CaChangeOut(actions=[_action(a) for a in actions], generations=_generations(context))
 
 
-def _rotator(context: AdminContext, request: Request, action: str, target: str) -> Any:
+def _rotator(context: AdminContext, request: Request, action: str, target: str) -> CaRotator:
     if context.rotator is None:
         append_audit_alone(context.engine, context.audit(request, action, target,
                                                          detail=_PLUGGED, outcome="refused"))
@@ -132,34 +133,37 @@ def _action(action: Action, generation_id: int | None = None, *,
     raise AssertionError(action)  # pragma: no cover
 
 
-def _rotation(context: AdminContext) -> RotationOut:
+Snapshot = tuple[list[rotation.Generation], set[int]]
+
+
+def _snapshot(context: AdminContext) -> Snapshot | None:
+    """The journal's generations and published roots; None for a plugged-in CA."""
+    return context.rotator.journal.snapshot() if context.rotator is not None else None
+
+
+def _rotation(context: AdminContext, journal: Snapshot | None) -> RotationOut:
     policy = context.rotation_policy
-    if context.rotator is None or policy is None:
+    if context.rotator is None or policy is None or journal is None:
         return RotationOut(automatic=False, prepare_at=None, activate_at=None,
                            publish_lead_seconds=None, skew_seconds=None, next_check=None,
                            last_error=None, note=_PLUGGED)
-    generations = _journal_generations(context)
     return RotationOut(
         automatic=True, prepare_at=policy.prepare_at, activate_at=policy.activate_at,
         publish_lead_seconds=int(policy.publish_lead.total_seconds()),
         skew_seconds=int(policy.skew.total_seconds()),
-        next_check=rotation.next_check(policy, generations, context.clock.now()),
+        next_check=rotation.next_check(policy, journal[0], context.clock.now()),
         last_error=context.rotator.last_error,
         note="meshca prepares each generation's successor at prepare_at of its life and "
              "activates it at activate_at; retired roots leave the bundle after their last "
              "certificate expires (+ skew)")
 
 
-def _journal_generations(context: AdminContext) -> list[rotation.Generation]:
-    assert context.rotator is not None
-    return context.rotator.journal.snapshot()[0]
-
-
-def _generations(context: AdminContext) -> list[CaGenerationOut]:
+def _generations(context: AdminContext, journal: Snapshot | None = None) -> list[CaGenerationOut]:
     """As the journal has them now (this process may reload a moment later)."""
     rows = context.ca.all()
-    if context.rotator is not None:
-        generations, published = context.rotator.journal.snapshot()
+    journal = journal or _snapshot(context)
+    if journal is not None:
+        generations, published = journal
         chosen = rotation.signing_generation(generations)
         signing = chosen.id if chosen else None
         in_bundle = published
