@@ -11,7 +11,8 @@ and verify the result under the signer's public key before anyone sees it.
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -76,31 +77,33 @@ class LocalSigner:
 
 def sign_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.Certificate:
     """The certificate `builder` describes, signed by `signer` and verified before return."""
-    if isinstance(signer, LocalSigner):
-        key = signer.private_key
-        return builder.sign(key, signature_hash(key))
-    public = signer.public_key
-    stand_in = builder.sign(_stand_in_key(public), hash_for(public))
-    tbs = stand_in.tbs_certificate_bytes
-    der = _signed_structure(tbs, _algorithm_identifier(stand_in.public_bytes(_DER)), signer.sign(tbs))
-    cert = x509.load_der_x509_certificate(der)
-    _verify(public, cert.signature, cert.tbs_certificate_bytes)
-    return cert
+    return _sign(builder, signer, lambda c: c.tbs_certificate_bytes, x509.load_der_x509_certificate)
 
 
 def sign_crl(builder: x509.CertificateRevocationListBuilder,
              signer: Signer) -> x509.CertificateRevocationList:
     """The CRL `builder` describes, signed by `signer` and verified before return."""
-    if isinstance(signer, LocalSigner):
+    return _sign(builder, signer, lambda c: c.tbs_certlist_bytes, x509.load_der_x509_crl)
+
+
+Signed = TypeVar("Signed", x509.Certificate, x509.CertificateRevocationList)
+
+
+def _sign(builder: Any, signer: Signer, tbs_of: Callable[[Signed], bytes],
+          load: Callable[[bytes], Signed]) -> Signed:
+    if isinstance(signer, LocalSigner):  # cryptography signs in one step
         key = signer.private_key
-        return builder.sign(key, signature_hash(key))
+        signed: Signed = builder.sign(key, signature_hash(key))
+        return signed
+    # A stand-in key of the same kind gives the to-be-signed bytes with the right algorithm
+    # identifier; the real signature replaces its own.
     public = signer.public_key
-    stand_in = builder.sign(_stand_in_key(public), hash_for(public))
-    tbs = stand_in.tbs_certlist_bytes
+    stand_in: Signed = builder.sign(_stand_in_key(public), hash_for(public))
+    tbs = tbs_of(stand_in)
     der = _signed_structure(tbs, _algorithm_identifier(stand_in.public_bytes(_DER)), signer.sign(tbs))
-    crl = x509.load_der_x509_crl(der)
-    _verify(public, crl.signature, crl.tbs_certlist_bytes)
-    return crl
+    result = load(der)
+    _verify(public, result.signature, tbs_of(result))
+    return result
 
 
 def _verify(public: SigningPublicKey, signature: bytes, tbs: bytes) -> None:
