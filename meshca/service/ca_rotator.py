@@ -150,7 +150,8 @@ class CaRotator:
                 self.last_error = str(exc)
                 self._waiting(True)
                 due = self._clock.now() + timedelta(seconds=5)
-            except (LostLease, CaUnavailable, SQLAlchemyError, OSError, RuntimeError) as exc:
+            except (LostLease, CaUnavailable, SQLAlchemyError, OSError, RuntimeError,
+                    ValueError) as exc:  # logged and retried: the loop must outlive any pass
                 if self.last_error != str(exc):
                     log.warning("CA rotation pass failed (will retry): %s", exc)
                 self.last_error = str(exc)
