@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from meshca.core.kube_names import check_service_account_ref
 from meshca.errors import AuthenticationError
 
 LEGACY_ISSUER = "kubernetes/serviceaccount"
@@ -39,6 +40,12 @@ def parse_subject(sub: object) -> tuple[str, str]:
     parts = sub[len(_SUBJECT_PREFIX):].split(":")
     if len(parts) != 2 or not all(parts):
         raise AuthenticationError("token subject is not a Kubernetes service account", reason="subject")
+    try:
+        check_service_account_ref(parts[0], parts[1])
+    except ValueError as exc:
+        # Signed, but no real service account is named so: nothing may be issued for it.
+        raise AuthenticationError(f"token service account name or namespace cannot form a "
+                                  f"SPIFFE ID: {exc}", reason="subject") from None
     return parts[0], parts[1]
 
 

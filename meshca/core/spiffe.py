@@ -19,6 +19,13 @@ class SpiffeId:
     trust_domain: str
     path: str
 
+    def __post_init__(self) -> None:
+        # However it was built: no ID over the spec's limits may reach a certificate.
+        if len(self.trust_domain.encode()) > _MAX_TRUST_DOMAIN:
+            raise ValueError("trust domain is longer than 255 bytes")
+        if len(_SCHEME) + len(self.trust_domain.encode()) + len(self.path.encode()) > _MAX_URI:
+            raise ValueError("SPIFFE ID is longer than 2048 bytes")
+
     @classmethod
     def parse(cls, uri: str) -> SpiffeId:
         if not isinstance(uri, str):

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from cryptography import x509
 
+from meshca.core.kube_names import check_service_account_ref
 from meshca.core.sa_token import ServiceAccount
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import AuthenticationError
@@ -64,5 +65,11 @@ def caller_from_certificate(der: bytes, trust_domain: str, now: datetime) -> Cer
             or segments[1] != "ns" or segments[3] != "sa":
         raise AuthenticationError("client certificate is not a workload identity of this trust domain",
                                   reason="certificate")
+    try:
+        check_service_account_ref(segments[2], segments[4])
+    except ValueError as exc:  # issued before names were checked: a token must speak again
+        raise AuthenticationError(f"client certificate names no Kubernetes service account "
+                                  f"({exc}); authenticate with a token",
+                                  reason="certificate") from None
     account = ServiceAccount(namespace=segments[2], name=segments[4])
     return CertificateCaller(account, spiffe_id, f"{cert.serial_number:x}")

@@ -250,10 +250,31 @@ def test_missing_subject_is_refused() -> None:
     ("sub", "expected"),
     [("system:serviceaccount:shop:web", ("shop", "web")),
      ("system:serviceaccount:istio-system:istiod", ("istio-system", "istiod")),
-     ("system:serviceaccount:a.b:c.d-e", ("a.b", "c.d-e"))],
+     ("system:serviceaccount:a-b:c.d-e", ("a-b", "c.d-e")),
+     (f"system:serviceaccount:{'n' * 63}:{'s' * 253}", ("n" * 63, "s" * 253))],
 )
 def test_parse_subject(sub: str, expected: tuple[str, str]) -> None:
     assert parse_subject(sub) == expected
+
+
+@pytest.mark.parametrize(
+    ("namespace", "name", "message"),
+    [("n" * 64, "web", "namespace is longer than 63"),
+     ("a.b", "web", "namespace is not a DNS label"),
+     ("Shop", "web", "namespace is not a DNS label"),
+     ("-shop", "web", "namespace is not a DNS label"),
+     ("shop", "s" * 254, "service-account name is longer than 253"),
+     ("shop", "s" * 3000, "service-account name is longer than 253"),
+     ("shop", "web..x", "not a DNS subdomain"),
+     ("shop", "web_x", "not a DNS subdomain"),
+     ("shop", "Web", "not a DNS subdomain")],
+)
+def test_subject_that_no_kubernetes_object_could_have_is_refused(
+        namespace: str, name: str, message: str) -> None:
+    with pytest.raises(AuthenticationError, match=message) as refused:
+        parse_subject(f"system:serviceaccount:{namespace}:{name}")
+    assert refused.value.reason == "subject"
+    assert "s" * 100 not in str(refused.value)  # the name is not echoed
 
 
 # ---- the kubernetes.io claim ----------------------------------------------------------------
