@@ -4,6 +4,7 @@ MeshcaError
 ├── AuthenticationError   the caller could not be authenticated (gRPC UNAUTHENTICATED)
 ├── PermissionDenied      authenticated, but not allowed (PERMISSION_DENIED)
 ├── InvalidRequest        the request itself is wrong: bad CSR, lifetime, metadata (INVALID_ARGUMENT)
+├── RateLimited           too many requests from one source or for one identity (RESOURCE_EXHAUSTED)
 └── CaUnavailable         the CA cannot sign right now (UNAVAILABLE)
 
 Transports map these to status codes in one table each; anything else escaping a handler
@@ -39,3 +40,15 @@ class InvalidRequest(MeshcaError):
 
 class CaUnavailable(MeshcaError):
     """The CA cannot sign or record right now; the caller may retry."""
+
+
+class RateLimited(MeshcaError):
+    """Over an issuance rate limit; the caller may retry after `retry_after` seconds.
+
+    `limit` names the limit for metrics: "source" or "identity".
+    """
+
+    def __init__(self, message: str, *, retry_after: float, limit: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit

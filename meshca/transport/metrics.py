@@ -24,9 +24,14 @@ ERRORS = tuple(code.name.lower() for code in grpc.StatusCode if code is not grpc
 REASONS = ("invalid", "missing", "malformed", "too_large", "algorithm", "signature",
            "unknown_key", "issuer", "audience", "expired", "not_yet_valid", "legacy", "subject",
            "cluster", "impersonation", "pod_binding", "api_unavailable", "tokenreview",
-           "certificate")
+           "certificate", "renewal_age")
 CACHE_OUTCOMES = ("hit", "miss", "negative_hit", "coalesced")
 KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery", "namespaces", "configmaps")
+RATE_LIMITS = ("source", "identity")
+REFUSAL_TRANSPORTS = ("grpc", "admin")
+# Token reasons, then what else refuses a caller: a blocked identity, a rate limit, and at the
+# admin API bad credentials or a role too low.
+REFUSAL_REASONS = (*REASONS, "blocked", "rate_limited", "credentials", "role")
 
 
 class _Layout:
@@ -50,6 +55,8 @@ _CACHE = _L.take(len(CACHE_OUTCOMES))
 _KUBE = _L.take(len(KUBE_KINDS) * 2)  # (ok, error) per kind
 _KUBE_BUCKETS = _L.take(len(KUBE_BUCKETS) + 1)
 _KUBE_SUM = _L.take(1)
+_RATE_LIMITED = _L.take(len(RATE_LIMITS))
+_REFUSED = _L.take(len(REFUSAL_TRANSPORTS) * len(REFUSAL_REASONS))
 ROW_WIDTH = _L.width
 
 
@@ -93,6 +100,15 @@ class CaMetrics:
         slots[base + _KUBE + KUBE_KINDS.index(kind) * 2 + (0 if ok else 1)] += 1
         slots[base + _KUBE_BUCKETS + bisect.bisect_left(KUBE_BUCKETS, seconds)] += 1
         slots[base + _KUBE_SUM] += seconds
+
+    def rate_limited(self, limit: str) -> None:
+        self._slots[self._base + _RATE_LIMITED + RATE_LIMITS.index(limit)] += 1
+
+    def refused(self, transport: str, reason: str) -> None:
+        """Every refused request (each one, not the audit log's summaries)."""
+        index = REFUSAL_REASONS.index(reason) if reason in REFUSAL_REASONS else 0
+        offset = REFUSAL_TRANSPORTS.index(transport) * len(REFUSAL_REASONS) + index
+        self._slots[self._base + _REFUSED + offset] += 1
 
 
 class CaMetricsCollector(Collector):
@@ -139,6 +155,16 @@ class CaMetricsCollector(Collector):
         yield self._histogram("meshca_kube_api_request_duration_seconds",
                               "Latency of calls to Kubernetes API servers.",
                               KUBE_BUCKETS, _KUBE_BUCKETS, _KUBE_SUM)
+        yield _counter("meshca_rate_limited", "CreateCertificate requests refused by a rate "
+                       "limit (RESOURCE_EXHAUSTED), by limit.",
+                       self._labelled(_RATE_LIMITED, "limit", RATE_LIMITS, keep_zero=True))
+        refused = [({"transport": transport, "reason": reason},
+                    self._total(_REFUSED + t * len(REFUSAL_REASONS) + r))
+                   for t, transport in enumerate(REFUSAL_TRANSPORTS)
+                   for r, reason in enumerate(REFUSAL_REASONS)]
+        yield _counter("meshca_refused_requests", "Refused requests, each one counted (the audit "
+                       "log summarises them), by transport and reason.",
+                       [s for s in refused if s[1]])
 
     def _labelled(self, offset: int, label: str, values: tuple[str, ...],
                   keep_zero: bool = False) -> list[tuple[dict[str, str], float]]:

@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from meshca.errors import AuthenticationError
+from meshca.errors import AuthenticationError, RateLimited
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.service.issuance import CertificateRequest, IssuanceService
-from meshca.transport.grpc.status import public_message, status_for
+from meshca.transport.grpc.status import public_message, status_for, trailers_for
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import PeerCertificates
 
@@ -54,11 +54,15 @@ class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
                 self._metrics.authentication_failed(exc.reason)
             else:
                 self._metrics.sign_error(code)
+            if isinstance(exc, RateLimited):
+                self._metrics.rate_limited(exc.limit)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("CreateCertificate failed inside meshca")
+            elif isinstance(exc, RateLimited):  # a flood must not become a flood of log lines
+                log.debug("CreateCertificate refused: %s: %s", code.name, exc)
             else:
                 log.info("CreateCertificate refused: %s: %s", code.name, exc)
-            await context.abort(code, public_message(exc))
+            await context.abort(code, public_message(exc), trailing_metadata=trailers_for(exc))
             raise  # unreachable: abort raises
         self._metrics.issued(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=list(issued.cert_chain))
