@@ -17,9 +17,18 @@ def append_audit(connection: Connection, entry: AuditEntry) -> None:
 
 
 def append_audit_alone(engine: Engine, entry: AuditEntry) -> None:
-    """An entry with no mutation to share a transaction with (e.g. a refused caller)."""
+    """An entry with no mutation to share a transaction with."""
     with engine.begin() as connection:
         append_audit(connection, entry)
+
+
+def append_audit_many(engine: Engine, entries: list[AuditEntry]) -> None:
+    """Several entries in one transaction (e.g. the summaries of refused callers)."""
+    if not entries:
+        return
+    with engine.begin() as connection:
+        connection.execute(insert(audit_log), [{n: getattr(e, n) for n in _COLUMNS}
+                                               for e in entries])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

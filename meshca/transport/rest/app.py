@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,6 +11,7 @@ from fastapi.routing import APIRoute
 from meshca import __version__
 from meshca.infra.db.audit import append_audit_alone
 from meshca.service.admin_auth import AdminAuthenticator
+from meshca.service.ports import AuditEntry
 from meshca.transport.rest import problems
 from meshca.transport.rest.context import AdminContext
 from meshca.transport.rest.routes import audit, authz, bundle, ca, certificates, health, identities, tokens
@@ -68,7 +70,9 @@ def _add_responses(operation: dict[str, Any], responses: dict[int | str, dict[st
 
 
 def create_app(context: AdminContext, authenticator: AdminAuthenticator,
-               peers: PeerCertificates, authz_context: AuthzContext | None = None) -> FastAPI:
+               peers: PeerCertificates, authz_context: AuthzContext | None = None,
+               refused: Callable[[AuditEntry], None] | None = None) -> FastAPI:
+    """`refused` receives each refused request's audit entry (default: written at once)."""
     app = _AdminApi(
         title="meshca admin API",
         version=__version__,
@@ -85,6 +89,6 @@ def create_app(context: AdminContext, authenticator: AdminAuthenticator,
         app.router.routes.extend(module.router.routes)
     problems.install(app)
     app.add_middleware(RoleMiddleware, authenticator=authenticator, peers=peers,
-                       refused=lambda entry: append_audit_alone(context.engine, entry),
+                       refused=refused or (lambda entry: append_audit_alone(context.engine, entry)),
                        clock=context.clock)
     return app
