@@ -27,6 +27,9 @@ class IssuedRecord:
     key_type: str
     issued_at: datetime
     certificate_pem: str
+    # When the identity last showed a service-account token: now for a token, inherited from
+    # the presented certificate's record for a renewal by certificate (None until committed).
+    token_checked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +45,15 @@ class AuditEntry:
 
 
 class CertificateLog(Protocol):
-    async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None) -> None:
+    async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None,
+                     token_checked_since: datetime | None = None) -> None:
         """Commit the record, or raise; return only once it is durable.
 
         Checked in the same transaction: the identity is not blocked (PermissionDenied) and,
         for a renewal by client certificate, the presented certificate is on record and not
-        revoked (AuthenticationError). CaUnavailable when the database cannot be written.
+        revoked, and its lineage's last token check is not before `token_checked_since`
+        (AuthenticationError); the new record inherits that time. CaUnavailable when the
+        database cannot be written.
         """
         ...
 

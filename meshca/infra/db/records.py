@@ -6,9 +6,10 @@ arrive while a commit is under way wait together and go in the next transaction:
 load one commit carries many records, with no added delay for a lone request.
 
 The same transaction checks what must hold at the moment of issuance (the identity is not
-blocked; a renewing caller's certificate is not revoked), so a block or a revocation made
-on any replica takes effect on the very next commit, with no cache to go stale. Audit
-entries of refused authentications ride along in the same batches.
+blocked; a renewing caller's certificate is not revoked and its lineage's last token check
+is recent enough), so a block or a revocation made on any replica takes effect on the very
+next commit, with no cache to go stale. Audit entries (summaries of refused callers, and
+impersonations) ride along in the same batches.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, insert, or_, select
+from sqlalchemy import Connection, Engine, Select, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.errors import AuthenticationError, CaUnavailable, MeshcaError, PermissionDenied
@@ -39,6 +41,7 @@ class _Pending:
     audit: AuditEntry | None
     renewing_serial: str | None
     future: asyncio.Future[None] | None
+    token_checked_since: datetime | None = None
 
 
 class SqlCertificateLog:
@@ -46,12 +49,14 @@ class SqlCertificateLog:
         self._engine = engine
         self._pending: list[_Pending] = []
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
         # One writer thread: SQLite allows one writer anyway, and batches stay in order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshca-records")
 
-    async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None) -> None:
+    async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None,
+                     token_checked_since: datetime | None = None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Pending(record, None, renewing_serial, future))
+        self._enqueue(_Pending(record, None, renewing_serial, future, token_checked_since))
         await future
 
     def append(self, entry: AuditEntry) -> None:
@@ -61,7 +66,12 @@ class SqlCertificateLog:
         self._pending.append(item)
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def drain(self) -> None:
+        """Return once everything queued so far is written (at shutdown, before `close`)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,8 +95,10 @@ class SqlCertificateLog:
 
     def _commit(self, batch: list[_Pending]) -> list[MeshcaError | None]:
         with self._engine.begin() as connection:
-            outcomes = _preconditions(connection, batch)
-            rows = [{n: getattr(item.record, n) for n in _RECORD_COLUMNS}
+            outcomes, inherited = _preconditions(connection, batch)
+            rows = [{**{n: getattr(item.record, n) for n in _RECORD_COLUMNS},
+                     "token_checked_at": item.record.token_checked_at
+                     or inherited.get(item.renewing_serial or "")}
                     for item, outcome in zip(batch, outcomes, strict=True)
                     if item.record is not None and outcome is None]
             audits = [{n: getattr(item.audit, n) for n in _AUDIT_COLUMNS}
@@ -113,7 +125,9 @@ def renewable(serials: set[str]) -> Select[Any]:
                    or_(issuer.c.parent_id.is_(None), issuer.c.parent_id.not_in(tainted))))
 
 
-def _preconditions(connection: Connection, batch: list[_Pending]) -> list[MeshcaError | None]:
+def _preconditions(connection: Connection, batch: list[_Pending],
+                   ) -> tuple[list[MeshcaError | None], dict[str, datetime]]:
+    """Each item's refusal (or None), and the last token check of each renewing serial."""
     ids = {item.record.spiffe_id for item in batch if item.record is not None}
     blocked: set[str] = set()
     if ids:
@@ -121,19 +135,29 @@ def _preconditions(connection: Connection, batch: list[_Pending]) -> list[Meshca
             select(blocked_identities.c.spiffe_id).where(blocked_identities.c.spiffe_id.in_(ids))
         ).scalars())
     serials = {item.renewing_serial for item in batch if item.renewing_serial}
-    good_serials: set[str] = set()
+    checked: dict[str, datetime] = {}
     if serials:
-        good_serials = set(connection.execute(renewable(serials)).scalars())
+        t = issued_certificates.c
+        # Rows from before migration 0006 count their own issue time.
+        lineage = renewable(serials).add_columns(func.coalesce(t.token_checked_at, t.issued_at))
+        checked = {serial: at for serial, at in connection.execute(lineage)}
     outcomes: list[MeshcaError | None] = []
     for item in batch:
+        last_check = checked.get(item.renewing_serial or "")
         if item.record is None:
             outcomes.append(None)
-        elif item.renewing_serial and item.renewing_serial not in good_serials:
+        elif item.renewing_serial and last_check is None:
             outcomes.append(AuthenticationError(
                 "client certificate is revoked, unknown, or under a CA key marked compromised; "
                 "authenticate with a token", reason="certificate"))
+        elif item.renewing_serial and last_check is not None and item.token_checked_since \
+                and last_check < item.token_checked_since:
+            outcomes.append(AuthenticationError(
+                f"present a service-account token: the last token check for this identity was "
+                f"at {last_check:%Y-%m-%dT%H:%M:%SZ}, longer ago than renewal by certificate "
+                f"allows (--max-renewal-age)", reason="renewal_age"))
         elif item.record.spiffe_id in blocked:
             outcomes.append(PermissionDenied("identity is blocked by an administrator"))
         else:
             outcomes.append(None)
-    return outcomes
+    return outcomes, checked

@@ -90,6 +90,8 @@ issued_certificates = Table(
     Column("certificate_pem", Text, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("revocation_reason", String(32), nullable=True),
+    # The identity's last token check (migration 0006); NULL on older rows means issued_at.
+    Column("token_checked_at", UtcDateTime, nullable=True),
     Index("ix_issued_spiffe_id", "spiffe_id"),
     Index("ix_issued_namespace_sa", "namespace", "service_account"),
     Index("ix_issued_not_after", "not_after"),
@@ -126,6 +128,7 @@ audit_log = Table(
     Column("target", Text, nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("detail", Text, nullable=True),
+    Index("ix_audit_at", "at"),  # retention deletes by age (migration 0006)
 )
 
 leases = Table(
