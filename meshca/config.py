@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from meshca.core.keys import KeyType
+from meshca.core.rate_limit import RateLimit
 from meshca.core.roles import Role
 from meshca.core.rotation import DEFAULT_POLICY, RotationPolicy, check_lifetimes, max_leaf_ttl
 from meshca.service.keystore_select import KeystoreSettings
@@ -16,6 +17,9 @@ DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
 ENDPOINTS_FILE = "endpoints.json"
 # The first admin token, written on first start (0600).
 ADMIN_TOKEN_FILE = "admin-token"
+# Issuance rate limits per worker process (README "Limits" says why these).
+RATE_PER_IDENTITY = RateLimit(20, 200)
+RATE_PER_SOURCE = RateLimit(200, 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,16 @@ class Settings:
     vault_kv_prefix: str = "meshca/ca-keys"
     key_dir: Path | None = None  # None: the data dir; replicas with file keys share one
     kek_file: Path | None = None  # None: <data-dir>.kek beside the data dir (or $MESHCA_KEK)
+    # Limits (README "Limits"): issuance rate limits (per worker process; None: off), refused
+    # callers summarised in the audit log, retention of audit and certificate rows, and how
+    # long certificates may renew themselves before a token must be shown again.
+    issuance_rate_per_identity: RateLimit | None = RATE_PER_IDENTITY
+    issuance_rate_per_source: RateLimit | None = RATE_PER_SOURCE
+    audit_refusal_interval: timedelta = timedelta(seconds=60)
+    audit_retention: timedelta = timedelta(days=90)
+    certificate_retention: timedelta = timedelta(days=7)
+    retention_interval: timedelta = timedelta(hours=1)
+    max_renewal_age: timedelta = timedelta(days=7)
 
     def __post_init__(self) -> None:
         if self.default_ttl > self.max_ttl:
@@ -131,6 +145,18 @@ class Settings:
         names = [name for name, _ in self.clusters]
         if len(set(names)) != len(names) or self.cluster_id in names:
             raise ValueError("--cluster names must be distinct and differ from --cluster-id")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        if min(self.audit_refusal_interval, self.audit_retention, self.retention_interval,
+               self.max_renewal_age) <= timedelta(0):
+            raise ValueError("--audit-refusal-interval, --audit-retention, --retention-interval "
+                             "and --max-renewal-age must be positive")
+        if self.certificate_retention < self.rotation_skew:
+            # A retired root stays in the bundle until its last leaf's notAfter (read from
+            # these rows) plus the skew: deleting the rows sooner would drop it early.
+            raise ValueError(f"--certificate-retention must be at least --rotation-skew "
+                             f"({_describe(self.rotation_skew)})")
 
     @property
     def rotation_policy(self) -> RotationPolicy:

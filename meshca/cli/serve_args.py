@@ -11,6 +11,8 @@ from meshca.cli.common import data_dir_arg, env
 from meshca.cli.durations import parse_duration
 from meshca.config import DEFAULT_DNS_NAMES, Settings
 from meshca.core.keys import KeyType
+from meshca.core.kube_names import check_service_account_ref
+from meshca.core.rate_limit import RateLimit
 from meshca.core.roles import Role
 from meshca.core.rotation import DEFAULT_POLICY
 from meshca.core.spiffe import SpiffeId
@@ -25,6 +27,10 @@ def _positive_int(text: str) -> int:
 def _namespaced_name(text: str) -> str:
     if text.count("/") != 1 or not all(text.split("/")):
         raise argparse.ArgumentTypeError(f"{text!r} must be NAMESPACE/SERVICE_ACCOUNT")
+    try:
+        check_service_account_ref(*text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: {exc}") from None
     return text
 
 
@@ -50,6 +56,8 @@ def _role_mapping(kind: str) -> Callable[[str], tuple[str, Role]]:
                 name = str(SpiffeId.parse(name))
             elif name.count("/") != 1 or not all(name.split("/")):
                 raise ValueError(f"{name!r} must be NAMESPACE/SERVICE_ACCOUNT")
+            else:
+                check_service_account_ref(*name.split("/"))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return name, role
@@ -167,11 +175,58 @@ def _add_keystore_flags(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--vault-kv-prefix", default=env("VAULT_KV_PREFIX", "meshca/ca-keys"))
 
 
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _rate_limit(text: str) -> RateLimit | None:
+    """`RATE/s[:BURST]` (or /m, /h), or `off`; the burst defaults to two seconds' worth."""
+    if text.strip().lower() == "off":
+        return None
+    rate_text, _, burst_text = text.strip().partition(":")
+    number, _, unit = rate_text.partition("/")
+    try:
+        rate = float(number) / _PER[unit or "s"]
+        burst = int(burst_text) if burst_text else max(1, round(2 * rate))
+        return RateLimit(rate, burst)
+    except (ValueError, KeyError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate limit like 20/s:200 (RATE/s, /m or /h, then :BURST), "
+            "or off") from None
+
+
+def _add_limits_flags(serve: argparse.ArgumentParser) -> None:
+    """Issuance rate limits, refusal summaries, retention, renewal age (README "Limits")."""
+    for flag, default, text in (
+        ("--issuance-rate-per-identity", "20/s:200",
+         "CreateCertificate requests per SPIFFE ID, per worker process, as RATE/s:BURST or off; "
+         "over it: RESOURCE_EXHAUSTED with retry-after"),
+        ("--issuance-rate-per-source", "200/s:1000",
+         "CreateCertificate requests per client IP address, per worker process, checked before "
+         "any token; RATE/s:BURST or off"),
+    ):
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        serve.add_argument(flag, type=_rate_limit, default=_rate_limit(env(name) or default),
+                           metavar="RATE/s:BURST", help=f"{text} (default {default})")
+    _duration_flag(serve, "--audit-refusal-interval", "60s",
+                   "refused callers are written to the audit log as one row per source, action "
+                   "and reason per this interval")
+    _duration_flag(serve, "--audit-retention", "90d", "audit rows older than this are deleted")
+    _duration_flag(serve, "--certificate-retention", "7d",
+                   "certificate rows are deleted this long after they expire (revoked ones too, "
+                   "never before they expire); at least --rotation-skew")
+    _duration_flag(serve, "--retention-interval", "1h",
+                   "how often one replica deletes what retention allows, in batches")
+    _duration_flag(serve, "--max-renewal-age", "7d",
+                   "renewal with a client certificate is refused once the identity's last "
+                   "service-account token check is older than this")
+
+
 def add_serve_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the CA")
     _add_ca_flags(serve)
     _add_authz_flags(serve)
     _add_keystore_flags(serve)
+    _add_limits_flags(serve)
     data_dir_arg(serve)
     serve.add_argument("--database-url", default=env("DATABASE_URL"),
                        help="SQLAlchemy URL (default: SQLite in the data dir)")
@@ -300,4 +355,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         clusters=tuple(args.clusters or ()),
         verify_pod_binding=args.verify_pod_binding,
         trusted_node_accounts=tuple(args.trusted_node_accounts or ()),
+        issuance_rate_per_identity=args.issuance_rate_per_identity,
+        issuance_rate_per_source=args.issuance_rate_per_source,
+        audit_refusal_interval=args.audit_refusal_interval,
+        audit_retention=args.audit_retention,
+        certificate_retention=args.certificate_retention,
+        retention_interval=args.retention_interval,
+        max_renewal_age=args.max_renewal_age,
     )

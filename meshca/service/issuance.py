@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import random_serial_number
@@ -13,12 +14,19 @@ from meshca.core.authority import SigningAuthority, sign_leaf
 from meshca.core.bundle import certificate_pem
 from meshca.core.clock import Clock
 from meshca.core.csr import check_csr
+from meshca.core.kube_names import check_service_account_ref
 from meshca.core.lifetime import LifetimePolicy, leaf_validity
 from meshca.core.remote_signing import SignerUnavailable
 from meshca.core.sa_token import ServiceAccount
 from meshca.core.spiffe import SpiffeId
 from meshca.core.templates import leaf_svid
-from meshca.errors import AuthenticationError, CaUnavailable, InvalidRequest, PermissionDenied
+from meshca.errors import (
+    AuthenticationError,
+    CaUnavailable,
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+)
 from meshca.service.authentication import bearer_token, caller_from_certificate
 from meshca.service.ports import (
     AuditEntry,
@@ -27,6 +35,8 @@ from meshca.service.ports import (
     IssuedRecord,
     WorkloadTokens,
 )
+from meshca.service.rate_limits import IssuanceRateLimits
+from meshca.service.refusal_summary import RefusalSummary, source_address
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 CERT_SIGNER = "CertSigner"
@@ -73,7 +83,12 @@ class IssuanceService:
         certificate_log: CertificateLog,
         audit: AuditSink,
         clock: Clock,
+        refusals: RefusalSummary | None = None,
+        rate_limits: IssuanceRateLimits | None = None,
+        max_renewal_age: timedelta = timedelta(days=7),
     ) -> None:
+        """`refusals` summarises refused callers for the audit log (a new one when None);
+        renewal by certificate needs a token check of the identity within `max_renewal_age`."""
         self._trust_domain = trust_domain
         self._workloads = workloads
         self._authority = authority
@@ -81,6 +96,9 @@ class IssuanceService:
         self._log = certificate_log
         self._audit = audit
         self._clock = clock
+        self.refusals = refusals or RefusalSummary()
+        self._rate_limits = rate_limits or IssuanceRateLimits(None, None)
+        self._max_renewal_age = max_renewal_age
 
     async def authenticate(self, request: CertificateRequest) -> Caller:
         """A bearer token when one is sent; otherwise a verified client certificate (renewal).
@@ -114,11 +132,13 @@ class IssuanceService:
 
     def _spiffe_id(self, namespace: str, name: str) -> SpiffeId:
         try:
+            check_service_account_ref(namespace, name)
             return SpiffeId.for_service_account(self._trust_domain, namespace, name)
-        except ValueError:
-            # A signed token, but its names cannot be SPIFFE path segments ("..", "a/b", " ").
+        except ValueError as exc:
+            # A signed token, but its names are no Kubernetes names ("..", "a/b", " ", 3,000
+            # characters) or cannot be SPIFFE path segments.
             raise AuthenticationError(
-                "token service account name or namespace cannot form a SPIFFE ID",
+                f"token service account name or namespace cannot form a SPIFFE ID: {exc}",
                 reason="subject") from None
 
     def _impersonation_target(self, value: object) -> tuple[str, str]:
@@ -132,18 +152,26 @@ class IssuanceService:
                 or segments[1] != "ns" or segments[3] != "sa":
             raise AuthenticationError("ImpersonatedIdentity is not a workload SPIFFE ID of this "
                                       "trust domain", reason="impersonation")
+        try:
+            check_service_account_ref(segments[2], segments[4])
+        except ValueError as exc:
+            raise AuthenticationError(f"ImpersonatedIdentity names no Kubernetes service "
+                                      f"account: {exc}", reason="impersonation") from None
         return segments[2], segments[4]
 
     async def create_certificate(self, request: CertificateRequest) -> IssuedChain:
         caller: Caller | None = None
+        source = source_address(request.peer)
         try:
+            self._rate_limits.check_source(source)  # before any token is looked at
             caller = await self.authenticate(request)
+            self._rate_limits.check_identity(caller.spiffe_id.uri)
             return await self._issue(request, caller)
-        except (AuthenticationError, PermissionDenied) as exc:
-            self._audit.append(AuditEntry(
-                at=self._clock.now(), actor=f"grpc:{request.peer}", action="CreateCertificate",
-                target=caller.spiffe_id.uri if caller else "", outcome="refused", detail=str(exc),
-            ))
+        except (AuthenticationError, PermissionDenied, RateLimited) as exc:
+            self.refusals.add(self._clock.now(), source=f"grpc:{source}",
+                              action="CreateCertificate",
+                              target=caller.spiffe_id.uri if caller else "",
+                              reason=_refusal_reason(exc), code=_refusal_code(exc))
             raise
 
     async def _issue(self, request: CertificateRequest, caller: Caller) -> IssuedChain:
@@ -187,10 +215,26 @@ class IssuanceService:
                 key_type=checked.key_description,
                 issued_at=now,
                 certificate_pem=leaf_pem,
+                token_checked_at=None if caller.renewing_serial else now,
             ),
             renewing_serial=caller.renewing_serial,
+            token_checked_since=now - self._max_renewal_age if caller.renewing_serial else None,
         )
         return IssuedChain((leaf_pem, *authority.chain_pem, authority.bundle.pem), serial, identity)
+
+
+def _refusal_reason(exc: Exception) -> str:
+    # The message of a rate-limit refusal says how long to wait: it would make every refusal
+    # a key of its own in the summary.
+    if isinstance(exc, RateLimited):
+        return f"over the per-{exc.limit} issuance rate limit"
+    return str(exc)
+
+
+def _refusal_code(exc: Exception) -> str:
+    if isinstance(exc, AuthenticationError):
+        return exc.reason
+    return "rate_limited" if isinstance(exc, RateLimited) else "blocked"
 
 
 def _check_signer(metadata: Mapping[str, object]) -> None:

@@ -23,6 +23,7 @@ from meshca.infra.keyfiles import write_private_file
 from meshca.service.admin_auth import AdminAuthenticator
 from meshca.service.policy_store import PolicyStore
 from meshca.service.ports import AuditEntry, TokenAuthenticator
+from meshca.transport.metrics import CaMetrics
 from meshca.transport.rest.app import create_app
 from meshca.transport.rest.context import AdminContext
 from meshca.transport.rest.routes.authz import AuthzContext
@@ -30,6 +31,7 @@ from meshca.transport.rest.routes.tokens import new_admin_token
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
 from meshca.wiring.keys import key_backend, key_encryption_key
+from meshca.wiring.limits import AdminRefusals
 from meshca.wiring.startup import database_url, listen_socket
 
 log = logging.getLogger("meshca")
@@ -77,7 +79,7 @@ def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
 
 async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       service_account_tokens: TokenAuthenticator,
-                      policies: PolicyStore) -> AdminServer:
+                      policies: PolicyStore, metrics: CaMetrics) -> AdminServer:
     engine = open_engine(database_url(settings))
     reloader = ca.reloader
     context = AdminContext(
@@ -99,11 +101,12 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
     peers = PeerCertificates()
     # The in-process worker's policy set: a change made here is enforced here at once.
     authz_context = AuthzContext(policies, SqlPolicies(engine), policies.current.mesh)
-    app = create_app(context, authenticator, peers, authz_context)
+    refused = AdminRefusals(settings, engine, metrics)  # summarised, not a row per request
+    app = create_app(context, authenticator, peers, authz_context, refused=refused)
     upstream = listen_socket("127.0.0.1", 0, reuse_port=False)
     server = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", access_log=False,
                                              lifespan="off", server_header=False))
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[upstream]))
+    task = asyncio.get_running_loop().create_task(refused.serving(server.serve(sockets=[upstream])))
     while not server.started:
         if task.done():
             task.result()  # raises what stopped it

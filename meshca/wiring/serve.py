@@ -25,6 +25,7 @@ from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.wiring.admin import start_admin
 from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
 from meshca.wiring.keys import key_backend, key_encryption_key
+from meshca.wiring.limits import start_retention
 from meshca.wiring.publishing import start_publishing
 from meshca.wiring.serving import ServingCertKeeper
 from meshca.wiring.startup import database_url, listen_socket, prepare, serving_names, write_bundle
@@ -83,7 +84,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     on_ca_change(ca.reloader.current)
     ca.reloader.add_listener(on_ca_change)
     ca_tasks += start_publishing(settings, ca, CaMetrics(slots, 0), engine, stop)
-    admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies)
+    ca_tasks += start_retention(settings, engine, clock, stop, registry)
+    admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
+                              CaMetrics(slots, 0))
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
                  "metrics": f"{metrics_host}:{metrics_server.server_port}", "pid": os.getpid(),

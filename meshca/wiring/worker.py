@@ -24,6 +24,7 @@ from meshca.infra.db.records import SqlCertificateLog
 from meshca.service.ca_reload import CaReloader
 from meshca.service.issuance import IssuanceService
 from meshca.service.policy_store import PolicyStore
+from meshca.service.refusal_summary import RefusalSummary
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
@@ -31,6 +32,7 @@ from meshca.wiring.authn import TokenAuthentication, build_token_authentication
 from meshca.wiring.authz import start_authorization
 from meshca.wiring.ca_runtime import reloader_for, serving_file
 from meshca.wiring.keys import key_encryption_key
+from meshca.wiring.limits import flush_grpc, grpc_refusals, issuance_rate_limits
 from meshca.wiring.startup import database_url, listen_socket
 
 log = logging.getLogger("meshca")
@@ -56,6 +58,7 @@ class Worker:
     tasks: list[asyncio.Task[None]]
     stopping: asyncio.Event
     dispose: contextlib.ExitStack
+    refusals: RefusalSummary
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -65,6 +68,7 @@ class Worker:
         if self.ext_authz is not None:
             stopped = self.ext_authz.stop(grace=5)
             await asyncio.to_thread(stopped.wait, 10)
+        await flush_grpc(self.refusals, self.records)  # the last interval's refused callers
         self.records.close()
         for task in self.tasks:
             task.cancel()
@@ -87,6 +91,8 @@ async def start_worker(
     tasks = [loop.create_task(job) for job in auth.background]
     tasks.append(loop.create_task(
         reloader.run(stopping, settings.ca_reload_interval.total_seconds())))
+    refusals, flusher = grpc_refusals(settings, metrics, records, stopping)
+    tasks.append(flusher)
     issuance = IssuanceService(
         trust_domain=settings.trust_domain,
         workloads=auth.workloads,
@@ -95,6 +101,9 @@ async def start_worker(
         certificate_log=records,
         audit=records,
         clock=clock,
+        refusals=refusals,
+        rate_limits=issuance_rate_limits(settings),
+        max_renewal_age=settings.max_renewal_age,
     )
     server = grpc.aio.server(
         options=[
@@ -130,7 +139,7 @@ async def start_worker(
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
-                  stopping, cleanup)
+                  stopping, cleanup, refusals=refusals)
 
 
 def child_main(settings: Settings, host: str, port: int, slots: MutableSequence[float], row: int,
