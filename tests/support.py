@@ -137,14 +137,18 @@ def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
     process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + timeout
-    while not endpoints.exists():
+    info: dict[str, Any] | None = None
+    while info is None:
         if process.poll() is not None:
             raise RuntimeError(f"meshca exited with {process.returncode}:\n{log_path.read_text()}")
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"meshca did not start:\n{log_path.read_text()}")
         time.sleep(0.05)
-    info = json.loads(endpoints.read_text())
+        try:  # the file exists a moment before its content is written
+            info = json.loads(endpoints.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            info = None
     url = database_url or f"sqlite:///{data_dir / 'meshca.db'}"
     return MeshcaProcess(data_dir, process, info["grpc"], info["metrics"], url, log_path,
                          admin_addr=info["admin"], kek_text=(env or {}).get("MESHCA_KEK"))

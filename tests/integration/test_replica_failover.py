@@ -31,8 +31,10 @@ pytestmark = pytest.mark.postgres
 
 
 def _replica(tmp_path: Path, name: str, url: str, shared: dict[str, str], *extra: str) -> MeshcaProcess:
+    # Sidecars here renew as fast as they can, one identity: no issuance rate limit.
     return start_meshca(tmp_path / name, "--key-dir", str(tmp_path / "keys"),
-                        "--ca-reload-interval", "0.5s", *extra, database_url=url, env=shared)
+                        "--ca-reload-interval", "0.5s", "--issuance-rate-per-identity", "off",
+                        "--issuance-rate-per-source", "off", *extra, database_url=url, env=shared)
 
 
 def _sidecar(server: MeshcaProcess, until: float, received: list[tuple[str, str, float]],
