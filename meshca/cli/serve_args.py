@@ -72,7 +72,8 @@ def _fraction_env(name: str, default: float) -> float:
     return _fraction(text) if text else default
 
 
-def _duration_flag(parser: argparse.ArgumentParser, flag: str, default: str, text: str) -> None:
+def _duration_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str,
+                   default: str, text: str) -> None:
     name = flag.removeprefix("--").replace("-", "_").upper()
     parser.add_argument(flag, type=parse_duration,
                         default=parse_duration(env(name, default) or default),
@@ -167,8 +168,35 @@ def _add_keystore_flags(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--vault-kv-prefix", default=env("VAULT_KV_PREFIX", "meshca/ca-keys"))
 
 
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """Listener limits (README "Limits"), per listener and per worker process."""
+    group = serve.add_argument_group("limits")
+    _duration_flag(group, "--tls-handshake-timeout", "10s",
+                   "a connection that has not finished its TLS handshake by then is closed")
+    _duration_flag(group, "--connection-idle-timeout", "120s",
+                   "a connection that moved no byte in either direction for this long is closed")
+    for flag, default, text in (
+        ("--max-connections", 1024, "open connections per listener (gRPC, admin) and process; "
+                                    "more are closed at once"),
+        ("--max-connections-per-source", 128, "open connections from one client address per "
+                                              "listener and process"),
+        ("--max-streams-per-connection", 100, "concurrent gRPC calls on one connection"),
+        ("--max-request-bytes", 1024 * 1024, "largest admin API request body (413 above it)"),
+        ("--max-header-bytes", 64 * 1024, "largest gRPC metadata and admin API request head"),
+        ("--admin-auth-failures", 10, "failed admin authentications from one address before "
+                                      "it must wait (429 with Retry-After)"),
+    ):
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        group.add_argument(flag, type=_positive_int, default=_positive_int(env(name) or str(default)),
+                           help=f"{text} (default {default})")
+    _duration_flag(group, "--admin-auth-backoff", "30s",
+                   "first wait after too many failed admin authentications; doubles while "
+                   "failures go on, at most 15m")
+
+
 def add_serve_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the CA")
+    _add_limit_flags(serve)
     _add_ca_flags(serve)
     _add_authz_flags(serve)
     _add_keystore_flags(serve)
@@ -300,4 +328,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         clusters=tuple(args.clusters or ()),
         verify_pod_binding=args.verify_pod_binding,
         trusted_node_accounts=tuple(args.trusted_node_accounts or ()),
+        tls_handshake_timeout=args.tls_handshake_timeout,
+        connection_idle_timeout=args.connection_idle_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        max_streams_per_connection=args.max_streams_per_connection,
+        max_request_bytes=args.max_request_bytes,
+        max_header_bytes=args.max_header_bytes,
+        admin_auth_failures=args.admin_auth_failures,
+        admin_auth_backoff=args.admin_auth_backoff,
     )

@@ -27,6 +27,9 @@ REASONS = ("invalid", "missing", "malformed", "too_large", "algorithm", "signatu
            "certificate")
 CACHE_OUTCOMES = ("hit", "miss", "negative_hit", "coalesced")
 KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery", "namespaces", "configmaps")
+LISTENERS = ("grpc", "admin")
+CONNECTION_REFUSALS = ("max-connections", "max-connections-per-source", "idle-timeout",
+                       "handshake-failed")
 
 
 class _Layout:
@@ -50,6 +53,7 @@ _CACHE = _L.take(len(CACHE_OUTCOMES))
 _KUBE = _L.take(len(KUBE_KINDS) * 2)  # (ok, error) per kind
 _KUBE_BUCKETS = _L.take(len(KUBE_BUCKETS) + 1)
 _KUBE_SUM = _L.take(1)
+_CONN = _L.take(len(LISTENERS) * len(CONNECTION_REFUSALS))
 ROW_WIDTH = _L.width
 
 
@@ -93,6 +97,11 @@ class CaMetrics:
         slots[base + _KUBE + KUBE_KINDS.index(kind) * 2 + (0 if ok else 1)] += 1
         slots[base + _KUBE_BUCKETS + bisect.bisect_left(KUBE_BUCKETS, seconds)] += 1
         slots[base + _KUBE_SUM] += seconds
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A connection refused or closed by a listener limit (tls_listener.py)."""
+        index = LISTENERS.index(listener) * len(CONNECTION_REFUSALS) + CONNECTION_REFUSALS.index(reason)
+        self._slots[self._base + _CONN + index] += 1
 
 
 class CaMetricsCollector(Collector):
@@ -139,6 +148,13 @@ class CaMetricsCollector(Collector):
         yield self._histogram("meshca_kube_api_request_duration_seconds",
                               "Latency of calls to Kubernetes API servers.",
                               KUBE_BUCKETS, _KUBE_BUCKETS, _KUBE_SUM)
+        refused = [({"listener": listener, "reason": reason},
+                    self._total(_CONN + i * len(CONNECTION_REFUSALS) + j))
+                   for i, listener in enumerate(LISTENERS)
+                   for j, reason in enumerate(CONNECTION_REFUSALS)]
+        yield _counter("meshca_connections_refused",
+                       "Connections refused or closed by a listener limit, by listener and reason.",
+                       refused)
 
     def _labelled(self, offset: int, label: str, values: tuple[str, ...],
                   keep_zero: bool = False) -> list[tuple[dict[str, str], float]]:

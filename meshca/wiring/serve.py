@@ -83,12 +83,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     on_ca_change(ca.reloader.current)
     ca.reloader.add_listener(on_ca_change)
     ca_tasks += start_publishing(settings, ca, CaMetrics(slots, 0), engine, stop)
-    admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies)
+    admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
+                              CaMetrics(slots, 0))
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
                  "metrics": f"{metrics_host}:{metrics_server.server_port}", "pid": os.getpid(),
                  "ext_authz": settings.ext_authz_addr}
-    (settings.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints))
+    # Replaced atomically: whoever polls for the file never reads half of it.
+    written = settings.data_dir / f"{ENDPOINTS_FILE}.tmp"
+    written.write_text(json.dumps(endpoints))
+    os.replace(written, settings.data_dir / ENDPOINTS_FILE)
     log.info("meshca serving CreateCertificate on %s (TLS, %d worker%s), admin API on https://%s, "
              "metrics on %s, trust domain %s", endpoints["grpc"], workers, "s" * (workers > 1),
              admin.address, endpoints["metrics"], settings.trust_domain)
