@@ -27,7 +27,7 @@ REASONS = ("invalid", "missing", "malformed", "too_large", "algorithm", "signatu
            "certificate")
 CACHE_OUTCOMES = ("hit", "miss", "negative_hit", "coalesced")
 KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery", "namespaces", "configmaps")
-LISTENERS = ("grpc", "admin")
+LISTENERS = ("grpc", "admin", "metrics")
 CONNECTION_REFUSALS = ("max-connections", "max-connections-per-source", "idle-timeout",
                        "handshake-failed")
 

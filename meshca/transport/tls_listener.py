@@ -1,4 +1,4 @@
-"""A TLS listener with limits a stranger cannot exhaust.
+"""A listener (TLS, or plaintext for metrics) with limits a stranger cannot exhaust.
 
 Connections are accepted as plain TCP and counted (per listener and per source address)
 BEFORE any TLS work, so a flood of half-open or silent connections costs one file descriptor
@@ -104,7 +104,7 @@ class _Handshaking(asyncio.Protocol):
 
 
 class TlsListener:
-    def __init__(self, name: str, ssl_context: Callable[[], ssl.SSLContext],
+    def __init__(self, name: str, ssl_context: Callable[[], ssl.SSLContext] | None,
                  handler: ConnectionHandler, limits: ConnectionLimits,
                  on_refused: Callable[[str], None] | None = None) -> None:
         self.name = name
@@ -125,7 +125,7 @@ class TlsListener:
 
     async def start(self, sock: socket.socket) -> None:
         """Accept on an already bound, listening socket."""
-        self._current = self._ssl_context()
+        self.reload()
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accepted, sock=sock)
@@ -133,7 +133,8 @@ class TlsListener:
 
     def reload(self) -> None:
         """New handshakes use a freshly built context; open connections keep theirs."""
-        self._current = self._ssl_context()
+        if self._ssl_context is not None:
+            self._current = self._ssl_context()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -176,6 +177,10 @@ class TlsListener:
             self._per_source.pop(connection.source, None)
 
     def _start_handshake(self, transport: asyncio.Transport, connection: Connection) -> None:
+        if self._ssl_context is None:  # a plaintext listener (metrics): served at once
+            self._attach(transport, TlsPeer(_address(transport), None), connection, [], False)
+            transport.resume_reading()
+            return
         task = asyncio.get_running_loop().create_task(self._handshake(transport, connection))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -198,22 +203,25 @@ class TlsListener:
             return
         ssl_object = tls.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        peer = tls.get_extra_info("peername")
-        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
         connection.transport = tls
         connection.touch(loop.time())
+        self._attach(tls, TlsPeer(_address(tls), der or None), connection, holder.pending,
+                     holder.eof)
+
+    def _attach(self, transport: asyncio.Transport, peer: TlsPeer, connection: Connection,
+                pending: list[bytes], eof: bool) -> None:
         try:
-            protocol = self._handler(tls, TlsPeer(address, der or None), connection)
+            protocol = self._handler(transport, peer, connection)
         except Exception:
             log.exception("%s: could not serve a connection", self.name)
-            tls.abort()
+            transport.abort()
             connection.release()
             return
-        tls.set_protocol(protocol)
-        protocol.connection_made(tls)
-        for data in holder.pending:
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        for data in pending:
             protocol.data_received(data)
-        if holder.eof:
+        if eof:
             protocol.eof_received()
 
     async def _sweep(self) -> None:
@@ -227,6 +235,11 @@ class TlsListener:
                 self._on_refused("idle-timeout")
                 connection.transport.abort()
                 connection.release()
+
+
+def _address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
 
 
 class _Gate(asyncio.Protocol):

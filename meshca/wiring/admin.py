@@ -18,10 +18,10 @@ from meshca.infra.keyfiles import write_private_file
 from meshca.service.admin_auth import AdminAuthenticator
 from meshca.service.policy_store import PolicyStore
 from meshca.service.ports import AuditEntry, TokenAuthenticator
+from meshca.transport.http_server import HttpServer
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.rest.app import AdminLimits, create_app
 from meshca.transport.rest.context import AdminContext
-from meshca.transport.rest.https_server import AdminHttpsServer
 from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.routes.tokens import new_admin_token
 from meshca.transport.tls_front import server_ssl_context
@@ -35,7 +35,7 @@ log = logging.getLogger("meshca")
 @dataclass
 class AdminServer:
     address: str
-    server: AdminHttpsServer
+    server: HttpServer
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -85,8 +85,8 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
     app = create_app(context, authenticator, authz_context, limits=admin_limits(settings))
     serving = str(serving_file(settings))
     password = key_encryption_key(settings).tls_password()
-    server = AdminHttpsServer(
-        app,
+    server = HttpServer(
+        "admin", app,
         lambda: server_ssl_context(serving, password, reloader.current.bundle.pem,
                                    alpn=("http/1.1",)),
         settings.connection_limits, max_header_bytes=settings.max_header_bytes,

@@ -41,7 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshcaProcess]:
 
 
 def _addr(server: MeshcaProcess, name: str) -> tuple[str, int]:
-    text = server.grpc_addr if name == "grpc" else server.admin_addr
+    text = {"grpc": server.grpc_addr, "admin": server.admin_addr,
+            "metrics": server.metrics_addr}[name]
     host, _, port = text.rpartition(":")
     return host, int(port)
 
@@ -103,7 +104,7 @@ def _metric(server: MeshcaProcess, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{{{wanted}}}")
 
 
-@pytest.mark.parametrize("listener", ["grpc", "admin"])
+@pytest.mark.parametrize("listener", ["grpc", "admin", "metrics"])
 def test_one_address_cannot_hold_more_than_its_share(server: MeshcaProcess, listener: str) -> None:
     flood = _silent(server, listener, "127.0.0.2", PER_SOURCE + 15)
     try:
@@ -116,6 +117,18 @@ def test_one_address_cannot_hold_more_than_its_share(server: MeshcaProcess, list
     finally:
         for sock in flood:
             sock.close()
+
+
+def test_metrics_connections_are_closed_when_idle(server: MeshcaProcess) -> None:
+    """The metrics port (plaintext) is on the same kind of listener: idle is closed too."""
+    idle = _silent(server, "metrics", "127.0.0.5", 3)
+    try:
+        assert all(_closed_by_server(s, IDLE_SECONDS + 4) for s in idle)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert _metric(server, "meshca_connections_refused_total", listener="metrics",
+                   reason="idle-timeout") >= 3
 
 
 def test_silent_connections_are_closed_after_the_handshake_timeout(server: MeshcaProcess) -> None:

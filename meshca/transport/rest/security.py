@@ -21,7 +21,7 @@ from meshca.core.roles import Role
 from meshca.errors import AuthenticationError, PermissionDenied
 from meshca.service.admin_auth import AdminAuthenticator, Principal
 from meshca.service.ports import AuditEntry
-from meshca.transport.rest.https_server import client_certificate
+from meshca.transport.http_server import client_certificate
 from meshca.transport.rest.problems import problem
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The admin API's HTTPS server: uvicorn's HTTP protocol on meshca's own TLS listener.
+"""HTTP servers (the admin API over TLS, metrics in plaintext): uvicorn's HTTP/1.1 protocol on
+meshca's own listener, so the listener's limits hold for them too.
 
 The TLS connection and the HTTP protocol serving it are one object in one process, so a
 request's client certificate is the one its own connection proved. It reaches the app as the
@@ -44,8 +45,8 @@ def _with_tls(app: ASGIApp, peer: TlsPeer) -> ASGIApp:
     return tagged
 
 
-class AdminHttpsServer:
-    def __init__(self, app: ASGIApp, ssl_context: Callable[[], ssl.SSLContext],
+class HttpServer:
+    def __init__(self, name: str, app: ASGIApp, ssl_context: Callable[[], ssl.SSLContext] | None,
                  limits: ConnectionLimits, *, max_header_bytes: int,
                  on_refused: Callable[[str], None] | None = None) -> None:
         self._config = uvicorn.Config(
@@ -57,7 +58,7 @@ class AdminHttpsServer:
         )
         self._config.load()
         self._state = ServerState()
-        self.listener = TlsListener("admin", ssl_context, self._serve, limits, on_refused)
+        self.listener = TlsListener(name, ssl_context, self._serve, limits, on_refused)
 
     def _serve(self, transport: asyncio.Transport, peer: TlsPeer,
                connection: Connection) -> asyncio.Protocol:
