@@ -102,6 +102,12 @@ class Settings:
     max_header_bytes: int = 64 * 1024  # gRPC metadata and admin API request heads
     admin_auth_failures: int = 10  # failed admin authentications per source before back-off
     admin_auth_backoff: timedelta = timedelta(seconds=30)  # first back-off; doubles, max 15 min
+    # ext_authz fails closed within a bounded time (issue 12): identity state from a background
+    # snapshot, denials once it is too old; terse deny bodies; optional mutual TLS.
+    ext_authz_refresh: timedelta = timedelta(seconds=2)
+    ext_authz_max_staleness: timedelta = timedelta(seconds=30)
+    ext_authz_verbose: bool = False
+    ext_authz_tls: bool = False
 
     def __post_init__(self) -> None:
         if self.default_ttl > self.max_ttl:
@@ -148,6 +154,11 @@ class Settings:
         names = [name for name, _ in self.clusters]
         if len(set(names)) != len(names) or self.cluster_id in names:
             raise ValueError("--cluster names must be distinct and differ from --cluster-id")
+        if self.ext_authz_refresh <= timedelta(0):
+            raise ValueError("--ext-authz-refresh must be positive")
+        if self.ext_authz_max_staleness <= self.ext_authz_refresh:
+            raise ValueError("--ext-authz-max-staleness must be longer than --ext-authz-refresh "
+                             "(a few refreshes), or every check between two reads is denied")
 
     @property
     def rotation_policy(self) -> RotationPolicy:

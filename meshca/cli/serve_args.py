@@ -130,8 +130,28 @@ def _add_authz_flags(serve: argparse.ArgumentParser) -> None:
                        default=(env("WATCH_KUBE_POLICIES") or "").lower() in ("1", "true", "yes"),
                        help="list and watch AuthorizationPolicy objects in the cluster")
     serve.add_argument("--ext-authz-addr", default=env("EXT_AUTHZ_ADDR", "127.0.0.1:9191"),
-                       help="Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check), "
-                            "plaintext on HOST:PORT; \"off\" for none (default 127.0.0.1:9191)")
+                       help="Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check) on "
+                            "HOST:PORT (TLS with --ext-authz-tls); \"off\" for none (default "
+                            "127.0.0.1:9191)")
+
+
+def _add_ext_authz_flags(serve: argparse.ArgumentParser) -> None:
+    """How ext_authz fails closed, what its denials say, and who may call it."""
+    _duration_flag(serve, "--ext-authz-refresh", "2s",
+                   "how often each worker re-reads blocked identities and revoked certificates "
+                   "for ext_authz, in the background")
+    _duration_flag(serve, "--ext-authz-max-staleness", "30s",
+                   "ext_authz denies every check (reason identity-state-stale) while its last good "
+                   "read of blocked identities and revoked certificates is older than this")
+    serve.add_argument("--ext-authz-verbose", action="store_true",
+                       default=(env("EXT_AUTHZ_VERBOSE") or "").lower() in ("1", "true", "yes"),
+                       help="deny bodies and the x-meshca-authz header name the deciding policy, "
+                            "rule and reason (default off: only the decision and a reason code)")
+    serve.add_argument("--ext-authz-tls", action="store_true",
+                       default=(env("EXT_AUTHZ_TLS") or "").lower() in ("1", "true", "yes"),
+                       help="serve ext_authz over TLS with meshca's serving certificate and "
+                            "require a client certificate issued under meshca's trust bundle "
+                            "(default off: plaintext)")
 
 
 def _add_keystore_flags(serve: argparse.ArgumentParser) -> None:
@@ -200,6 +220,7 @@ def add_serve_parser(commands: Any) -> None:
     _add_ca_flags(serve)
     _add_authz_flags(serve)
     _add_keystore_flags(serve)
+    _add_ext_authz_flags(serve)
     data_dir_arg(serve)
     serve.add_argument("--database-url", default=env("DATABASE_URL"),
                        help="SQLAlchemy URL (default: SQLite in the data dir)")
@@ -337,4 +358,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_header_bytes=args.max_header_bytes,
         admin_auth_failures=args.admin_auth_failures,
         admin_auth_backoff=args.admin_auth_backoff,
+        ext_authz_refresh=args.ext_authz_refresh,
+        ext_authz_max_staleness=args.ext_authz_max_staleness,
+        ext_authz_verbose=args.ext_authz_verbose,
+        ext_authz_tls=args.ext_authz_tls,
     )

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import bisect
 import multiprocessing
+import threading
+import time
 from collections.abc import Iterator, MutableSequence
 
 import grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from meshca.transport.ext_authz.reasons import DECISIONS as AUTHZ_DECISIONS
+from meshca.transport.ext_authz.reasons import REFRESH_OUTCOMES
 
 ISSUANCE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KUBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -54,6 +59,12 @@ _KUBE = _L.take(len(KUBE_KINDS) * 2)  # (ok, error) per kind
 _KUBE_BUCKETS = _L.take(len(KUBE_BUCKETS) + 1)
 _KUBE_SUM = _L.take(1)
 _CONN = _L.take(len(LISTENERS) * len(CONNECTION_REFUSALS))
+_AUTHZ = _L.take(len(AUTHZ_DECISIONS))
+_AUTHZ_INDEX = {pair: i for i, pair in enumerate(AUTHZ_DECISIONS)}
+_AUTHZ_REFRESH = _L.take(len(REFRESH_OUTCOMES))
+# Unix time this worker's ext_authz identity snapshot was read; 0: no ext_authz here,
+# -1: serving without a snapshot yet.
+_AUTHZ_STATE_AT = _L.take(1)
 ROW_WIDTH = _L.width
 
 
@@ -102,6 +113,22 @@ class CaMetrics:
         """A connection refused or closed by a listener limit (tls_listener.py)."""
         index = LISTENERS.index(listener) * len(CONNECTION_REFUSALS) + CONNECTION_REFUSALS.index(reason)
         self._slots[self._base + _CONN + index] += 1
+
+    # ext_authz (the AuthzMetrics port). Its checks run on a thread pool: unlike the counters
+    # above, these slots have several writers in the process, hence the lock.
+    _authz_lock = threading.Lock()
+
+    def authz_decision(self, decision: str, reason: str) -> None:
+        index = _AUTHZ_INDEX.get((decision, reason), _AUTHZ_INDEX[("DENY", "internal")])
+        with self._authz_lock:
+            self._slots[self._base + _AUTHZ + index] += 1
+
+    def identity_refresh(self, outcome: str) -> None:
+        with self._authz_lock:
+            self._slots[self._base + _AUTHZ_REFRESH + REFRESH_OUTCOMES.index(outcome)] += 1
+
+    def identity_state_read(self, wall_time: float | None) -> None:
+        self._slots[self._base + _AUTHZ_STATE_AT] = -1.0 if wall_time is None else wall_time
 
 
 class CaMetricsCollector(Collector):
@@ -155,6 +182,27 @@ class CaMetricsCollector(Collector):
         yield _counter("meshca_connections_refused",
                        "Connections refused or closed by a listener limit, by listener and reason.",
                        refused)
+        yield from self._ext_authz()
+
+    def _ext_authz(self) -> Iterator[Metric]:
+        decisions = [({"decision": d, "reason": r}, self._total(_AUTHZ + i))
+                     for i, (d, r) in enumerate(AUTHZ_DECISIONS)]
+        yield _counter("meshca_ext_authz_decisions", "ext_authz Check answers, by decision and "
+                       "reason.", [s for s in decisions if s[1]])
+        yield _counter("meshca_ext_authz_identity_refreshes", "Background reads of the blocked "
+                       "identities and revoked certificates, by outcome (slow: longer than "
+                       "--ext-authz-refresh).", self._labelled(_AUTHZ_REFRESH, "outcome",
+                                                                REFRESH_OUTCOMES))
+        age = Metric("meshca_ext_authz_identity_state_age_seconds",
+                     "Age of the identity snapshot each worker's ext_authz decides from (+Inf: "
+                     "none yet); past --ext-authz-max-staleness every check is denied.", "gauge")
+        now = time.time()
+        for worker in range(self._workers):
+            read_at = self._slots[worker * ROW_WIDTH + _AUTHZ_STATE_AT]
+            if read_at:
+                age.add_sample(age.name, {"worker": str(worker)},
+                               float("inf") if read_at < 0 else max(0.0, now - read_at))
+        yield age
 
     def _labelled(self, offset: int, label: str, values: tuple[str, ...],
                   keep_zero: bool = False) -> list[tuple[dict[str, str], float]]:
