@@ -135,7 +135,8 @@ async def start_worker(
     )
     await front.start(sock)
     reloader.add_listener(lambda _: front.reload())
-    policies, ext_authz = await start_authorization(settings, engine, stopping, tasks)
+    policies, ext_authz = await start_authorization(settings, engine, stopping, tasks,
+                                                    metrics=metrics, reloader=reloader)
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
