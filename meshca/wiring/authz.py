@@ -89,8 +89,21 @@ async def _start_ext_authz(settings: Settings, addr: str, engine: Engine, store:
     identities = SnapshotIdentityCheck(lambda: refresher.state,
                                        settings.ext_authz_max_staleness.total_seconds())
     server, _ = start_ext_authz(addr, store, identities, metrics=metrics,
-                                verbose=settings.ext_authz_verbose, credentials=credentials)
+                                verbose=settings.ext_authz_verbose, credentials=credentials,
+                                options=_listener_options(settings))
     return server
+
+
+def _listener_options(settings: Settings) -> list[tuple[str, int]]:
+    """The listener limits that cannot turn into a failed check (which Envoy's
+    failure_mode_allow would decide): connections that stall their handshake or sit idle are
+    closed, and Envoy reconnects. No cap on calls or streams: a refused or queued check would
+    be such a failure; the NetworkPolicy and mTLS decide who may connect at all."""
+    return [("grpc.server_handshake_timeout_ms",
+             int(settings.tls_handshake_timeout.total_seconds() * 1000)),
+            ("grpc.max_connection_idle_ms",
+             int(settings.connection_idle_timeout.total_seconds() * 1000)),
+            ("grpc.max_metadata_size", settings.max_header_bytes)]
 
 
 async def _stop_with(stopping: asyncio.Event, refresher: IdentityRefresher) -> None:

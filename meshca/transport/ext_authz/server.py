@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -97,13 +98,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 def start_ext_authz(addr: str, store: PolicyStore, identities: IdentityCheck | None = None,
                     *, threads: int = 8, metrics: reasons.AuthzMetrics | None = None,
                     verbose: bool = False, credentials: grpc.ServerCredentials | None = None,
+                    options: Sequence[tuple[str, int]] = (),
                     ) -> tuple[grpc.Server, int]:
     """Serve Check on `addr` (port 0: any free port); returns the server and its port.
 
     grpc's synchronous server with a thread pool, not grpc.aio: a check is pure computation on
     in-memory state, and measured on this workload (scripts/bench-authz) the thread-pool
     server spends about a quarter less CPU per call than the asyncio one."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ext-authz"))
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ext-authz"),
+                         options=list(options))
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(store, identities, metrics=metrics, verbose=verbose), server)
     if credentials is None:
