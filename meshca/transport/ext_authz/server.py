@@ -50,9 +50,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             self._metrics.authz_decision(verdict.decision, verdict.reason)
             if log.isEnabledFor(logging.DEBUG):
                 attrs = request.attributes
+                path = attrs.request.http.path.split("?", 1)[0]  # a query may carry secrets
                 log.debug("ext_authz %s (%s) %s → %s: %s", verdict.decision, verdict.reason,
                           attrs.source.principal or attrs.source.address.socket_address.address,
-                          attrs.request.http.path or attrs.destination.address.socket_address.port_value,
+                          path or attrs.destination.address.socket_address.port_value,
                           verdict.detail)
             return response
         except Exception as exc:  # noqa: BLE001 - fail closed: a check not finished is denied
