@@ -11,6 +11,7 @@ from meshca.core.rate_limit import RateLimit
 from meshca.core.roles import Role
 from meshca.core.rotation import DEFAULT_POLICY, RotationPolicy, check_lifetimes, max_leaf_ttl
 from meshca.service.keystore_select import KeystoreSettings
+from meshca.transport.tls_listener import ConnectionLimits
 
 DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
 # Written into the data dir once meshca serves: the addresses it actually bound.
@@ -95,6 +96,22 @@ class Settings:
     vault_kv_prefix: str = "meshca/ca-keys"
     key_dir: Path | None = None  # None: the data dir; replicas with file keys share one
     kek_file: Path | None = None  # None: <data-dir>.kek beside the data dir (or $MESHCA_KEK)
+    # Listener limits (README "Limits"): per listener and per process, none of them unbounded.
+    tls_handshake_timeout: timedelta = timedelta(seconds=10)
+    connection_idle_timeout: timedelta = timedelta(seconds=120)
+    max_connections: int = 1024
+    max_connections_per_source: int = 128
+    max_streams_per_connection: int = 100
+    max_request_bytes: int = 1024 * 1024  # admin API request bodies
+    max_header_bytes: int = 64 * 1024  # gRPC metadata and admin API request heads
+    admin_auth_failures: int = 10  # failed admin authentications per source before back-off
+    admin_auth_backoff: timedelta = timedelta(seconds=30)  # first back-off; doubles, max 15 min
+    # ext_authz fails closed within a bounded time (issue 12): identity state from a background
+    # snapshot, denials once it is too old; terse deny bodies; optional mutual TLS.
+    ext_authz_refresh: timedelta = timedelta(seconds=2)
+    ext_authz_max_staleness: timedelta = timedelta(seconds=30)
+    ext_authz_verbose: bool = False
+    ext_authz_tls: bool = False
     # Limits (README "Limits"): issuance rate limits (per worker process; None: off), refused
     # callers summarised in the audit log, retention of audit and certificate rows, and how
     # long certificates may renew themselves before a token must be shown again.
@@ -142,12 +159,23 @@ class Settings:
             raise ValueError("--token-cache-size must be at least 1")
         if self.ext_authz_addr is not None:
             split_host_port(self.ext_authz_addr)  # a ValueError names the bad address
+        self.connection_limits  # noqa: B018 - a ValueError names the bad limit
+        if min(self.max_streams_per_connection, self.max_request_bytes, self.max_header_bytes,
+               self.admin_auth_failures) < 1 or self.admin_auth_backoff <= timedelta(0):
+            raise ValueError("--max-streams-per-connection, --max-request-bytes, "
+                             "--max-header-bytes, --admin-auth-failures and --admin-auth-backoff "
+                             "must be positive")
         names = [name for name, _ in self.clusters]
         if len(set(names)) != len(names) or self.cluster_id in names:
             raise ValueError("--cluster names must be distinct and differ from --cluster-id")
-        self._check_limits()
+        if self.ext_authz_refresh <= timedelta(0):
+            raise ValueError("--ext-authz-refresh must be positive")
+        if self.ext_authz_max_staleness <= self.ext_authz_refresh:
+            raise ValueError("--ext-authz-max-staleness must be longer than --ext-authz-refresh "
+                             "(a few refreshes), or every check between two reads is denied")
+        self._check_rates_and_retention()
 
-    def _check_limits(self) -> None:
+    def _check_rates_and_retention(self) -> None:
         if min(self.audit_refusal_interval, self.audit_retention, self.retention_interval,
                self.max_renewal_age) <= timedelta(0):
             raise ValueError("--audit-refusal-interval, --audit-retention, --retention-interval "
@@ -164,6 +192,14 @@ class Settings:
                               activate_at=self.rotation_activate_at, skew=self.rotation_skew,
                               refresh_hint=self.bundle_refresh_hint,
                               publish_lead=self.bundle_publish_lead)
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            handshake_timeout=self.tls_handshake_timeout.total_seconds(),
+            idle_timeout=self.connection_idle_timeout.total_seconds(),
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source)
 
     @property
     def keystore_settings(self) -> KeystoreSettings:

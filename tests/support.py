@@ -137,18 +137,14 @@ def start_meshca(data_dir: Path, *extra: str, database_url: str | None = None,
     process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + timeout
-    info: dict[str, Any] | None = None
-    while info is None:
+    while not endpoints.exists():
         if process.poll() is not None:
             raise RuntimeError(f"meshca exited with {process.returncode}:\n{log_path.read_text()}")
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"meshca did not start:\n{log_path.read_text()}")
         time.sleep(0.05)
-        try:  # the file exists a moment before its content is written
-            info = json.loads(endpoints.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            info = None
+    info = json.loads(endpoints.read_text())
     url = database_url or f"sqlite:///{data_dir / 'meshca.db'}"
     return MeshcaProcess(data_dir, process, info["grpc"], info["metrics"], url, log_path,
                          admin_addr=info["admin"], kek_text=(env or {}).get("MESHCA_KEK"))

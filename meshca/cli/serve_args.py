@@ -80,7 +80,8 @@ def _fraction_env(name: str, default: float) -> float:
     return _fraction(text) if text else default
 
 
-def _duration_flag(parser: argparse.ArgumentParser, flag: str, default: str, text: str) -> None:
+def _duration_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str,
+                   default: str, text: str) -> None:
     name = flag.removeprefix("--").replace("-", "_").upper()
     parser.add_argument(flag, type=parse_duration,
                         default=parse_duration(env(name, default) or default),
@@ -137,8 +138,28 @@ def _add_authz_flags(serve: argparse.ArgumentParser) -> None:
                        default=(env("WATCH_KUBE_POLICIES") or "").lower() in ("1", "true", "yes"),
                        help="list and watch AuthorizationPolicy objects in the cluster")
     serve.add_argument("--ext-authz-addr", default=env("EXT_AUTHZ_ADDR", "127.0.0.1:9191"),
-                       help="Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check), "
-                            "plaintext on HOST:PORT; \"off\" for none (default 127.0.0.1:9191)")
+                       help="Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check) on "
+                            "HOST:PORT (TLS with --ext-authz-tls); \"off\" for none (default "
+                            "127.0.0.1:9191)")
+
+
+def _add_ext_authz_flags(serve: argparse.ArgumentParser) -> None:
+    """How ext_authz fails closed, what its denials say, and who may call it."""
+    _duration_flag(serve, "--ext-authz-refresh", "2s",
+                   "how often each worker re-reads blocked identities and revoked certificates "
+                   "for ext_authz, in the background")
+    _duration_flag(serve, "--ext-authz-max-staleness", "30s",
+                   "ext_authz denies every check (reason identity-state-stale) while its last good "
+                   "read of blocked identities and revoked certificates is older than this")
+    serve.add_argument("--ext-authz-verbose", action="store_true",
+                       default=(env("EXT_AUTHZ_VERBOSE") or "").lower() in ("1", "true", "yes"),
+                       help="deny bodies and the x-meshca-authz header name the deciding policy, "
+                            "rule and reason (default off: only the decision and a reason code)")
+    serve.add_argument("--ext-authz-tls", action="store_true",
+                       default=(env("EXT_AUTHZ_TLS") or "").lower() in ("1", "true", "yes"),
+                       help="serve ext_authz over TLS with meshca's serving certificate and "
+                            "require a client certificate issued under meshca's trust bundle "
+                            "(default off: plaintext)")
 
 
 def _add_keystore_flags(serve: argparse.ArgumentParser) -> None:
@@ -175,6 +196,30 @@ def _add_keystore_flags(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--vault-kv-prefix", default=env("VAULT_KV_PREFIX", "meshca/ca-keys"))
 
 
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """Listener limits (README "Limits"), per listener and per worker process."""
+    group = serve.add_argument_group("limits")
+    _duration_flag(group, "--tls-handshake-timeout", "10s",
+                   "a connection that has not finished its TLS handshake by then is closed")
+    _duration_flag(group, "--connection-idle-timeout", "120s",
+                   "a connection that moved no byte in either direction for this long is closed")
+    for flag, default, text in (
+        ("--max-connections", 1024, "open connections per listener (gRPC, admin) and process; "
+                                    "more are closed at once"),
+        ("--max-connections-per-source", 128, "open connections from one client address per "
+                                              "listener and process"),
+        ("--max-streams-per-connection", 100, "concurrent gRPC calls on one connection"),
+        ("--max-request-bytes", 1024 * 1024, "largest admin API request body (413 above it)"),
+        ("--max-header-bytes", 64 * 1024, "largest gRPC metadata and admin API request head"),
+        ("--admin-auth-failures", 10, "failed admin authentications from one address before "
+                                      "it must wait (429 with Retry-After)"),
+    ):
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        group.add_argument(flag, type=_positive_int, default=_positive_int(env(name) or str(default)),
+                           help=f"{text} (default {default})")
+    _duration_flag(group, "--admin-auth-backoff", "30s",
+                   "first wait after too many failed admin authentications; doubles while "
+                   "failures go on, at most 15m")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -194,8 +239,9 @@ def _rate_limit(text: str) -> RateLimit | None:
             "or off") from None
 
 
-def _add_limits_flags(serve: argparse.ArgumentParser) -> None:
+def _add_rate_and_retention_flags(serve: argparse.ArgumentParser) -> None:
     """Issuance rate limits, refusal summaries, retention, renewal age (README "Limits")."""
+    group = serve.add_argument_group("issuance rate limits, audit and retention")
     for flag, default, text in (
         ("--issuance-rate-per-identity", "20/s:200",
          "CreateCertificate requests per SPIFFE ID, per worker process, as RATE/s:BURST or off; "
@@ -205,28 +251,30 @@ def _add_limits_flags(serve: argparse.ArgumentParser) -> None:
          "any token; RATE/s:BURST or off"),
     ):
         name = flag.removeprefix("--").replace("-", "_").upper()
-        serve.add_argument(flag, type=_rate_limit, default=_rate_limit(env(name) or default),
+        group.add_argument(flag, type=_rate_limit, default=_rate_limit(env(name) or default),
                            metavar="RATE/s:BURST", help=f"{text} (default {default})")
-    _duration_flag(serve, "--audit-refusal-interval", "60s",
+    _duration_flag(group, "--audit-refusal-interval", "60s",
                    "refused callers are written to the audit log as one row per source, action "
                    "and reason per this interval")
-    _duration_flag(serve, "--audit-retention", "90d", "audit rows older than this are deleted")
-    _duration_flag(serve, "--certificate-retention", "7d",
+    _duration_flag(group, "--audit-retention", "90d", "audit rows older than this are deleted")
+    _duration_flag(group, "--certificate-retention", "7d",
                    "certificate rows are deleted this long after they expire (revoked ones too, "
                    "never before they expire); at least --rotation-skew")
-    _duration_flag(serve, "--retention-interval", "1h",
+    _duration_flag(group, "--retention-interval", "1h",
                    "how often one replica deletes what retention allows, in batches")
-    _duration_flag(serve, "--max-renewal-age", "7d",
+    _duration_flag(group, "--max-renewal-age", "7d",
                    "renewal with a client certificate is refused once the identity's last "
                    "service-account token check is older than this")
 
 
 def add_serve_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the CA")
+    _add_limit_flags(serve)
     _add_ca_flags(serve)
     _add_authz_flags(serve)
     _add_keystore_flags(serve)
-    _add_limits_flags(serve)
+    _add_ext_authz_flags(serve)
+    _add_rate_and_retention_flags(serve)
     data_dir_arg(serve)
     serve.add_argument("--database-url", default=env("DATABASE_URL"),
                        help="SQLAlchemy URL (default: SQLite in the data dir)")
@@ -355,6 +403,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
         clusters=tuple(args.clusters or ()),
         verify_pod_binding=args.verify_pod_binding,
         trusted_node_accounts=tuple(args.trusted_node_accounts or ()),
+        tls_handshake_timeout=args.tls_handshake_timeout,
+        connection_idle_timeout=args.connection_idle_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        max_streams_per_connection=args.max_streams_per_connection,
+        max_request_bytes=args.max_request_bytes,
+        max_header_bytes=args.max_header_bytes,
+        admin_auth_failures=args.admin_auth_failures,
+        admin_auth_backoff=args.admin_auth_backoff,
+        ext_authz_refresh=args.ext_authz_refresh,
+        ext_authz_max_staleness=args.ext_authz_max_staleness,
+        ext_authz_verbose=args.ext_authz_verbose,
+        ext_authz_tls=args.ext_authz_tls,
         issuance_rate_per_identity=args.issuance_rate_per_identity,
         issuance_rate_per_source=args.issuance_rate_per_source,
         audit_refusal_interval=args.audit_refusal_interval,

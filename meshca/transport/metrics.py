@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import bisect
 import multiprocessing
+import threading
+import time
 from collections.abc import Iterator, MutableSequence
 
 import grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from meshca.transport.ext_authz.reasons import DECISIONS as AUTHZ_DECISIONS
+from meshca.transport.ext_authz.reasons import REFRESH_OUTCOMES
 
 ISSUANCE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KUBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -27,6 +32,9 @@ REASONS = ("invalid", "missing", "malformed", "too_large", "algorithm", "signatu
            "certificate", "renewal_age")
 CACHE_OUTCOMES = ("hit", "miss", "negative_hit", "coalesced")
 KUBE_KINDS = ("tokenreview", "pod", "pods", "discovery", "namespaces", "configmaps")
+LISTENERS = ("grpc", "admin", "metrics")
+CONNECTION_REFUSALS = ("max-connections", "max-connections-per-source", "idle-timeout",
+                       "handshake-failed")
 RATE_LIMITS = ("source", "identity")
 REFUSAL_TRANSPORTS = ("grpc", "admin")
 # Token reasons, then what else refuses a caller: a blocked identity, a rate limit, and at the
@@ -55,6 +63,13 @@ _CACHE = _L.take(len(CACHE_OUTCOMES))
 _KUBE = _L.take(len(KUBE_KINDS) * 2)  # (ok, error) per kind
 _KUBE_BUCKETS = _L.take(len(KUBE_BUCKETS) + 1)
 _KUBE_SUM = _L.take(1)
+_CONN = _L.take(len(LISTENERS) * len(CONNECTION_REFUSALS))
+_AUTHZ = _L.take(len(AUTHZ_DECISIONS))
+_AUTHZ_INDEX = {pair: i for i, pair in enumerate(AUTHZ_DECISIONS)}
+_AUTHZ_REFRESH = _L.take(len(REFRESH_OUTCOMES))
+# Unix time this worker's ext_authz identity snapshot was read; 0: no ext_authz here,
+# -1: serving without a snapshot yet.
+_AUTHZ_STATE_AT = _L.take(1)
 _RATE_LIMITED = _L.take(len(RATE_LIMITS))
 _REFUSED = _L.take(len(REFUSAL_TRANSPORTS) * len(REFUSAL_REASONS))
 ROW_WIDTH = _L.width
@@ -101,6 +116,26 @@ class CaMetrics:
         slots[base + _KUBE_BUCKETS + bisect.bisect_left(KUBE_BUCKETS, seconds)] += 1
         slots[base + _KUBE_SUM] += seconds
 
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A connection refused or closed by a listener limit (tls_listener.py)."""
+        index = LISTENERS.index(listener) * len(CONNECTION_REFUSALS) + CONNECTION_REFUSALS.index(reason)
+        self._slots[self._base + _CONN + index] += 1
+
+    # ext_authz (the AuthzMetrics port). Its checks run on a thread pool: unlike the counters
+    # above, these slots have several writers in the process, hence the lock.
+    _authz_lock = threading.Lock()
+
+    def authz_decision(self, decision: str, reason: str) -> None:
+        index = _AUTHZ_INDEX.get((decision, reason), _AUTHZ_INDEX[("DENY", "internal")])
+        with self._authz_lock:
+            self._slots[self._base + _AUTHZ + index] += 1
+
+    def identity_refresh(self, outcome: str) -> None:
+        with self._authz_lock:
+            self._slots[self._base + _AUTHZ_REFRESH + REFRESH_OUTCOMES.index(outcome)] += 1
+
+    def identity_state_read(self, wall_time: float | None) -> None:
+        self._slots[self._base + _AUTHZ_STATE_AT] = -1.0 if wall_time is None else wall_time
     def rate_limited(self, limit: str) -> None:
         self._slots[self._base + _RATE_LIMITED + RATE_LIMITS.index(limit)] += 1
 
@@ -155,16 +190,44 @@ class CaMetricsCollector(Collector):
         yield self._histogram("meshca_kube_api_request_duration_seconds",
                               "Latency of calls to Kubernetes API servers.",
                               KUBE_BUCKETS, _KUBE_BUCKETS, _KUBE_SUM)
+        refused = [({"listener": listener, "reason": reason},
+                    self._total(_CONN + i * len(CONNECTION_REFUSALS) + j))
+                   for i, listener in enumerate(LISTENERS)
+                   for j, reason in enumerate(CONNECTION_REFUSALS)]
+        yield _counter("meshca_connections_refused",
+                       "Connections refused or closed by a listener limit, by listener and reason.",
+                       refused)
         yield _counter("meshca_rate_limited", "CreateCertificate requests refused by a rate "
                        "limit (RESOURCE_EXHAUSTED), by limit.",
                        self._labelled(_RATE_LIMITED, "limit", RATE_LIMITS, keep_zero=True))
-        refused = [({"transport": transport, "reason": reason},
-                    self._total(_REFUSED + t * len(REFUSAL_REASONS) + r))
-                   for t, transport in enumerate(REFUSAL_TRANSPORTS)
-                   for r, reason in enumerate(REFUSAL_REASONS)]
+        refusals = [({"transport": transport, "reason": reason},
+                     self._total(_REFUSED + t * len(REFUSAL_REASONS) + r))
+                    for t, transport in enumerate(REFUSAL_TRANSPORTS)
+                    for r, reason in enumerate(REFUSAL_REASONS)]
         yield _counter("meshca_refused_requests", "Refused requests, each one counted (the audit "
                        "log summarises them), by transport and reason.",
-                       [s for s in refused if s[1]])
+                       [s for s in refusals if s[1]])
+        yield from self._ext_authz()
+
+    def _ext_authz(self) -> Iterator[Metric]:
+        decisions = [({"decision": d, "reason": r}, self._total(_AUTHZ + i))
+                     for i, (d, r) in enumerate(AUTHZ_DECISIONS)]
+        yield _counter("meshca_ext_authz_decisions", "ext_authz Check answers, by decision and "
+                       "reason.", [s for s in decisions if s[1]])
+        yield _counter("meshca_ext_authz_identity_refreshes", "Background reads of the blocked "
+                       "identities and revoked certificates, by outcome (slow: longer than "
+                       "--ext-authz-refresh).", self._labelled(_AUTHZ_REFRESH, "outcome",
+                                                                REFRESH_OUTCOMES))
+        age = Metric("meshca_ext_authz_identity_state_age_seconds",
+                     "Age of the identity snapshot each worker's ext_authz decides from (+Inf: "
+                     "none yet); past --ext-authz-max-staleness every check is denied.", "gauge")
+        now = time.time()
+        for worker in range(self._workers):
+            read_at = self._slots[worker * ROW_WIDTH + _AUTHZ_STATE_AT]
+            if read_at:
+                age.add_sample(age.name, {"worker": str(worker)},
+                               float("inf") if read_at < 0 else max(0.0, now - read_at))
+        yield age
 
     def _labelled(self, offset: int, label: str, values: tuple[str, ...],
                   keep_zero: bool = False) -> list[tuple[dict[str, str], float]]:

@@ -2,11 +2,16 @@
 
 grpcio's Python server can either require a client certificate or not ask for one at all;
 Istio's CA contract needs the middle ground (Go's VerifyClientCertIfGiven): token callers
-without a certificate, and renewing callers presenting a mesh certificate. This front
-terminates TLS with the standard `ssl` module (CERT_OPTIONAL against the trust bundle),
-then pipes the HTTP/2 bytes to the gRPC server on a loopback-only port. The verified peer
-certificate is remembered under the upstream connection's local port, which the gRPC
-handler sees as its peer address.
+without a certificate, and renewing callers presenting a mesh certificate. meshca therefore
+terminates TLS itself (`TlsListener`, `ssl` with CERT_OPTIONAL against the trust bundle) and
+relays each connection's HTTP/2 bytes to the gRPC server over a Unix socket.
+
+Identity stays bound to the connection that proved it (docs/architecture.md): the gRPC server
+listens only inside a private directory (0700, random name) that no other user can enter,
+and every relayed connection comes from a client socket bound to a fresh random name in that
+directory. grpc reports that name as the call's peer, and the proven certificate is looked up
+by it. Nothing reachable from another local user (no TCP port, no file it can open) carries
+or implies who a caller is.
 """
 
 from __future__ import annotations
@@ -14,13 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import shutil
 import socket
 import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from meshca.transport.tls_listener import Connection, TlsPeer
 
 log = logging.getLogger(__name__)
-_CHUNK = 256 * 1024
+_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; keep a margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,111 +42,204 @@ class Peer:
 
 
 class PeerCertificates:
-    """Who is behind each upstream connection, keyed by that connection's local port.
-
-    The gRPC server sees the peer `ipv4:127.0.0.1:<port>`, the HTTP server `("127.0.0.1", port)`.
-    """
+    """Who is behind each relayed connection, by the private socket name grpc reports as the
+    call's peer (`unix:<private dir>/c-<random>`)."""
 
     def __init__(self) -> None:
-        self._by_port: dict[int, Peer] = {}
+        self._by_name: dict[str, Peer] = {}
 
     def lookup(self, grpc_peer: str) -> bytes | None:
-        peer = self._by_port.get(_port_of(grpc_peer))
+        peer = self._by_name.get(grpc_peer)
         return peer.certificate if peer else None
 
     def client_address(self, grpc_peer: str) -> str:
-        peer = self._by_port.get(_port_of(grpc_peer))
+        peer = self._by_name.get(grpc_peer)
         return peer.address if peer else "unknown"
 
-    def by_port(self, port: int) -> Peer | None:
-        return self._by_port.get(port)
+    def _add(self, name: str, peer: Peer) -> None:
+        self._by_name[name] = peer
 
-    def _add(self, port: int, peer: Peer) -> None:
-        self._by_port[port] = peer
+    def _remove(self, name: str) -> None:
+        self._by_name.pop(name, None)
 
-    def _remove(self, port: int) -> None:
-        self._by_port.pop(port, None)
-
-
-def _port_of(grpc_peer: str) -> int:
-    _, _, port = grpc_peer.rpartition(":")
-    return int(port) if port.isdigit() else -1
+    def __len__(self) -> int:
+        return len(self._by_name)
 
 
-class TlsFront:
-    def __init__(
-        self,
-        upstream_port: int,
-        ssl_context: Callable[[], ssl.SSLContext],
-        peers: PeerCertificates,
-    ) -> None:
-        self._upstream_port = upstream_port
-        self._ssl_context = ssl_context
+class PrivateSocketDir:
+    """A directory only this process's user can enter, for the relay's Unix sockets."""
+
+    def __init__(self, base: str | None = None) -> None:
+        parent = base or tempfile.gettempdir()
+        if len(parent) > _UNIX_PATH_MAX - 60:
+            parent = "/tmp"  # noqa: S108 - only a parent for mkdtemp's private directory
+        self.path = Path(tempfile.mkdtemp(prefix="meshca-", dir=parent))  # created 0700
+        os.chmod(self.path, 0o700)
+
+    @property
+    def upstream(self) -> str:
+        return str(self.path / "grpc.sock")
+
+    def client_name(self) -> str:
+        return str(self.path / f"c-{secrets.token_hex(16)}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class GrpcRelay:
+    """Serves each TLS connection by relaying it to the gRPC server's private Unix socket."""
+
+    def __init__(self, sockets: PrivateSocketDir, peers: PeerCertificates) -> None:
+        self._sockets = sockets
         self._peers = peers
-        self._server: asyncio.Server | None = None
-        self._current: ssl.SSLContext | None = None
 
-    async def start(self, sock: socket.socket) -> None:
-        """Accept on an already bound, listening socket."""
-        base = self._ssl_context()
-        self._current = base
-        # The listening context stays; each handshake switches to the newest one as soon as
-        # the ClientHello arrives (SNI or not), so a reload needs no restart and a root that
-        # left the bundle stops being trusted (a context can gain roots but never lose them).
-        base.sni_callback = self._choose_context
-        self._server = await asyncio.start_server(
-            self._serve, sock=sock, ssl=base, ssl_handshake_timeout=10
-        )
+    def __call__(self, transport: asyncio.Transport, peer: TlsPeer,
+                 connection: Connection) -> asyncio.Protocol:
+        client = _ClientSide(connection)
+        task = asyncio.get_running_loop().create_task(self._connect(client, peer))
+        client.connecting = task
+        return client
 
-    def reload(self) -> None:
-        """New handshakes use a freshly built context (serving certificate, trusted roots);
-        connections already open keep theirs."""
-        self._current = self._ssl_context()
-
-    def _choose_context(self, connection: ssl.SSLObject, server_name: str | None,
-                        listening: ssl.SSLContext) -> None:
-        current = self._current
-        if current is not None and current is not listening:
-            connection.context = current
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        client = writer.get_extra_info("peername")
-        address = f"{client[0]}:{client[1]}" if client else "unknown"
+    async def _connect(self, client: _ClientSide, peer: TlsPeer) -> None:
+        loop = asyncio.get_running_loop()
+        name = self._sockets.client_name()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        grpc_peer = f"unix:{name}"
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
-        except OSError:
-            writer.close()
+            sock.bind(name)
+            # Registered before the first byte is relayed, so grpc never sees an unknown peer.
+            self._peers._add(grpc_peer, Peer(peer.address, peer.certificate))
+            await loop.sock_connect(sock, self._sockets.upstream)
+            # The name stays with the connected socket (grpc reads it with getpeername).
+            os.unlink(name)
+            _, upstream = await loop.create_connection(lambda: _UpstreamSide(client), sock=sock)
+        except (OSError, asyncio.CancelledError):
+            self._peers._remove(grpc_peer)
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            sock.close()
+            client.abort()
             return
-        # Registered before the first byte is piped, so the server never sees an unknown peer.
-        local_port = int(up_writer.get_extra_info("sockname")[1])
-        self._peers._add(local_port, Peer(address, der or None))
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            self._peers._remove(local_port)
-            for w in (up_writer, writer):
-                with contextlib.suppress(Exception):
-                    w.close()
+        client.attach(upstream, lambda: self._peers._remove(grpc_peer))
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(_CHUNK):
-            dst.write(data)
-            await dst.drain()
-    except (ConnectionError, ssl.SSLError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            dst.close()
+class _ClientSide(asyncio.Protocol):
+    """The TLS side: bytes go to the upstream as they come; held while it connects."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _UpstreamSide | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self._held: list[bytes] = []
+        self._closed = False
+        self._on_close: list[Callable[[], None]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def attach(self, upstream: _UpstreamSide, on_close: Callable[[], None]) -> None:
+        self._on_close.append(on_close)
+        if self._closed:
+            upstream.close()
+            self._run_on_close()
+            return
+        self.upstream = upstream
+        for data in self._held:
+            upstream.write(data)
+        self._held.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._connection.touch(self._loop.time())
+        if self.upstream is not None:
+            self.upstream.write(data)
+        else:
+            self._held.append(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # closes this side; connection_lost closes the upstream
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._connection.release()
+        if self.connecting is not None and not self.connecting.done():
+            self.connecting.cancel()
+        if self.upstream is not None:
+            self.upstream.close()
+        self._run_on_close()
+
+    def _run_on_close(self) -> None:
+        for callback in self._on_close:
+            callback()
+        self._on_close.clear()
+
+    # The upstream side calls these.
+    def write(self, data: bytes) -> None:
+        self._connection.touch(self._loop.time())
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _UpstreamSide(asyncio.Protocol):
+    """The gRPC server's side of one relayed connection."""
+
+    def __init__(self, client: _ClientSide) -> None:
+        self._client = client
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._client.write(data)
+
+    def pause_writing(self) -> None:
+        if self._client.transport is not None:
+            self._client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._client.transport is not None:
+            self._client.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client.close()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 def server_ssl_context(serving_file: str, password: bytes | None, bundle_pem: str,

@@ -1,15 +1,10 @@
-"""The admin API: FastAPI under uvicorn on a loopback port, behind the same TLS front."""
+"""The admin API: FastAPI served over HTTPS by uvicorn's protocol on meshca's TLS listener."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import uvicorn
 
 from meshca.config import ADMIN_TOKEN_FILE, Settings, split_host_port
 from meshca.core.clock import Clock
@@ -23,12 +18,13 @@ from meshca.infra.keyfiles import write_private_file
 from meshca.service.admin_auth import AdminAuthenticator
 from meshca.service.policy_store import PolicyStore
 from meshca.service.ports import AuditEntry, TokenAuthenticator
+from meshca.transport.http_server import HttpServer
 from meshca.transport.metrics import CaMetrics
-from meshca.transport.rest.app import create_app
+from meshca.transport.rest.app import AdminLimits, create_app
 from meshca.transport.rest.context import AdminContext
 from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.routes.tokens import new_admin_token
-from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
+from meshca.transport.tls_front import server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
 from meshca.wiring.keys import key_backend, key_encryption_key
 from meshca.wiring.limits import AdminRefusals
@@ -37,26 +33,15 @@ from meshca.wiring.startup import database_url, listen_socket
 log = logging.getLogger("meshca")
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside meshca's own event loop: meshca, not uvicorn, owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class AdminServer:
     address: str
-    front: TlsFront
-    server: _EmbeddedUvicorn
-    task: asyncio.Task[None]
+    server: HttpServer
+    refused: AdminRefusals
 
     async def stop(self) -> None:
-        await self.front.stop()
-        self.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.task, 10)
+        await self.server.stop()
+        await self.refused.close()  # the last interval's refused callers
 
 
 def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
@@ -98,29 +83,30 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
         spiffe_ids=dict(settings.admin_spiffe_ids),
         certificate_usable=context.inventory.usable,
     )
-    peers = PeerCertificates()
     # The in-process worker's policy set: a change made here is enforced here at once.
     authz_context = AuthzContext(policies, SqlPolicies(engine), policies.current.mesh)
     refused = AdminRefusals(settings, engine, metrics)  # summarised, not a row per request
-    app = create_app(context, authenticator, peers, authz_context, refused=refused)
-    upstream = listen_socket("127.0.0.1", 0, reuse_port=False)
-    server = _EmbeddedUvicorn(uvicorn.Config(app, log_level="warning", access_log=False,
-                                             lifespan="off", server_header=False))
-    task = asyncio.get_running_loop().create_task(refused.serving(server.serve(sockets=[upstream])))
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
-        await asyncio.sleep(0.01)
+    app = create_app(context, authenticator, authz_context, limits=admin_limits(settings),
+                     refused=refused)
     serving = str(serving_file(settings))
     password = key_encryption_key(settings).tls_password()
-    front = TlsFront(
-        int(upstream.getsockname()[1]),
+    server = HttpServer(
+        "admin", app,
         lambda: server_ssl_context(serving, password, reloader.current.bundle.pem,
                                    alpn=("http/1.1",)),
-        peers,
+        settings.connection_limits, max_header_bytes=settings.max_header_bytes,
+        on_refused=lambda reason: metrics.connection_refused("admin", reason),
     )
-    reloader.add_listener(lambda _: front.reload())
+    reloader.add_listener(lambda _: server.reload())
     host, port = split_host_port(settings.admin_addr)
     sock = listen_socket(host, port, reuse_port=False)
-    await front.start(sock)
-    return AdminServer(f"{host}:{sock.getsockname()[1]}", front, server, task)
+    await server.start(sock)
+    refused.start()
+    return AdminServer(f"{host}:{sock.getsockname()[1]}", server, refused)
+
+
+def admin_limits(settings: Settings) -> AdminLimits:
+    return AdminLimits(max_request_bytes=settings.max_request_bytes,
+                       max_header_bytes=settings.max_header_bytes,
+                       auth_failures=settings.admin_auth_failures,
+                       auth_backoff_seconds=settings.admin_auth_backoff.total_seconds())

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
-from typing import TypeVar
+import re
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
@@ -24,7 +23,7 @@ from meshca.service.retention import RetentionJob, RetentionPolicy
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.retention_metrics import RetentionCollector
 
-T = TypeVar("T")
+_RETRY_IN = re.compile(r"; retry in [0-9.]+ ?s$")
 
 
 def start_retention(settings: Settings, engine: Engine, clock: Clock, stop: asyncio.Event,
@@ -65,34 +64,37 @@ async def flush_grpc(summary: RefusalSummary, records: SqlCertificateLog) -> Non
 
 class AdminRefusals:
     """The admin API's `refused` callback: refusals tallied per source and reason, written
-    every interval and once more when the admin server stops (`serving`)."""
+    every interval (`start`) and once more when the admin server stops (`close`)."""
 
     def __init__(self, settings: Settings, engine: Engine, metrics: CaMetrics) -> None:
         self._interval = settings.audit_refusal_interval.total_seconds()
         self._engine = engine
         self.summary = RefusalSummary(counted=lambda code: metrics.refused("admin", code))
+        self._stop = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
 
     def __call__(self, entry: AuditEntry) -> None:
         # The actor is the client's address (with a port that changes per connection) before
-        # authentication, or the principal whose role was too low.
+        # authentication, or the principal whose role was too low. A back-off refusal says how
+        # long to wait, different each time: the summary keeps the reason without it.
         address = entry.actor.startswith("https:")
+        reason, waited = _RETRY_IN.subn("", entry.detail or "")
+        code = "rate_limited" if waited else "credentials" if address else "role"
         self.summary.add(entry.at, source=source_address(entry.actor) if address else entry.actor,
-                         action=entry.action, target=entry.target, reason=entry.detail or "",
-                         code="credentials" if address else "role")
+                         action=entry.action, target=entry.target, reason=reason, code=code)
 
     async def _write(self, entries: list[AuditEntry]) -> None:
         if entries:
             await asyncio.to_thread(append_audit_many, self._engine, entries)
 
-    async def serving(self, work: Awaitable[T]) -> T:
-        """Run `work` (the admin server) with the summaries written alongside, and after."""
-        done = asyncio.Event()
-        flusher = asyncio.get_running_loop().create_task(
-            self.summary.flush_every(self._interval, self._write, done))
-        try:
-            return await work
-        finally:
-            done.set()
+    def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(
+            self.summary.flush_every(self._interval, self._write, self._stop))
+
+    async def close(self) -> None:
+        """After the server stopped: the last interval's summaries."""
+        self._stop.set()
+        if self._flusher is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await self._write(self.summary.take())
+                await self._flusher
+        await self._write(self.summary.take())

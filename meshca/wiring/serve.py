@@ -13,7 +13,7 @@ import socket
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from meshca.config import ENDPOINTS_FILE, Settings, split_host_port
 from meshca.core.authority import SigningAuthority
@@ -21,7 +21,9 @@ from meshca.core.clock import SystemClock
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import open_engine
 from meshca.transport.ca_metrics import CaStateCollector
+from meshca.transport.http_server import HttpServer
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
+from meshca.transport.metrics_http import MetricsApp
 from meshca.wiring.admin import start_admin
 from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
 from meshca.wiring.keys import key_backend, key_encryption_key
@@ -68,13 +70,19 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     engine = open_engine(database_url(settings))
     ca, ca_tasks = await start_supervisor_ca(settings, engine, clock, stop)
     ca.also_wake.append(worker.reloader)
+    worker_metrics = CaMetrics(slots, 0)  # this process is worker 0 too
     registry = CollectorRegistry()
     collector = CaMetricsCollector(slots, workers, registry)
     health = key_backend(settings).health
     CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry,
                      vault_alert=(lambda: health.alert) if health is not None else None)
     metrics_host, metrics_port = split_host_port(settings.metrics_addr)
-    metrics_server, _ = start_http_server(metrics_port, metrics_host, registry=registry)
+    metrics_server = HttpServer("metrics", MetricsApp(registry), None, settings.connection_limits,
+                                max_header_bytes=settings.max_header_bytes,
+                                on_refused=lambda reason: worker_metrics.connection_refused(
+                                    "metrics", reason))
+    metrics_sock = listen_socket(metrics_host, metrics_port, reuse_port=False)
+    await metrics_server.start(metrics_sock)
 
     def on_ca_change(current: SigningAuthority) -> None:
         write_bundle(settings, current)
@@ -83,15 +91,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     on_ca_change(ca.reloader.current)
     ca.reloader.add_listener(on_ca_change)
-    ca_tasks += start_publishing(settings, ca, CaMetrics(slots, 0), engine, stop)
+    ca_tasks += start_publishing(settings, ca, worker_metrics, engine, stop)
     ca_tasks += start_retention(settings, engine, clock, stop, registry)
     admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
-                              CaMetrics(slots, 0))
+                              worker_metrics)
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
-                 "metrics": f"{metrics_host}:{metrics_server.server_port}", "pid": os.getpid(),
+                 "metrics": f"{metrics_host}:{metrics_sock.getsockname()[1]}", "pid": os.getpid(),
                  "ext_authz": settings.ext_authz_addr}
-    (settings.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints))
+    # Replaced atomically: whoever polls for the file never reads half of it.
+    written = settings.data_dir / f"{ENDPOINTS_FILE}.tmp"
+    written.write_text(json.dumps(endpoints))
+    os.replace(written, settings.data_dir / ENDPOINTS_FILE)
     log.info("meshca serving CreateCertificate on %s (TLS, %d worker%s), admin API on https://%s, "
              "metrics on %s, trust domain %s", endpoints["grpc"], workers, "s" * (workers > 1),
              admin.address, endpoints["metrics"], settings.trust_domain)
@@ -113,7 +124,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await loop.run_in_executor(None, child.join, 10)
         if child.is_alive():
             child.kill()
-    metrics_server.shutdown()
+    await metrics_server.stop()
     engine.dispose()
     if watcher.done() and not watcher.cancelled() and watcher.result():
         raise SystemExit(1)

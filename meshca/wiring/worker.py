@@ -27,7 +27,8 @@ from meshca.service.policy_store import PolicyStore
 from meshca.service.refusal_summary import RefusalSummary
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
 from meshca.transport.metrics import CaMetrics
-from meshca.transport.tls_front import PeerCertificates, TlsFront, server_ssl_context
+from meshca.transport.tls_front import GrpcRelay, PeerCertificates, PrivateSocketDir, server_ssl_context
+from meshca.transport.tls_listener import TlsListener
 from meshca.wiring.authn import TokenAuthentication, build_token_authentication
 from meshca.wiring.authz import start_authorization
 from meshca.wiring.ca_runtime import reloader_for, serving_file
@@ -38,16 +39,13 @@ from meshca.wiring.startup import database_url, listen_socket
 log = logging.getLogger("meshca")
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
 MAX_MESSAGE_BYTES = 256 * 1024
-# Headers carry the bearer token; grpc's 8 KiB default would refuse long tokens before
-# meshca's own 16 KiB token limit gets to answer with UNAUTHENTICATED.
-MAX_METADATA_BYTES = 64 * 1024
 
 
 @dataclass
 class Worker:
     """One process's serving stack; `stop` shuts it down gracefully."""
 
-    front: TlsFront
+    front: TlsListener
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     records: SqlCertificateLog
@@ -58,6 +56,7 @@ class Worker:
     tasks: list[asyncio.Task[None]]
     stopping: asyncio.Event
     dispose: contextlib.ExitStack
+    sockets: PrivateSocketDir
     refusals: RefusalSummary
 
     async def stop(self) -> None:
@@ -65,6 +64,7 @@ class Worker:
         await self.health.enter_graceful_shutdown()
         await self.front.stop()
         await self.server.stop(grace=5)
+        self.sockets.remove()
         if self.ext_authz is not None:
             stopped = self.ext_authz.stop(grace=5)
             await asyncio.to_thread(stopped.wait, 10)
@@ -109,8 +109,11 @@ async def start_worker(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
-            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+            # Headers carry the bearer token; grpc's 8 KiB default would refuse long tokens
+            # before meshca's own 16 KiB token limit answers with UNAUTHENTICATED.
+            ("grpc.max_metadata_size", settings.max_header_bytes),
+            ("grpc.absolute_max_metadata_size", settings.max_header_bytes),
+            ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
         ]
     )
     peers = PeerCertificates()
@@ -124,22 +127,29 @@ async def start_worker(
          reflection.SERVICE_NAME),
         server,
     )
-    upstream_port = server.add_insecure_port("127.0.0.1:0")
+    # The gRPC server is reachable only through the TLS listener (tls_front.py).
+    sockets = PrivateSocketDir()
+    cleanup.callback(sockets.remove)
+    if server.add_insecure_port(f"unix:{sockets.upstream}") == 0:
+        raise OSError(f"cannot listen on {sockets.upstream}")
     await server.start()
     serving = str(serving_file(settings))
     password = key_encryption_key(settings).tls_password()
-    front = TlsFront(
-        upstream_port,
+    front = TlsListener(
+        "grpc",
         lambda: server_ssl_context(serving, password, reloader.current.bundle.pem),
-        peers,
+        GrpcRelay(sockets, peers),
+        settings.connection_limits,
+        on_refused=lambda reason: metrics.connection_refused("grpc", reason),
     )
     await front.start(sock)
     reloader.add_listener(lambda _: front.reload())
-    policies, ext_authz = await start_authorization(settings, engine, stopping, tasks)
+    policies, ext_authz = await start_authorization(settings, engine, stopping, tasks,
+                                                    metrics=metrics, reloader=reloader)
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
-                  stopping, cleanup, refusals=refusals)
+                  stopping, cleanup, sockets, refusals)
 
 
 def child_main(settings: Settings, host: str, port: int, slots: MutableSequence[float], row: int,

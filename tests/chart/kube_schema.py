@@ -23,6 +23,7 @@ KINDS: dict[tuple[str, str], tuple[type[Any], bool]] = {
     ("apps/v1", "Deployment"): (k8s.V1Deployment, False),
     ("policy/v1", "PodDisruptionBudget"): (k8s.V1PodDisruptionBudget, False),
     ("networking.k8s.io/v1", "NetworkPolicy"): (k8s.V1NetworkPolicy, False),
+    ("v1", "Secret"): (k8s.V1Secret, False),
     ("rbac.authorization.k8s.io/v1", "Role"): (k8s.V1Role, False),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): (k8s.V1RoleBinding, False),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): (k8s.V1ClusterRole, True),

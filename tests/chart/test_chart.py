@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
 import json
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart.conftest import CHART_DIR, Manifest, of_kind, one
 from tests.chart.kube_schema import check_object
@@ -221,19 +223,95 @@ def test_replicas_spread_and_disruption_budget(render: Any, case: ValueSet) -> N
         assert deployment["spec"]["strategy"]["type"] == case.extra["strategy"]
 
 
-def test_service_monitor_and_network_policy_when_enabled(render: Any) -> None:
+def test_service_monitor_when_enabled(render: Any) -> None:
     case = next(c for c in VALUE_SETS if c.name == "ha-postgres")
-    objects = _objects(render, case)
-    monitor = one(objects, "ServiceMonitor")
+    monitor = one(_objects(render, case), "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "http-metrics"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert not of_kind(render({}), "ServiceMonitor")
+
+
+@sets
+def test_network_policy_is_on_by_default_and_every_port_names_its_peers(
+        render: Any, case: ValueSet) -> None:
+    objects = _objects(render, case)
+    policies = of_kind(objects, "NetworkPolicy")
+    if case.values.get("networkPolicy", {}).get("enabled") is False:
+        assert policies == []
+        return
     policy = one(objects, "NetworkPolicy")["spec"]
-    ports = {p["ports"][0]["port"]: p.get("from") for p in policy["ingress"]}
-    assert ports["grpc"] is None, "every sidecar in the cluster must reach the CA"
-    assert ports["https-admin"] == [{"podSelector": {}}]
-    assert ports["http-metrics"] == case.values["networkPolicy"]["metricsFrom"]
-    defaults = render({})
-    assert not of_kind(defaults, "ServiceMonitor") and not of_kind(defaults, "NetworkPolicy")
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"].items() <= one(
+        objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    rules = {rule["ports"][0]["port"]: rule for rule in policy["ingress"]}
+    assert all(len(rule["ports"]) == 1 for rule in policy["ingress"])
+    # A rule without peers would admit any source, in the cluster or not.
+    assert all(rule.get("from") for rule in rules.values()), rules
+    container_ports = {p["name"] for p in _container(objects)["ports"]}
+    assert set(rules) == container_ports, "every port the pod opens, and only those, has a rule"
+    values = case.values.get("networkPolicy", {})
+    assert rules["grpc"]["from"] == (values.get("grpcFrom") or [{"namespaceSelector": {}}])
+    assert rules["https-admin"]["from"] == (values.get("adminFrom") or [{"podSelector": {}}])
+    assert rules["http-metrics"]["from"] == (values.get("metricsFrom") or [{"namespaceSelector": {}}])
+    if case.extra.get("ext_authz"):
+        assert rules["grpc-ext-authz"]["from"] == case.values["extAuthz"]["callers"]
+
+
+@sets
+def test_the_kek_is_in_a_secret_of_its_own_mounted_read_only(render: Any, case: ValueSet) -> None:
+    objects = _objects(render, case)
+    container = _container(objects)
+    kek_file = _flag_value(container["args"], "--kek-file")
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    keystore = case.values.get("keystore", {})
+    created = [s for s in of_kind(objects, "Secret") if s["metadata"]["name"].endswith("-kek")]
+    if not keystore.get("kekSecret") and keystore.get("createKekSecret") is False:
+        assert kek_file == "/var/lib/meshca/data.kek" and "/etc/meshca/kek" not in mounts
+        assert created == []
+        return
+    assert kek_file == "/etc/meshca/kek/kek"
+    assert not kek_file.startswith("/var/lib/meshca/"), "a copy of the data volume must hold no key"
+    mount = mounts["/etc/meshca/kek"]
+    assert mount["readOnly"] is True
+    secret_volume = volumes[mount["name"]]["secret"]
+    assert secret_volume["items"] == [{"key": "kek", "path": "kek"}]
+    assert secret_volume["defaultMode"] == 0o440
+    if keystore.get("kekSecret"):
+        assert created == [] and secret_volume["secretName"] == keystore["kekSecret"]
+        return
+    secret = one(objects, "Secret")
+    assert secret_volume["secretName"] == secret["metadata"]["name"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(secret["data"]) == {"kek"} and "stringData" not in secret
+    kek = base64.b64decode(base64.b64decode(secret["data"]["kek"]), validate=True)
+    assert len(kek) == 32
+
+
+def test_the_created_kek_is_random_and_opens_as_meshca_reads_it(chart: Any) -> None:
+    from meshca.infra.keyfiles import KeyEncryptionKey
+
+    def kek() -> str:
+        files = chart.render({}, name="meshca", namespace="meshca-system", is_install=True)
+        secret = yaml.safe_load(next(text for path, text in files.items()
+                                     if path.endswith("kek-secret.yaml")))
+        return base64.b64decode(secret["data"]["kek"]).decode()
+
+    first, second = kek(), kek()
+    assert first != second
+    assert KeyEncryptionKey.from_text(first, "kek").key_id != KeyEncryptionKey.from_text(
+        second, "kek").key_id
+
+
+def test_an_upgrade_that_would_replace_the_kek_fails_with_the_way_out(helm: Any, chart: Any) -> None:
+    """Without a cluster to look the Secret up in, an upgrade looks like one from a chart that
+    kept the key on the data volume: a new random key would lock meshca out of its keys."""
+    with pytest.raises(helm.HelmRenderError) as failure:
+        chart.render({}, name="meshca", namespace="meshca-system", is_upgrade=True)
+    message = str(failure.value)
+    assert "/var/lib/meshca/data.kek" in message and "keystore.kekSecret=meshca-kek" in message
+    for values in ({"keystore": {"kekSecret": "mine"}}, {"keystore": {"createKekSecret": False}}):
+        assert chart.render(values, name="meshca", namespace="meshca-system", is_upgrade=True)
 
 
 @pytest.mark.parametrize(("values", "word"), BAD_VALUES, ids=[w for _, w in BAD_VALUES])
@@ -259,7 +337,7 @@ def test_schema_is_draft_07_and_closed(chart: Any) -> None:
     # they are (checked against the API schema once rendered) are the only open objects.
     open_maps = {"affinity", "nodeSelector", "podAnnotations", "podLabels", "annotations", "labels",
                  "requests", "limits", "tolerations[]", "topologySpreadConstraints[]",
-                 "adminFrom[]", "metricsFrom[]"}
+                 "adminFrom[]", "metricsFrom[]", "grpcFrom[]", "callers[]"}
 
     def walk(node: dict[str, Any], name: str) -> None:
         if node.get("type") == "object" and "properties" in node:

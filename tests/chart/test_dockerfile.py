@@ -97,7 +97,8 @@ def ignore_patterns() -> list[str]:
 
 @pytest.fixture
 def deployment(render: Callable[..., list[Manifest]]) -> Manifest:
-    return one(render({"extAuthz": {"enabled": True}}), "Deployment")
+    callers = [{"podSelector": {"matchLabels": {"istio": "ingressgateway"}}}]
+    return one(render({"extAuthz": {"enabled": True, "callers": callers}}), "Deployment")
 
 
 def test_multi_stage_build_into_a_slim_python_311(stages: list[Stage], final: Stage) -> None:

@@ -42,6 +42,10 @@ class ValueSet:
         return self.name
 
 
+# The pods whose Envoy calls ext_authz.
+INGRESS_GATEWAY = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+                   "podSelector": {"matchLabels": {"istio": "ingressgateway"}}}
+
 POSTGRES = {"database": {"existingSecret": "meshca-db", "secretKey": "url"},
             "persistence": {"enabled": False}}
 
@@ -55,11 +59,12 @@ VALUE_SETS = [
                "--server-dns-name=localhost",
                "--trust-domain=cluster.local", "--default-ttl=24h", "--max-ttl=7d",
                "--token-validation=jwks", "--token-audience=istio-ca",
-               "--publish-configmaps=", "--kek-file=/var/lib/meshca/data.kek"),
-        absent=("--database-url", "--ca-dir", "--ext-authz-addr", "--vault-", "--keystore",
+               "--publish-configmaps=", "--kek-file=/etc/meshca/kek/kek"),
+        absent=("--database-url", "--ca-dir", "--ext-authz-", "--vault-", "--keystore",
                 "--token-issuer", "--verify-pod-binding", "--watch-kube-policies"),
         cluster_rules=frozenset(DISCOVERY | PUBLISH),
-        extra={"pvc": True, "pdb": False, "strategy": "Recreate"},
+        extra={"pvc": True, "pdb": False, "strategy": "Recreate",
+               "secret_mounts": {"/etc/meshca/kek": "meshca-kek"}},
     ),
     ValueSet(
         "ha-postgres",
@@ -79,7 +84,8 @@ VALUE_SETS = [
         absent=("--database-url", "--vault-", "--keystore"),
         cluster_rules=frozenset(TOKENREVIEW | PUBLISH),
         extra={"pvc": False, "pdb": True, "strategy": "RollingUpdate", "database_secret": "meshca-db",
-               "secret_mounts": {"/etc/meshca/cacerts": "corp-intermediate"}},
+               "secret_mounts": {"/etc/meshca/cacerts": "corp-intermediate",
+                                 "/etc/meshca/kek": "meshca-kek"}},
     ),
     ValueSet(
         "vault-transit-kubernetes",
@@ -98,7 +104,7 @@ VALUE_SETS = [
         cluster_rules=frozenset(TOKENREVIEW | DISCOVERY | PUBLISH
                                 | {("", "pods", frozenset({"get"}))}),
         extra={"pvc": False, "pdb": True, "database_secret": "meshca-db",
-               "secret_mounts": {"/etc/meshca/vault-ca": "vault-ca"}},
+               "secret_mounts": {"/etc/meshca/vault-ca": "vault-ca", "/etc/meshca/kek": "meshca-kek"}},
     ),
     ValueSet(
         "vault-kv-token",
@@ -116,7 +122,8 @@ VALUE_SETS = [
                 "--vault-namespace"),
         # Keys from a URL, nothing published, no TokenReview: no cluster-wide access at all.
         cluster_rules=frozenset(),
-        extra={"pvc": False, "secret_mounts": {"/etc/meshca/vault-token": "vault-token"}},
+        extra={"pvc": False, "secret_mounts": {"/etc/meshca/vault-token": "vault-token",
+                                               "/etc/meshca/kek": "meshca-kek"}},
     ),
     ValueSet(
         "vault-approle",
@@ -130,14 +137,16 @@ VALUE_SETS = [
                "--vault-transit-mount=transit"),
         absent=("--vault-token-file", "--vault-kv-mount", "--vault-role="),
         cluster_rules=frozenset(DISCOVERY | PUBLISH),
-        extra={"pvc": True, "secret_mounts": {"/etc/meshca/vault-approle": "vault-approle"}},
+        extra={"pvc": True, "secret_mounts": {"/etc/meshca/vault-approle": "vault-approle",
+                                              "/etc/meshca/kek": "meshca-kek"}},
     ),
     ValueSet(
         "plugged-ca-admin-extauthz",
         {"caSecret": "cacerts",
          "admin": {"serviceAccounts": ["ops/meshctl=admin", "monitoring/grafana=viewer"],
                    "spiffeIds": ["spiffe://cluster.local/ns/ops/sa/oncall=operator"]},
-         "extAuthz": {"enabled": True, "rootNamespace": "mesh-root", "watchKubePolicies": True},
+         "extAuthz": {"enabled": True, "rootNamespace": "mesh-root", "watchKubePolicies": True,
+                      "tls": True, "callers": [INGRESS_GATEWAY]},
          "tokens": {"trustedNodeAccounts": ["istio-system/ztunnel"]},
          "extraDnsNames": ["ca.mesh.example.com"], "extraArgs": ["--token-cache-ttl=2m"],
          "logLevel": "DEBUG", "workers": 2, "caKeyType": "ec-p384"},
@@ -146,15 +155,17 @@ VALUE_SETS = [
                "--admin-service-account=monitoring/grafana=viewer",
                "--admin-spiffe-id=spiffe://cluster.local/ns/ops/sa/oncall=operator",
                "--ext-authz-addr=0.0.0.0:9191", "--authz-root-namespace=mesh-root",
+               "--ext-authz-tls",
                "--watch-kube-policies", "--trusted-node-account=istio-system/ztunnel",
                "--server-dns-name=ca.mesh.example.com", "--token-cache-ttl=2m",
                "--log-level=DEBUG", "--workers=2", "--ca-key-type=ec-p384"),
-        absent=("--vault-", "--keystore"),
+        absent=("--vault-", "--keystore", "--ext-authz-verbose"),
         cluster_rules=frozenset(DISCOVERY | PUBLISH | {
             ("", "pods", frozenset({"get", "list"})),
             ("security.istio.io", "authorizationpolicies", frozenset({"list", "watch"})),
         }),
-        extra={"pvc": True, "ext_authz": True, "secret_mounts": {"/etc/meshca/cacerts": "cacerts"}},
+        extra={"pvc": True, "ext_authz": True, "secret_mounts": {"/etc/meshca/cacerts": "cacerts",
+                                                                 "/etc/meshca/kek": "meshca-kek"}},
     ),
     ValueSet(
         "file-kek-renamed",
@@ -168,6 +179,16 @@ VALUE_SETS = [
         namespace="security",
         extra={"pvc": True, "secret_mounts": {"/etc/meshca/kek": "meshca-kek"}},
     ),
+    ValueSet(
+        # The old layout, asked for: the KEK on the data volume; no network policy.
+        "kek-on-volume-no-network-policy",
+        {"keystore": {"type": "file", "createKekSecret": False},
+         "networkPolicy": {"enabled": False}, "extAuthz": {"enabled": True}},
+        flags=(*BASE_FLAGS, "--kek-file=/var/lib/meshca/data.kek", "--ext-authz-addr=0.0.0.0:9191"),
+        absent=("--ext-authz-tls", "--vault-"),
+        cluster_rules=frozenset(DISCOVERY | PUBLISH),
+        extra={"pvc": True, "ext_authz": True},
+    ),
 ]
 
 # Values that values.schema.json must refuse, and the word its message must name.
@@ -180,6 +201,9 @@ BAD_VALUES = [
     ({"ttl": {"default": "1 day", "max": "7d"}}, "default"),
     ({"persistence": {"enabled": "yes"}}, "enabled"),
     ({"keystore": {"type": "vault-kv", "vault": {"adress": "https://vault"}}}, "adress"),
+    ({"extAuthz": {"enabled": True, "tls": "yes"}}, "tls"),
+    ({"keystore": {"createKekSecret": "no"}}, "createKekSecret"),
+    ({"networkPolicy": {"grpcFrom": {"namespaceSelector": {}}}}, "grpcFrom"),
 ]
 
 # Values the schema allows but that cannot work: the chart fails with a message saying why.
@@ -197,4 +221,5 @@ REFUSED = [
      "needs keystore.vault.approle.roleId and keystore.vault.approle.secretIdSecret"),
     ({"replicaCount": 2, **POSTGRES}, "would give each pod CA keys of its own"),
     ({"tokens": {"jwks": "https://example.com/keys"}}, "tokens.jwks needs tokens.issuer"),
+    ({"extAuthz": {"enabled": True}}, "extAuthz.enabled with networkPolicy.enabled needs extAuthz.callers"),
 ]

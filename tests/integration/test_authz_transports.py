@@ -73,37 +73,56 @@ def test_cli_eval(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.fixture(scope="module")
-def ext_authz() -> Iterator[tuple[AuthorizationServicer, Any]]:
-    servicer = AuthorizationServicer(PolicyStore())
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield servicer, external_auth_pb2_grpc.AuthorizationStub(channel)
-    channel.close()
-    server.stop(None)
+def ext_authz() -> Iterator[tuple[dict[bool, AuthorizationServicer], Any]]:
+    """One server with two services: verbose (the details) on one port, terse on another."""
+    servicers = {verbose: AuthorizationServicer(PolicyStore(), verbose=verbose)
+                 for verbose in (True, False)}
+    servers, stubs = [], {}
+    for verbose, servicer in servicers.items():
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        stubs[verbose] = external_auth_pb2_grpc.AuthorizationStub(
+            grpc.insecure_channel(f"127.0.0.1:{port}"))
+    yield servicers, stubs
+    for server in servers:
+        server.stop(None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_ext_authz_check(case: Case, ext_authz: tuple[AuthorizationServicer, Any]) -> None:
-    servicer, stub = ext_authz
+def test_ext_authz_check(case: Case, ext_authz: tuple[dict[bool, AuthorizationServicer], Any]) -> None:
+    servicers, stubs = ext_authz
     mesh = parse_mesh(case.request["mesh"]) if "mesh" in case.request else MeshConfig()
-    servicer.store = PolicyStore(mesh)
-    servicer.store.replace("api", parse_policies(case.policies))
-    response = stub.Check(check_request(case.request), timeout=10)
-    if case.expect["decision"] == "ALLOW":
-        assert response.status.code == 0
-        assert response.HasField("ok_response")
-        header = response.ok_response.headers[0].header
-    else:
-        assert response.status.code == 7  # PERMISSION_DENIED
-        assert response.denied_response.status.code == 403
-        assert answered(json.loads(response.denied_response.body)) == expected(case)
-        header = response.denied_response.headers[0].header
+    for servicer in servicers.values():
+        servicer.store = PolicyStore(mesh)
+        servicer.store.replace("api", parse_policies(case.policies))
+    verbose = stubs[True].Check(check_request(case.request), timeout=10)
+    terse = stubs[False].Check(check_request(case.request), timeout=10)
     policy, rule = case.expect["policy"], case.expect["rule"]
+    reason = "policy" if policy else ("no-policy" if case.expect["decision"] == "ALLOW"
+                                      else "no-allow-match")
+    if case.expect["decision"] == "ALLOW":
+        assert verbose.status.code == terse.status.code == 0
+        assert verbose.HasField("ok_response") and terse.HasField("ok_response")
+        header = verbose.ok_response.headers[0].header
+        terse_header = terse.ok_response.headers[0].header
+    else:
+        assert verbose.status.code == terse.status.code == 7  # PERMISSION_DENIED
+        assert verbose.denied_response.status.code == terse.denied_response.status.code == 403
+        body = json.loads(verbose.denied_response.body)
+        assert body["reason"] == reason
+        assert answered({**body, "reason": body["detail"]}) == expected(case)
+        # Terse (the default): the decision and a coarse code, no policy name or human reason.
+        assert json.loads(terse.denied_response.body) == {"decision": "DENY", "reason": "policy"}
+        assert terse.status.message == "policy"
+        header = verbose.denied_response.headers[0].header
+        terse_header = terse.denied_response.headers[0].header
     assert header.value == " ".join(str(v) for v in (case.expect["decision"], policy, rule)
                                     if v is not None)
+    assert terse_header.key == header.key == "x-meshca-authz"
+    assert terse_header.value == case.expect["decision"]
 
 
 def test_rest_invalid_policy_is_422_with_field_path(client: TestClient) -> None:

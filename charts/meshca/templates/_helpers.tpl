@@ -58,6 +58,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and .Values.tokens.jwks (not .Values.tokens.issuer) -}}
 {{- fail "meshca: tokens.jwks needs tokens.issuer (the iss those keys sign for)." -}}
 {{- end -}}
+{{- if and .Values.extAuthz.enabled .Values.networkPolicy.enabled (not .Values.extAuthz.callers) -}}
+{{- fail "meshca: extAuthz.enabled with networkPolicy.enabled needs extAuthz.callers: the NetworkPolicy peers (pods or namespaces) whose Envoy calls ext_authz. There is no \"anyone\" default." -}}
+{{- end -}}
+{{- if and .Release.IsUpgrade (not .Values.keystore.kekSecret) .Values.keystore.createKekSecret (not (lookup "v1" "Secret" .Release.Namespace (include "meshca.kekSecretName" .))) -}}
+{{- fail (printf "meshca: Secret %s (the key-encryption key) is missing on this upgrade. A release from an older chart keeps its key on the data volume (/var/lib/meshca/data.kek), and a new key could not open the keys sealed with it. Move it into a Secret: kubectl -n %s exec deploy/%s -- cat /var/lib/meshca/data.kek | kubectl -n %s create secret generic %s --from-file=kek=/dev/stdin, and set keystore.kekSecret=%s (or keystore.createKekSecret=false to leave it on the volume)." (include "meshca.kekSecretName" .) .Release.Namespace (include "meshca.fullname" .) .Release.Namespace (include "meshca.kekSecretName" .) (include "meshca.kekSecretName" .)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the key-encryption key: the user's, or the one the chart creates. */}}
+{{- define "meshca.kekSecretName" -}}
+{{- .Values.keystore.kekSecret | default (printf "%s-kek" (include "meshca.fullname" .)) -}}
+{{- end -}}
+
+{{/* Is the key-encryption key mounted from a Secret (else it is on the data volume)? */}}
+{{- define "meshca.kekFromSecret" -}}
+{{- if or .Values.keystore.kekSecret .Values.keystore.createKekSecret -}}true{{- end -}}
 {{- end -}}
 
 {{/* Does meshca call the API server's OIDC discovery (tokens checked locally, issuer not given)? */}}
@@ -108,7 +124,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - {{ printf "--admin-spiffe-id=%v" . | quote }}
 {{- end }}
 {{- /* Every keystore seals some keys in files (serving keys at least) under the KEK. */}}
-{{- if .Values.keystore.kekSecret }}
+{{- if include "meshca.kekFromSecret" . }}
 - --kek-file=/etc/meshca/kek/kek
 {{- else }}
 - --kek-file=/var/lib/meshca/data.kek
@@ -147,10 +163,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - {{ printf "--publish-configmaps=%v" .Values.publishConfigMaps.selector | quote }}
 {{- end }}
 {{- if .Values.extAuthz.enabled }}
+{{- /* The pod network: its callers are Envoys in other pods (the NetworkPolicy narrows them). */}}
 - --ext-authz-addr=0.0.0.0:9191
 - {{ printf "--authz-root-namespace=%v" .Values.extAuthz.rootNamespace | quote }}
 {{- if .Values.extAuthz.watchKubePolicies }}
 - --watch-kube-policies
+{{- end }}
+{{- if .Values.extAuthz.tls }}
+- --ext-authz-tls
 {{- end }}
 {{- end }}
 {{- range .Values.extraArgs }}

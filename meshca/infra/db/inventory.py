@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from meshca.infra.db.audit import append_audit
 from meshca.infra.db.records import renewable
-from meshca.infra.db.schema import blocked_identities, issued_certificates
+from meshca.infra.db.schema import blocked_identities, ca_generations, issued_certificates
 from meshca.service.ports import AuditEntry
 
 
@@ -44,6 +44,18 @@ class RevokedEntry:
     serial: str
     revoked_at: datetime
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeniedIdentities:
+    """What may no longer authenticate a workload, read in one transaction (ext_authz keeps it
+    as a snapshot): blocked SPIFFE IDs, serials of revoked certificates that have not expired,
+    and the certificates (PEM) of CA generations whose leaves are no longer trusted: tainted
+    ones and those under a tainted root."""
+
+    blocked: frozenset[str]
+    revoked_serials: frozenset[str]
+    tainted_issuers: tuple[str, ...]
 
 
 _SUMMARY = [c for c in issued_certificates.c if c.name != "certificate_pem"]
@@ -148,3 +160,14 @@ class SqlInventory:
         query = select(blocked_identities).order_by(blocked_identities.c.spiffe_id)
         with self._engine.connect() as connection:
             return [dict(r) for r in connection.execute(query).mappings()]
+
+    def denied_identities(self, now: datetime) -> DeniedIdentities:
+        t, g = issued_certificates.c, ca_generations.c
+        tainted = select(g.id).where(g.state == "tainted")
+        with self._engine.connect() as connection:
+            blocked = connection.execute(select(blocked_identities.c.spiffe_id)).scalars()
+            revoked = connection.execute(select(t.serial).where(
+                t.revoked_at.is_not(None), t.not_after > _utc(now))).scalars()
+            issuers = connection.execute(select(g.certificate_pem).where(
+                or_(g.state == "tainted", g.parent_id.in_(tainted))).order_by(g.id)).scalars()
+            return DeniedIdentities(frozenset(blocked), frozenset(revoked), tuple(issuers))

@@ -1,79 +1,136 @@
-"""Is the calling workload's identity still good? Blocked SPIFFE IDs and revoked certificates
-are denied at ext_authz too, not only at issuance.
+"""Is the calling workload's identity still good? Blocked SPIFFE IDs, revoked certificates and
+certificates under a compromised CA key are denied at ext_authz too, not only at issuance.
 
-The block list is re-read at most every `ttl` seconds (a shared snapshot, not a query per
-check); revocation is asked per certificate serial and remembered for the same time.
+A check never waits for the database: it reads the last snapshot the refresher (refresher.py)
+took. What it cannot check it denies: a snapshot older than the staleness limit (or none yet),
+and a `source.certificate` that is not a certificate.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
+import logging
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography import x509
 
+from meshca.transport.ext_authz import reasons
 
-class Inventory(Protocol):
-    def blocked(self) -> list[dict[str, object]]: ...
-    def usable(self, serial: str) -> bool: ...
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str  # a code from reasons.py
+    detail: str  # human words, for the log (and verbose deny bodies)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityState:
+    """One snapshot of what may no longer authenticate."""
+
+    blocked: frozenset[str]  # SPIFFE IDs, as Envoy sends `source.principal`
+    revoked: frozenset[str]  # certificate serials, lower-case hex
+    tainted_key_ids: frozenset[bytes]  # subject key ids of untrusted CA generations
+    tainted_subjects: frozenset[bytes]  # their subjects (DER), for leaves without an AKI
+    taken_at: float  # monotonic time the read began: the state is at least this fresh
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    serial: str
+    issuer: bytes  # DER of the issuer name
+    authority_key_id: bytes | None
 
 
 class IdentityCheck(Protocol):
-    def refusal(self, principal: str | None, certificate: str) -> str | None:
+    def refusal(self, principal: str | None, certificate: str) -> Refusal | None:
         """Why this caller is refused, or None (called from the server's threads)."""
 
 
 class NoIdentityCheck:
-    def refusal(self, principal: str | None, certificate: str) -> str | None:
+    def refusal(self, principal: str | None, certificate: str) -> Refusal | None:
         return None
 
 
-class InventoryIdentityCheck:
-    def __init__(self, inventory: Inventory, ttl: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._inventory = inventory
-        self._ttl = ttl
-        self._clock = clock
-        self._blocked: frozenset[str] = frozenset()
-        self._blocked_at = float("-inf")
-        self._serials: dict[str, tuple[bool, float]] = {}
-        self._refreshing = threading.Lock()
+class SnapshotIdentityCheck:
+    """Decides from `snapshot()` (the refresher's current state) while it is at most
+    `max_staleness` seconds old."""
 
-    def refusal(self, principal: str | None, certificate: str) -> str | None:
-        now = self._clock()
-        # One thread re-reads the block list when it is due; the others (and every check
-        # while the list is fresh) use the snapshot they find.
-        if now - self._blocked_at > self._ttl and self._refreshing.acquire(blocking=False):
-            try:
-                rows = self._inventory.blocked()
-                self._blocked, self._blocked_at = frozenset(str(r["spiffe_id"]) for r in rows), now
-            finally:
-                self._refreshing.release()
-        if principal and principal in self._blocked:
-            return f"source identity {principal} is blocked"
-        serial = _serial(certificate)
-        if serial is None:
+    def __init__(self, snapshot: Callable[[], IdentityState | None], max_staleness: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._snapshot = snapshot
+        self._max_staleness = max_staleness
+        self._clock = clock
+        self._stale = False  # for logging the change only; a lost race logs it twice
+
+    def refusal(self, principal: str | None, certificate: str) -> Refusal | None:
+        state = self._snapshot()
+        age = float("inf") if state is None else self._clock() - state.taken_at
+        if state is None or age > self._max_staleness:
+            return self._stale_refusal(age)
+        if self._stale:
+            self._stale = False
+            log.info("ext_authz: the identity state is fresh again (%.1fs old)", age)
+        if principal and principal in state.blocked:
+            return Refusal(reasons.BLOCKED, f"source identity {principal} is blocked")
+        if not certificate:  # Envoy sends it only with `include_peer_certificate`
             return None
-        usable, at = self._serials.get(serial, (True, float("-inf")))
-        if now - at > self._ttl:
-            usable = self._inventory.usable(serial)
-            if len(self._serials) > 100_000:
-                self._serials.clear()
-            self._serials[serial] = (usable, now)
-        return None if usable else f"source certificate {serial} is revoked or not on record"
+        peer = peer_certificate(certificate)
+        if peer is None:
+            return Refusal(reasons.CERTIFICATE_UNPARSEABLE,
+                           "source.certificate is not a URL-encoded PEM certificate")
+        if peer.serial in state.revoked:
+            return Refusal(reasons.REVOKED, f"source certificate {peer.serial} is revoked")
+        if (peer.authority_key_id in state.tainted_key_ids if peer.authority_key_id is not None
+                else peer.issuer in state.tainted_subjects):
+            return Refusal(reasons.TAINTED_ISSUER, f"source certificate {peer.serial} was issued "
+                                                   "under a CA key marked compromised")
+        return None
+
+    def _stale_refusal(self, age: float) -> Refusal:
+        detail = ("no identity state has been read yet" if age == float("inf") else
+                  f"the identity state is {age:.1f}s old (limit {self._max_staleness:g}s)")
+        if not self._stale:
+            self._stale = True
+            log.warning("ext_authz: %s: denying every check until the blocked identities and "
+                        "revoked certificates are read again", detail)
+        return Refusal(reasons.IDENTITY_STATE_STALE, detail)
 
 
 @functools.lru_cache(maxsize=4096)  # a workload sends the same certificate until it renews
-def _serial(certificate: str) -> str | None:
-    """Envoy sends the peer certificate URL-encoded PEM (when configured to)."""
-    if not certificate:
-        return None
+def peer_certificate(text: str) -> PeerCertificate | None:
+    """Envoy sends the peer certificate URL-encoded PEM; None when it is not one."""
     try:
-        cert = x509.load_pem_x509_certificate(urllib.parse.unquote(certificate).encode())
-    except ValueError:
+        cert = x509.load_pem_x509_certificate(urllib.parse.unquote(text).encode())
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+            key_id = aki.key_identifier
+        except x509.ExtensionNotFound:
+            key_id = None
+        return PeerCertificate(format(cert.serial_number, "x"), cert.issuer.public_bytes(), key_id)
+    except Exception:  # noqa: BLE001 - whatever the parser trips over: unparseable, denied
         return None
-    return format(cert.serial_number, "x")
+
+
+def state_from(blocked: frozenset[str], revoked: frozenset[str], tainted_issuers: tuple[str, ...],
+               taken_at: float) -> IdentityState:
+    key_ids, subjects = set(), set()
+    for pem in tainted_issuers:
+        cert = _ca_certificate(pem)
+        subjects.add(cert.subject.public_bytes())
+        try:
+            key_ids.add(cert.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier).value.digest)
+        except x509.ExtensionNotFound:
+            key_ids.add(x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest)
+    return IdentityState(blocked, revoked, frozenset(key_ids), frozenset(subjects), taken_at)
+
+
+@functools.lru_cache(maxsize=256)
+def _ca_certificate(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())

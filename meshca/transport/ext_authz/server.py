@@ -1,101 +1,122 @@
-"""`envoy.service.auth.v3.Authorization/Check` on `--ext-authz-addr` (plaintext gRPC: Envoy
-calls it from the same host or over the mesh's own mTLS)."""
+"""`envoy.service.auth.v3.Authorization/Check` on `--ext-authz-addr`: plaintext gRPC, or with
+`--ext-authz-tls` meshca's serving certificate and a required client certificate (tls.py).
+
+Fail closed by construction: Check answers every request with a CheckResponse and never
+raises, so Envoy's `failure_mode_allow` never gets to decide. Whatever meshca cannot check (an
+unreadable request or peer certificate, an identity state too old, its own failure) is denied,
+with a reason code (reasons.py). A check touches no database, so it answers in microseconds
+whatever the database does.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from meshca.authz import Decision, Invalid, parse_request
+from meshca.authz import Invalid, parse_request
 from meshca.service.policy_store import PolicyStore
+from meshca.transport.ext_authz import reasons
 from meshca.transport.ext_authz.attributes import check_request_to_authz, check_request_to_json
 from meshca.transport.ext_authz.identity import IdentityCheck, NoIdentityCheck
+from meshca.transport.ext_authz.responses import DECISION_HEADER, Responses, Verdict
 
 log = logging.getLogger(__name__)
 SERVICE = "envoy.service.auth.v3.Authorization"
-DECISION_HEADER = "x-meshca-authz"  # `ALLOW ns/name rule` or `DENY …`: which policy decided
-RESPONSE_CACHE_SIZE = 16384  # distinct decisions whose CheckResponse is kept
+__all__ = ["DECISION_HEADER", "SERVICE", "AuthorizationServicer", "start_ext_authz"]
+TRACEBACKS_KEPT = 256  # distinct failure sites whose traceback has been logged
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, store: PolicyStore, identities: IdentityCheck | None = None) -> None:
+    def __init__(self, store: PolicyStore, identities: IdentityCheck | None = None, *,
+                 metrics: reasons.AuthzMetrics | None = None, verbose: bool = False) -> None:
         self.store = store
         self._identities = identities or NoIdentityCheck()
-        self._responses: dict[tuple[str, str | None, int | None, str | None, str], Any] = {}
+        self._metrics = metrics or reasons.NoMetrics()
+        self._responses = Responses(verbose=verbose)
+        self._logged: set[tuple[str, str, int]] = set()
+        self._logged_lock = threading.Lock()
 
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        try:
+            verdict = self._decide(request)
+            response = self._responses.of(verdict)
+            self._metrics.authz_decision(verdict.decision, verdict.reason)
+            if log.isEnabledFor(logging.DEBUG):
+                attrs = request.attributes
+                path = attrs.request.http.path.split("?", 1)[0]  # a query may carry secrets
+                log.debug("ext_authz %s (%s) %s → %s: %s", verdict.decision, verdict.reason,
+                          attrs.source.principal or attrs.source.address.socket_address.address,
+                          path or attrs.destination.address.socket_address.port_value,
+                          verdict.detail)
+            return response
+        except Exception as exc:  # noqa: BLE001 - fail closed: a check not finished is denied
+            self._failed(exc)
+            return self._responses.internal
+
+    def _decide(self, request: Any) -> Verdict:
         attrs = request.attributes
-        principal = attrs.source.principal or None
-        refusal = self._identities.refusal(principal, attrs.source.certificate)
+        refusal = self._identities.refusal(attrs.source.principal or None, attrs.source.certificate)
         if refusal is not None:
-            return denied({"decision": "DENY", "policy": None, "rule": None, "action": None,
-                           "reason": refusal})
+            return Verdict.deny(refusal.reason, refusal.detail)
         parsed = check_request_to_authz(request)
         if parsed is None:  # not the plain shape: the general path, with its validation
             try:
                 parsed, _ = parse_request(check_request_to_json(request))
-            except Invalid as exc:  # fail closed: a request meshca cannot read is not allowed
-                return denied({"decision": "DENY", "policy": None, "rule": None, "action": None,
-                               "reason": f"request attributes unusable: {exc}"})
-        return self._respond(self.store.check(parsed))
+            except Invalid as exc:  # a request meshca cannot read is not allowed
+                return Verdict.deny(reasons.REQUEST_UNUSABLE, f"request attributes unusable: {exc}")
+        return Verdict.of(self.store.check(parsed))
 
-    def _respond(self, decision: Decision) -> Any:
-        """The CheckResponse for a decision; the same decision gets the same (immutable, never
-        mutated) message, built once."""
-        key = (decision.decision, decision.policy, decision.rule, decision.action, decision.reason)
-        response = self._responses.get(key)
-        if response is None:
-            summary = {"decision": decision.decision, "policy": decision.policy,
-                       "rule": decision.rule, "action": decision.action, "reason": decision.reason}
-            response = allowed(summary) if decision.allowed else denied(summary)
-            if len(self._responses) >= RESPONSE_CACHE_SIZE:
-                self._responses.clear()
-            self._responses[key] = response
-        return response
-
-
-def _header(summary: dict[str, Any]) -> Any:
-    value = " ".join(str(summary[k]) for k in ("decision", "policy", "rule") if summary[k] is not None)
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=DECISION_HEADER, value=value))
-
-
-def allowed(summary: dict[str, Any]) -> Any:
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.OK),
-        ok_response=external_auth_pb2.OkHttpResponse(headers=[_header(summary)]))
-
-
-def denied(summary: dict[str, Any]) -> Any:
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=summary["reason"]),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
-            headers=[_header(summary), base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key="content-type", value="application/json"))],
-            body=json.dumps(summary)))
+    def _failed(self, exc: Exception) -> None:
+        """Counted every time; the traceback logged once per failure site (a caller that
+        triggers the same failure again and again cannot flood the log), only in the log.
+        Neither may fail the answer, which stays DENY."""
+        with contextlib.suppress(Exception):
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            site = (type(exc).__name__, frame.tb_frame.f_code.co_filename if frame else "",
+                    frame.tb_lineno if frame else 0)
+            with self._logged_lock:
+                first = site not in self._logged and len(self._logged) < TRACEBACKS_KEPT
+                if first:
+                    self._logged.add(site)
+            if first:
+                log.error("ext_authz: a check failed and was denied (reason internal); the same "
+                          "failure is logged again only at DEBUG", exc_info=exc)
+            else:
+                log.debug("ext_authz: a check failed and was denied", exc_info=exc)
+        with contextlib.suppress(Exception):
+            self._metrics.authz_decision(reasons.DENY, reasons.INTERNAL)
 
 
 def start_ext_authz(addr: str, store: PolicyStore, identities: IdentityCheck | None = None,
-                    *, threads: int = 8) -> tuple[grpc.Server, int]:
+                    *, threads: int = 8, metrics: reasons.AuthzMetrics | None = None,
+                    verbose: bool = False, credentials: grpc.ServerCredentials | None = None,
+                    options: Sequence[tuple[str, int]] = (),
+                    ) -> tuple[grpc.Server, int]:
     """Serve Check on `addr` (port 0: any free port); returns the server and its port.
 
     grpc's synchronous server with a thread pool, not grpc.aio: a check is pure computation on
-    an in-memory policy set, and measured on this workload (scripts/bench-authz) the thread-pool
+    in-memory state, and measured on this workload (scripts/bench-authz) the thread-pool
     server spends about a quarter less CPU per call than the asyncio one."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ext-authz"))
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ext-authz"),
+                         options=list(options))
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationServicer(store, identities), server)
-    port = server.add_insecure_port(addr)
+        AuthorizationServicer(store, identities, metrics=metrics, verbose=verbose), server)
+    if credentials is None:
+        port = server.add_insecure_port(addr)
+    else:
+        port = server.add_secure_port(addr, credentials)
     if port == 0:
         raise OSError(f"cannot listen for ext_authz on {addr}")
     server.start()
-    log.info("ext_authz (Envoy Authorization/Check) listening on port %d", port)
+    log.info("ext_authz (Envoy Authorization/Check) listening on port %d (%s)", port,
+             "plaintext" if credentials is None else "TLS, client certificate required")
     return server, port

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from meshca import __version__
+from meshca.core.backoff import FailureBackoff
 from meshca.infra.db.audit import append_audit_alone
 from meshca.service.admin_auth import AdminAuthenticator
 from meshca.service.ports import AuditEntry
 from meshca.transport.rest import problems
 from meshca.transport.rest.context import AdminContext
+from meshca.transport.rest.guards import RequestLimits, SecurityHeaders
 from meshca.transport.rest.routes import audit, authz, bundle, ca, certificates, health, identities, tokens
 from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.security import ROUTE_ROLES, RoleMiddleware
-from meshca.transport.tls_front import PeerCertificates
 
 _SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -52,6 +54,8 @@ def _add_access(document: dict[str, Any], routes: list[Any]) -> None:
             operation = document["paths"].get(route.path_format, {}).get(method.lower())
             if operation is None:
                 continue
+            if "requestBody" in operation:
+                _add_responses(operation, problems.problem_responses(413))
             if (method, route.path) not in ROUTE_ROLES:  # refused to everyone
                 _add_responses(operation, problems.problem_responses(403))
                 continue
@@ -61,7 +65,7 @@ def _add_access(document: dict[str, Any], routes: list[Any]) -> None:
             operation["security"] = [{name: []} for name in _SECURITY_SCHEMES]
             operation["description"] = (operation.get("description", "") +
                                         f"\n\nNeeds the `{role.label}` role or a higher one.").lstrip()
-            _add_responses(operation, problems.problem_responses(401, 403))
+            _add_responses(operation, problems.problem_responses(401, 403, 429))
 
 
 def _add_responses(operation: dict[str, Any], responses: dict[int | str, dict[str, Any]]) -> None:
@@ -69,10 +73,33 @@ def _add_responses(operation: dict[str, Any], responses: dict[int | str, dict[st
     operation["responses"] = dict(sorted(merged.items()))
 
 
+@dataclass(frozen=True, slots=True)
+class AdminLimits:
+    max_request_bytes: int = 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    auth_failures: int = 10  # failed authentications per source before it must wait
+    auth_backoff_seconds: float = 30.0
+
+
+class AdminAsgi:
+    """The ASGI app uvicorn serves: the guards every answer passes through, around the API.
+    `api` is the FastAPI app itself (routes, OpenAPI document)."""
+
+    def __init__(self, api: FastAPI, limits: AdminLimits) -> None:
+        self.api = api
+        self._app = SecurityHeaders(RequestLimits(api, limits.max_request_bytes,
+                                                  limits.max_header_bytes))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
 def create_app(context: AdminContext, authenticator: AdminAuthenticator,
-               peers: PeerCertificates, authz_context: AuthzContext | None = None,
-               refused: Callable[[AuditEntry], None] | None = None) -> FastAPI:
+               authz_context: AuthzContext | None = None,
+               limits: AdminLimits | None = None,
+               refused: Callable[[AuditEntry], None] | None = None) -> AdminAsgi:
     """`refused` receives each refused request's audit entry (default: written at once)."""
+    limits = limits or AdminLimits()
     app = _AdminApi(
         title="meshca admin API",
         version=__version__,
@@ -81,6 +108,8 @@ def create_app(context: AdminContext, authenticator: AdminAuthenticator,
                     "problem details.",
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,  # no OAuth2 here; one route fewer to guard
+        # No redirect to a slash-less path: it would be built from the Host header, as http://.
+        redirect_slashes=False,
     )
     app.state.admin = context
     app.state.authz = authz_context
@@ -88,7 +117,8 @@ def create_app(context: AdminContext, authenticator: AdminAuthenticator,
         # Added flat, so every route is a plain APIRoute the role middleware can match.
         app.router.routes.extend(module.router.routes)
     problems.install(app)
-    app.add_middleware(RoleMiddleware, authenticator=authenticator, peers=peers,
+    app.add_middleware(RoleMiddleware, authenticator=authenticator,
                        refused=refused or (lambda entry: append_audit_alone(context.engine, entry)),
-                       clock=context.clock)
-    return app
+                       clock=context.clock,
+                       backoff=FailureBackoff(limits.auth_failures, limits.auth_backoff_seconds))
+    return AdminAsgi(app, limits)

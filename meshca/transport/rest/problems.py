@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
-           422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable"}
+           413: "Content Too Large", 422: "Unprocessable Content", 429: "Too Many Requests",
+           431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 _SCHEMAS = "#/components/schemas/"
@@ -32,6 +34,8 @@ _MEANINGS = {
     403: "the caller is known but its role does not allow this operation",
     404: "no such resource",
     409: "the resource is not in a state that allows this",
+    413: "the request body is larger than --max-request-bytes",
+    429: "too many failed authentications from this address; wait for Retry-After",
     422: "a parameter or the body does not match this operation's schema",
     503: "meshca cannot answer this yet",
 }
@@ -94,10 +98,19 @@ class BadRequest(Exception):
 def problem(status: int, detail: str, request: Request | None = None,
             headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": _TITLES.get(status, "Error"),
-                            "status": status, "detail": detail}
+                            "status": status, "detail": _clip(detail, _MAX_DETAIL)}
     if request is not None:
-        body["instance"] = request.url.path
+        body["instance"] = _clip(request.url.path)
     body.update(extra)
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        # A body with a million bad fields gets a short answer naming the first few; the
+        # input itself is never echoed.
+        body["errors"] = [{k: _clip(str(v)) for k, v in e.items()} if isinstance(e, dict) else e
+                          for e in errors[:MAX_REPORTED_ERRORS]]
+        if len(errors) > MAX_REPORTED_ERRORS:
+            body["detail"] = (_clip(detail, _MAX_DETAIL - 40) +
+                              f" (and {len(errors) - MAX_REPORTED_ERRORS} more)")
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON,
                         headers=dict(headers) if headers else None)
 
@@ -113,6 +126,15 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+MAX_REPORTED_ERRORS = 20
+_MAX_TEXT = 200
+_MAX_DETAIL = 2000
+
+
+def _clip(text: str, limit: int = _MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -122,7 +144,7 @@ def install(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field_path(e.get("loc", ())), "message": str(e.get("msg", ""))}
                   for e in exc.errors()]
-        names = ", ".join(e["field"] for e in errors) or "request"
+        names = ", ".join(e["field"] for e in errors[:MAX_REPORTED_ERRORS]) or "request"
         return problem(422, f"invalid value for {names}", request, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -7,6 +7,7 @@ added and forgotten. `None` marks the few public routes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -14,13 +15,14 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meshca.core.backoff import FailureBackoff
 from meshca.core.clock import Clock
 from meshca.core.roles import Role
 from meshca.errors import AuthenticationError, PermissionDenied
 from meshca.service.admin_auth import AdminAuthenticator, Principal
 from meshca.service.ports import AuditEntry
+from meshca.transport.http_server import client_certificate
 from meshca.transport.rest.problems import problem
-from meshca.transport.tls_front import PeerCertificates
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +59,20 @@ _UNLISTED = object()
 
 class RoleMiddleware:
     def __init__(self, app: ASGIApp, authenticator: AdminAuthenticator,
-                 peers: PeerCertificates, refused: Callable[[AuditEntry], None],
-                 clock: Clock) -> None:
+                 refused: Callable[[AuditEntry], None], clock: Clock,
+                 backoff: FailureBackoff | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self._authenticator = authenticator
-        self._peers = peers
         self._refused = refused
         self._clock = clock
+        self._backoff = backoff or FailureBackoff(10, 30.0)
+        self._monotonic = monotonic
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
-                      message: str, actor: str, template: str) -> None:
-        """Answer 401/403 and put the refusal in the audit log."""
+                      message: str, actor: str, template: str,
+                      headers: dict[str, str] | None = None) -> None:
+        """Answer 401/403/429 and put the refusal in the audit log."""
         request = Request(scope)
         entry = AuditEntry(at=self._clock.now(), actor=actor, action="admin.authenticate",
                            target=f"{scope['method']} {template}", outcome="refused",
@@ -76,7 +81,8 @@ class RoleMiddleware:
             await run_in_threadpool(self._refused, entry)
         except Exception:  # the refusal stands even if it cannot be written down
             log.exception("could not write the audit entry of a refused admin request")
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
         await problem(status, message, request, headers=headers)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,18 +104,25 @@ class RoleMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        peer = self._peers.by_port(client[1]) if client else None
-        address = peer.address if peer else "unknown"
+        source = str(client[0]) if client else "unknown"
+        address = f"{client[0]}:{client[1]}" if client else "unknown"
+        wait = self._backoff.wait(source, self._monotonic())
+        if wait > 0:  # credentials are not even looked at while the source must wait
+            await self._refuse(scope, receive, send, 429,
+                               f"too many failed authentications from {source}; retry in "
+                               f"{wait:.0f} s", f"https:{address}", template,
+                               headers={"Retry-After": str(max(1, round(wait)))})
+            return
         try:
             principal: Principal = await self._authenticator.authenticate(
-                request.headers.get("authorization"), peer.certificate if peer else None
+                request.headers.get("authorization"), client_certificate(scope)
             )
-        except AuthenticationError as exc:
-            await self._refuse(scope, receive, send, 401, str(exc), f"https:{address}", template)
+        except (AuthenticationError, PermissionDenied) as exc:
+            self._backoff.failed(source, self._monotonic())
+            status = 401 if isinstance(exc, AuthenticationError) else 403
+            await self._refuse(scope, receive, send, status, str(exc), f"https:{address}", template)
             return
-        except PermissionDenied as exc:
-            await self._refuse(scope, receive, send, 403, str(exc), f"https:{address}", template)
-            return
+        self._backoff.succeeded(source)
         assert isinstance(required, Role)
         if principal.role < required:
             message = f"{principal.actor} has role {principal.role.label}; this needs {required.label}"

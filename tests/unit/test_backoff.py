@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from meshca.core.backoff import FailureBackoff
+
+
+def test_allowance_then_doubling_waits_up_to_the_longest() -> None:
+    backoff = FailureBackoff(allowed=3, first=10.0, longest=35.0)
+    assert [backoff.failed("a", 0.0) for _ in range(2)] == [0.0, 0.0]
+    assert backoff.wait("a", 0.0) == 0.0
+    assert backoff.failed("a", 0.0) == 10.0
+    assert backoff.wait("a", 4.0) == 6.0
+    assert backoff.failed("a", 10.0) == 20.0
+    assert backoff.failed("a", 30.0) == 35.0  # 40 capped
+    assert backoff.wait("a", 65.0) == 0.0
+
+
+def test_sources_are_independent_and_success_forgets() -> None:
+    backoff = FailureBackoff(allowed=1, first=5.0)
+    backoff.failed("a", 0.0)
+    assert backoff.wait("a", 1.0) == 4.0
+    assert backoff.wait("b", 1.0) == 0.0
+    backoff.succeeded("a")
+    assert backoff.wait("a", 1.0) == 0.0
+
+
+def test_memory_is_bounded_oldest_first() -> None:
+    backoff = FailureBackoff(allowed=1, first=5.0, max_sources=3)
+    for source in "abcd":
+        backoff.failed(source, 0.0)
+    assert backoff.wait("a", 1.0) == 0.0  # evicted
+    assert all(backoff.wait(s, 1.0) == 4.0 for s in "bcd")
+
+
+@pytest.mark.parametrize("args", [(0, 1.0), (1, 0.0), (1, 10.0, 5.0)])
+def test_bad_settings_are_refused(args: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError):
+        FailureBackoff(*args)  # type: ignore[arg-type]
