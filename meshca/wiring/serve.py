@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -10,8 +11,8 @@ import multiprocessing
 import os
 import signal
 import socket
+from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as ProcessEvent
 
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +21,7 @@ from meshca.core.authority import SigningAuthority
 from meshca.core.clock import SystemClock
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import open_engine
+from meshca.infra.supervision import WorkerLink, all_ready, worker_entry
 from meshca.transport.ca_metrics import CaStateCollector
 from meshca.transport.http_server import HttpServer
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
@@ -31,44 +33,79 @@ from meshca.wiring.limits import start_retention
 from meshca.wiring.publishing import start_publishing
 from meshca.wiring.serving import ServingCertKeeper
 from meshca.wiring.startup import database_url, listen_socket, prepare, serving_names, write_bundle
-from meshca.wiring.worker import child_main, start_worker
+from meshca.wiring.worker import start_worker
 
 log = logging.getLogger("meshca")
 WORKER_START_SECONDS = 60
+WORKER_STOP_SECONDS = 10
+# Imported by the worker only once it is tied to this process (see worker_entry).
+CHILD_MAIN = "meshca.wiring.worker:child_main"
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set or SIGTERM/SIGINT arrives."""
+    """Run until `stop` is set or SIGTERM/SIGINT arrives. That may happen at any moment of the
+    start-up too: whatever is up by then is stopped, workers included, and serve returns."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # First of all: a signal that met its default action later would kill this process and
+    # leave its workers running.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop_on, sig, stop)
+    async with contextlib.AsyncExitStack() as running:
+        try:
+            watcher = await _start(settings, stop, running)
+        except _Stopped:
+            log.info("meshca stopping before it finished starting")
+            return
+        await stop.wait()
+        log.info("meshca stopping")
+    if watcher.done() and not watcher.cancelled() and watcher.result():
+        raise SystemExit(1)
+
+
+class _Stopped(Exception):
+    """A stop was asked for while starting: unwind what is up."""
+
+
+def _stop_on(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.info("%s received", sig.name)
+    stop.set()
+
+
+async def _start(settings: Settings, stop: asyncio.Event,
+                 running: contextlib.AsyncExitStack) -> asyncio.Task[bool]:
+    """Bring everything up, pushing onto `running` how to take each piece down again;
+    _Stopped as soon as `stop` is seen. Returns the task that watches the other workers."""
+    def check() -> None:
+        if stop.is_set():
+            raise _Stopped
+
     clock = SystemClock()
     serving = ServingCertKeeper(serving_file(settings), serving_names(settings),
                                 settings.trust_domain, clock, key_encryption_key(settings))
-    prepare(settings, clock, serving)
+    # In a thread, so that a signal is heard meanwhile; the preparation (perhaps bringing up
+    # a new CA) is let finish, and then nothing is started.
+    await asyncio.to_thread(prepare, settings, clock, serving)
+    check()
     settings = _pin_ext_authz_port(settings)
     workers = settings.workers
     grpc_host, grpc_port = split_host_port(settings.grpc_addr)
     sock = listen_socket(grpc_host, grpc_port, reuse_port=workers > 1)
+    running.callback(sock.close)
     bound_port = int(sock.getsockname()[1])
     slots = shared_slots(workers)
-
-    context = multiprocessing.get_context("spawn")
-    children: list[tuple[BaseProcess, ProcessEvent]] = []
-    for row in range(1, workers):
-        ready = context.Event()
-        process: BaseProcess = context.Process(
-            target=child_main, args=(settings, grpc_host, bound_port, slots, row, ready),
-            name=f"meshca-worker-{row}", daemon=True,
-        )
-        process.start()
-        children.append((process, ready))
+    links = _spawn_workers(settings, grpc_host, bound_port, slots, running)
     worker = await start_worker(settings, sock, slots, 0)
-    loop = asyncio.get_running_loop()
-    for child, ready in children:
-        if not await loop.run_in_executor(None, ready.wait, WORKER_START_SECONDS):
-            raise SystemExit(f"{child.name} did not start (exit code {child.exitcode})")
+    running.push_async_callback(worker.stop)
+    check()
+    if not await all_ready(links, stop, WORKER_START_SECONDS):
+        raise _Stopped
 
-    stop = stop or asyncio.Event()
     engine = open_engine(database_url(settings))
+    running.callback(engine.dispose)
     ca, ca_tasks = await start_supervisor_ca(settings, engine, clock, stop)
+    running.callback(_cancel, ca_tasks)
     ca.also_wake.append(worker.reloader)
     worker_metrics = CaMetrics(slots, 0)  # this process is worker 0 too
     registry = CollectorRegistry()
@@ -82,7 +119,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                                 on_refused=lambda reason: worker_metrics.connection_refused(
                                     "metrics", reason))
     metrics_sock = listen_socket(metrics_host, metrics_port, reuse_port=False)
+    running.callback(metrics_sock.close)
     await metrics_server.start(metrics_sock)
+    running.push_async_callback(metrics_server.stop)
 
     def on_ca_change(current: SigningAuthority) -> None:
         write_bundle(settings, current)
@@ -93,8 +132,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     ca.reloader.add_listener(on_ca_change)
     ca_tasks += start_publishing(settings, ca, worker_metrics, engine, stop)
     ca_tasks += start_retention(settings, engine, clock, stop, registry)
+    check()
     admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
                               worker_metrics)
+    running.push_async_callback(admin.stop)
+    check()
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
                  "metrics": f"{metrics_host}:{metrics_sock.getsockname()[1]}", "pid": os.getpid(),
@@ -106,28 +148,51 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     log.info("meshca serving CreateCertificate on %s (TLS, %d worker%s), admin API on https://%s, "
              "metrics on %s, trust domain %s", endpoints["grpc"], workers, "s" * (workers > 1),
              admin.address, endpoints["metrics"], settings.trust_domain)
+    # Undone first: the other workers drain while this one does.
+    running.callback(_terminate, links)
+    processes = [link.process for link in links if link.process is not None]
+    watcher = asyncio.get_running_loop().create_task(_watch_children(processes, stop))
+    running.callback(watcher.cancel)
+    return watcher
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(_watch_children(children, stop))
-    await stop.wait()
-    log.info("meshca stopping")
-    watcher.cancel()
-    for task in ca_tasks:
+
+def _spawn_workers(settings: Settings, host: str, port: int, slots: MutableSequence[float],
+                   running: contextlib.AsyncExitStack) -> list[WorkerLink]:
+    """Workers 1..N-1, each tied to this process (`meshca.infra.supervision`); they are
+    stopped and reaped when `running` unwinds, whatever stage start-up reached."""
+    context = multiprocessing.get_context("spawn")
+    links: list[WorkerLink] = []
+    running.push_async_callback(_reap, links)
+    for row in range(1, settings.workers):
+        link = WorkerLink(f"meshca-worker-{row}")
+        links.append(link)
+        link.start(context.Process(
+            target=worker_entry,
+            args=(link.worker_end, CHILD_MAIN, settings, host, port, slots, row),
+            name=link.name, daemon=True,
+        ))
+    return links
+
+
+def _terminate(links: list[WorkerLink]) -> None:
+    for link in links:
+        link.terminate()
+
+
+async def _reap(links: list[WorkerLink]) -> None:
+    _terminate(links)
+    for process in (link.process for link in links if link.process is not None):
+        await asyncio.to_thread(process.join, WORKER_STOP_SECONDS)
+        if process.is_alive():
+            process.kill()
+            await asyncio.to_thread(process.join, 5)
+    for link in links:  # only now: a closed lifeline makes a worker leave without draining
+        link.close()
+
+
+def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
         task.cancel()
-    for child, _ in children:
-        if child.is_alive():
-            child.terminate()
-    await admin.stop()
-    await worker.stop()
-    for child, _ in children:
-        await loop.run_in_executor(None, child.join, 10)
-        if child.is_alive():
-            child.kill()
-    await metrics_server.stop()
-    engine.dispose()
-    if watcher.done() and not watcher.cancelled() and watcher.result():
-        raise SystemExit(1)
 
 
 def _pin_ext_authz_port(settings: Settings) -> Settings:
@@ -145,11 +210,10 @@ def _pin_ext_authz_port(settings: Settings) -> Settings:
     return dataclasses.replace(settings, ext_authz_addr=f"{shown}:{port}")
 
 
-async def _watch_children(children: list[tuple[BaseProcess, ProcessEvent]],
-                          stop: asyncio.Event) -> bool:
+async def _watch_children(children: list[BaseProcess], stop: asyncio.Event) -> bool:
     """A worker that dies takes the server down, so that its supervisor restarts it whole."""
     while not stop.is_set():
-        for child, _ in children:
+        for child in children:
             if not child.is_alive():
                 log.error("%s exited with code %s; stopping meshca", child.name, child.exitcode)
                 stop.set()

@@ -7,9 +7,9 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 from collections.abc import MutableSequence
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event as ProcessEvent
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +21,7 @@ from meshca.core.lifetime import LifetimePolicy
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.records import SqlCertificateLog
+from meshca.infra.supervision import WorkerEnd
 from meshca.service.ca_reload import CaReloader
 from meshca.service.issuance import IssuanceService
 from meshca.service.policy_store import PolicyStore
@@ -152,22 +153,34 @@ async def start_worker(
                   stopping, cleanup, sockets, refusals)
 
 
-def child_main(settings: Settings, host: str, port: int, slots: MutableSequence[float], row: int,
-                ready: ProcessEvent) -> None:
-    """Entry point of worker processes 1..N-1 (spawned, so nothing is inherited by fork)."""
+def child_main(end: WorkerEnd, settings: Settings, host: str, port: int,
+               slots: MutableSequence[float], row: int) -> None:
+    """Entry point of worker processes 1..N-1 (spawned, so nothing is inherited by fork),
+    called by `worker_entry` once the worker is tied to its supervisor. The worker reports
+    through `end` that it is ready, or why it could not start."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s %(name)s[w{row}]: %(message)s")
 
-    async def run() -> None:
+    async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        worker = await start_worker(settings, listen_socket(host, port, True), slots, row)
-        ready.set()
+        # The supervisor stops its workers with SIGTERM. SIGINT stays ignored (worker_entry):
+        # Ctrl-C reaches the whole process group, and acting on it is the supervisor's part.
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            worker = await start_worker(settings, listen_socket(host, port, True), slots, row)
+        except Exception as exc:  # the supervisor says why, on one line, and stops
+            log.debug("worker start-up failed", exc_info=True)
+            end.report_failure(f"{type(exc).__name__}: {exc}")
+            return 1
+        end.at_leave(worker.sockets.remove)
+        end.report_ready()
         await stop.wait()
         await worker.stop()
+        # Stopped already. A late SIGTERM could otherwise meet the closing event loop, and
+        # Python would print a complaint instead of running a handler.
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return 0
 
-    asyncio.run(run())
-
-
+    sys.exit(asyncio.run(run()))
