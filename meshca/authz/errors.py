@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshca.errors import InvalidRequest
+
 
 @dataclass(frozen=True, slots=True)
 class FieldError:
@@ -19,7 +21,7 @@ class FieldError:
         return f"{self.field}: {self.message}"
 
 
-class Invalid(ValueError):
+class Invalid(InvalidRequest, ValueError):
     def __init__(self, errors: list[FieldError]) -> None:
         assert errors, "an Invalid error names at least one field"
         self.errors = tuple(errors)

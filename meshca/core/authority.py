@@ -13,9 +13,10 @@ from meshca.core.bundle import TrustBundle, certificate_pem
 from meshca.core.keys import SigningKey
 from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate, sign_crl
 from meshca.core.spiffe import SpiffeId
+from meshca.errors import InternalError
 
 
-class SigningFailed(Exception):
+class SigningFailed(InternalError):
     """A signed certificate failed its own checks: a meshca fault, never the caller's."""
 
 

@@ -21,16 +21,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshca.core.keys import SigningKey, signature_hash
+from meshca.errors import InternalError, Unavailable
 
 SigningPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 SignatureHash = hashes.SHA256 | hashes.SHA384
 
 
-class SignatureRejected(Exception):
+class SignatureRejected(InternalError):
     """A remote signature does not verify under the signer's own public key."""
 
 
-class SignerUnavailable(Exception):
+class SignerUnavailable(Unavailable):
     """The remote signer cannot be reached now (Vault sealed, down, rate limiting): retry later.
 
     Signers raise subclasses of it, so services map it to UNAVAILABLE without knowing Vault.

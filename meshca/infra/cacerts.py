@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.keys import SigningKey, describe_public_key
+from meshca.errors import ConfigurationError
 
 CA_CERT = "ca-cert.pem"
 CA_KEY = "ca-key.pem"
@@ -76,7 +77,7 @@ _PEM_BEGIN = re.compile(rb"-----BEGIN ")
 _PRIVATE_KEY_LABELS = {b"PRIVATE KEY", b"EC PRIVATE KEY", b"RSA PRIVATE KEY"}
 
 
-class PluggedCaError(Exception):
+class PluggedCaError(ConfigurationError):
     """The plugged-in CA files are incomplete, unreadable or do not form a usable CA."""
 
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from meshca.core.keys import SigningKey
+from meshca.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _PLAINTEXT_LABELS = (b"-----BEGIN PRIVATE KEY-----", b"-----BEGIN EC PRIVATE KEY
                      b"-----BEGIN RSA PRIVATE KEY-----")
 
 
-class KeyFileError(Exception):
+class KeyFileError(ConfigurationError):
     """A key file or the KEK cannot be used; the message names the file, never key bytes."""
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from meshca.core.keys import KeyType
 from meshca.core.remote_signing import LocalSigner, Signer
+from meshca.errors import ConfigurationError
 from meshca.infra.keyfiles import FileKeyStore, KeyEncryptionKey
 from meshca.infra.vault import (
     AppRoleAuth,
@@ -38,7 +39,7 @@ KEYSTORES = ("file", "vault-transit", "vault-kv")
 VAULT_AUTH_METHODS = ("token", "kubernetes", "approle")
 
 
-class KeystoreConfigError(ValueError):
+class KeystoreConfigError(ConfigurationError):
     """The keystore flags do not make a usable combination; the message says which flag."""
 
 

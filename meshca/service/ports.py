@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from meshca.core.keys import SigningKey
 from meshca.core.sa_token import ServiceAccount
+from meshca.errors import DependencyError
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class KeyStore(Protocol):
     def load(self, location: str) -> SigningKey: ...
 
 
-class KubeApiError(Exception):
+class KubeApiError(DependencyError):
     """A Kubernetes API server could not be asked, or refused to answer."""
 
     def __init__(self, message: str, status: int | None = None,

@@ -12,16 +12,17 @@ from sqlalchemy.exc import IntegrityError
 
 from meshca.core.roles import Role
 from meshca.infra.db.audit import append_audit
-from meshca.infra.db.inventory import Conflict
+from meshca.infra.db.inventory import Conflict, NotFound
 from meshca.infra.db.schema import admin_tokens
 from meshca.service.ports import AuditEntry
 
 
-class TokenNameTaken(Exception):
-    pass
+class TokenNameTaken(Conflict):
+    def __str__(self) -> str:
+        return f"a token named {self.args[0]} already exists" if self.args else "name taken"
 
 
-class TokenNotFound(Exception):
+class TokenNotFound(NotFound):
     pass
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from meshca import errors
 from meshca.core.rotation import Generation, Kind, State, transition
 from meshca.infra.db.ca_repository import CaGeneration, generation_from_row
 from meshca.infra.db.lease import Lease, holds
@@ -22,8 +23,7 @@ from meshca.infra.db.schema import bundle_state, ca_generations, issued_certific
 PLUGGED = "plugged"
 
 
-class LostLease(Exception):
-    """The rotator's lease expired or moved to another replica; it must stop writing."""
+LostLease = errors.LostLease  # the rotator's lease expired or moved: it must stop writing
 
 
 class SqlCaJournal:

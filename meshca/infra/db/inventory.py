@@ -8,18 +8,15 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from meshca import errors
 from meshca.infra.db.audit import append_audit
 from meshca.infra.db.records import renewable
 from meshca.infra.db.schema import blocked_identities, ca_generations, issued_certificates
 from meshca.service.ports import AuditEntry
 
-
-class NotFound(Exception):
-    pass
-
-
-class Conflict(Exception):
-    pass
+# Re-exported: the tree's own classes (meshca/errors.py), raised by this adapter.
+NotFound = errors.NotFound
+Conflict = errors.Conflict
 
 
 @dataclass(frozen=True, slots=True)

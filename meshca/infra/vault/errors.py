@@ -19,12 +19,13 @@ import re
 import hvac.exceptions
 
 from meshca.core.remote_signing import SignerUnavailable
+from meshca.errors import DependencyError
 
 _TOKENISH = re.compile(r"\b(?:hv[sbr]\.[A-Za-z0-9_.-]+|s\.[A-Za-z0-9]{20,}|eyJ[A-Za-z0-9_.-]+)")
 _MAX_DETAIL = 300
 
 
-class VaultError(Exception):
+class VaultError(DependencyError):
     """Base of every Vault failure; `status` is the HTTP status when Vault answered."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from meshca.errors import InvalidRequest
+
 ALLOW, DENY = "ALLOW", "DENY"
 
 POLICY = "policy"  # a policy's rule matched (ALLOW or DENY)
@@ -35,6 +37,21 @@ PUBLIC = {NO_ALLOW_MATCH: POLICY, BLOCKED: IDENTITY, REVOKED: IDENTITY, TAINTED_
 
 def public(reason: str) -> str:
     return PUBLIC.get(reason, reason)
+
+
+# ext_authz's one table from meshca's errors (meshca/errors.py) to a DENY reason, by the
+# nearest class in the error's MRO. Every error is a DENY: a check that could not finish never
+# allows. An error the table does not name is `internal` and its traceback is logged once.
+DENY_REASON_FOR: dict[type[Exception], str] = {
+    InvalidRequest: REQUEST_UNUSABLE,
+}
+
+
+def deny_reason_for(exc: Exception) -> str:
+    for kind in type(exc).__mro__:
+        if kind in DENY_REASON_FOR:
+            return DENY_REASON_FOR[kind]
+    return INTERNAL
 
 
 # How a background read of the identity state ended: `slow` succeeded, but took longer than

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from meshca.authz import Invalid, parse_request
+from meshca.authz import parse_request
 from meshca.service.policy_store import PolicyStore
 from meshca.transport.ext_authz import reasons
 from meshca.transport.ext_authz.attributes import check_request_to_authz, check_request_to_json
@@ -57,8 +57,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                           verdict.detail)
             return response
         except Exception as exc:  # noqa: BLE001 - fail closed: a check not finished is denied
-            self._failed(exc)
-            return self._responses.internal
+            reason = reasons.deny_reason_for(exc)
+            if reason == reasons.INTERNAL:
+                self._failed(exc)
+                return self._responses.internal
+            with contextlib.suppress(Exception):  # counting may not fail the answer either
+                self._metrics.authz_decision(reasons.DENY, reason)
+            return self._responses.of(Verdict.deny(reason, str(exc)))
 
     def _decide(self, request: Any) -> Verdict:
         attrs = request.attributes
@@ -67,10 +72,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             return Verdict.deny(refusal.reason, refusal.detail)
         parsed = check_request_to_authz(request)
         if parsed is None:  # not the plain shape: the general path, with its validation
-            try:
-                parsed, _ = parse_request(check_request_to_json(request))
-            except Invalid as exc:  # a request meshca cannot read is not allowed
-                return Verdict.deny(reasons.REQUEST_UNUSABLE, f"request attributes unusable: {exc}")
+            # An Invalid (InvalidRequest) is denied as request-unusable by the table.
+            parsed, _ = parse_request(check_request_to_json(request))
         return Verdict.of(self.store.check(parsed))
 
     def _failed(self, exc: Exception) -> None:

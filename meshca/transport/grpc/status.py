@@ -9,23 +9,30 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from meshca.core.authority import SigningFailed
 from meshca.errors import (
     AuthenticationError,
-    CaUnavailable,
+    ConfigurationError,
+    Conflict,
+    InternalError,
     InvalidRequest,
     MeshcaError,
+    NotFound,
     PermissionDenied,
     RateLimited,
+    Unavailable,
 )
 
+# By the nearest class in the error's MRO; anything else is INTERNAL (status_for).
 STATUS_FOR: dict[type[Exception], grpc.StatusCode] = {
     AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    CaUnavailable: grpc.StatusCode.UNAVAILABLE,
-    SigningFailed: grpc.StatusCode.INTERNAL,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ConfigurationError: grpc.StatusCode.UNAVAILABLE,  # a server-side setting: not the caller's fault
+    InternalError: grpc.StatusCode.INTERNAL,
 }
 # Where gRPC's richer error model travels: a serialized google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -39,9 +46,12 @@ def status_for(exc: Exception) -> grpc.StatusCode:
 
 
 def public_message(exc: Exception) -> str:
-    """Our own errors carry caller-safe messages; anything else is hidden."""
-    if isinstance(exc, MeshcaError | SigningFailed):
+    """The caller's own mistakes are explained; what went wrong inside meshca is hidden (the
+    log has it)."""
+    if isinstance(exc, MeshcaError) and status_for(exc) is not grpc.StatusCode.INTERNAL:
         return str(exc)
+    if isinstance(exc, InternalError):
+        return f"internal error ({type(exc).__name__}); see the meshca log"
     return "internal error; see the meshca log"
 
 

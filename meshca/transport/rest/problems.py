@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,9 +15,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from meshca.core.remote_signing import SignerUnavailable
-from meshca.errors import AuthenticationError, CaUnavailable, PermissionDenied
-from meshca.infra.db.admin_tokens import TokenNameTaken, TokenNotFound
-from meshca.infra.db.inventory import Conflict, NotFound
+from meshca.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    Conflict,
+    InternalError,
+    InvalidRequest,
+    MeshcaError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -91,8 +101,9 @@ def add_problem_schemas(openapi: dict[str, Any]) -> None:
         schemas[model.__name__] = schema
 
 
-class BadRequest(Exception):
-    """A request the caller can fix that validation models cannot express (e.g. a bad cursor)."""
+class BadRequest(InvalidRequest):
+    """A request the caller can fix that validation models cannot express (e.g. a bad cursor):
+    answered 400, where other invalid requests are 422."""
 
 
 def problem(status: int, detail: str, request: Request | None = None,
@@ -154,41 +165,53 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem(exc.status_code, str(exc.detail), request, headers=headers or None)
 
-    @app.exception_handler(AuthenticationError)
-    async def unauthenticated(request: Request, exc: AuthenticationError) -> JSONResponse:
-        return problem(401, str(exc), request, headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(PermissionDenied)
-    async def forbidden(request: Request, exc: PermissionDenied) -> JSONResponse:
-        return problem(403, str(exc), request)
-
-    @app.exception_handler(NotFound)
-    @app.exception_handler(TokenNotFound)
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return problem(404, f"{exc} was not found", request)
-
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return problem(409, str(exc), request)
-
-    @app.exception_handler(CaUnavailable)
-    async def unavailable(request: Request, exc: CaUnavailable) -> JSONResponse:
-        return problem(503, str(exc), request, headers={"Retry-After": "5"})
-
-    @app.exception_handler(SignerUnavailable)
-    async def key_service_unavailable(request: Request, exc: SignerUnavailable) -> JSONResponse:
-        return problem(503, f"the key service (Vault) is unavailable: {exc}", request,
-                       headers={"Retry-After": "5"})
-
-    @app.exception_handler(TokenNameTaken)
-    async def token_taken(request: Request, exc: TokenNameTaken) -> JSONResponse:
-        return problem(409, f"a token named {exc} already exists", request)
-
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return problem(400, str(exc), request)
+    @app.exception_handler(MeshcaError)
+    async def meshca_error(request: Request, exc: MeshcaError) -> JSONResponse:
+        return error_problem(exc, request)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("admin API request failed inside meshca")
+        return error_problem(exc, request)
+
+
+# The admin API's one table from meshca's errors (meshca/errors.py) to HTTP statuses, by the
+# nearest class in the error's MRO. An error it does not name is a 500, logged once here.
+HTTP_STATUS_FOR: dict[type[Exception], int] = {
+    AuthenticationError: 401,
+    PermissionDenied: 403,
+    BadRequest: 400,
+    InvalidRequest: 422,
+    NotFound: 404,
+    Conflict: 409,
+    RateLimited: 429,
+    Unavailable: 503,
+    ConfigurationError: 503,
+    InternalError: 500,
+}
+
+
+def http_status_for(exc: Exception) -> int:
+    for kind in type(exc).__mro__:
+        if kind in HTTP_STATUS_FOR:
+            return HTTP_STATUS_FOR[kind]
+    return 500
+
+
+def error_problem(exc: Exception, request: Request) -> JSONResponse:
+    status = http_status_for(exc)
+    if status == 500:
+        log.error("admin API request failed inside meshca", exc_info=exc)
         return problem(500, "internal error; see the meshca log", request)
+    headers: dict[str, str] = {}
+    detail = str(exc)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    elif status == 404:
+        detail = f"{exc} was not found"
+    elif status == 429 and isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif status == 503:
+        headers["Retry-After"] = "5"
+        if isinstance(exc, SignerUnavailable):
+            detail = f"the key service (Vault) is unavailable: {exc}"
+    return problem(status, detail, request, headers=headers or None)
