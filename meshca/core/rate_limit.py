@@ -23,6 +23,27 @@ class RateLimit:
     def __str__(self) -> str:
         return f"{self.rate:g}/s, burst {self.burst}"
 
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """`RATE/s[:BURST]` (or /m, /h); the burst defaults to two seconds' worth."""
+        rate_text, _, burst_text = text.strip().partition(":")
+        number, _, unit = rate_text.partition("/")
+        try:
+            rate = float(number) / _PER[unit or "s"]
+            burst = int(burst_text) if burst_text else max(1, round(2 * rate))
+            return cls(rate, burst)
+        except (ValueError, KeyError, OverflowError):
+            raise ValueError(f"{text!r} is not a rate limit like 20/s:200 (RATE/s, /m or /h, "
+                             "then :BURST)") from None
+
+    @property
+    def text(self) -> str:
+        """As `parse` reads it: `20/s:200`."""
+        return f"{self.rate:g}/s:{self.burst}"
+
+
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
 
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up."""

@@ -22,28 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from meshca.core.connection_limits import ConnectionLimits as ConnectionLimits
+
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 1.0
 # asyncio gives every TLS connection a read buffer of this many bytes, touched at once. Its
 # default, 256 KiB, is most of what an idle connection costs (~300 KB); a TLS record is at most
 # ~16 KiB, so 32 KiB reads lose nothing and an idle connection costs about a quarter.
 TLS_READ_BUFFER = 32 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """Per listener and per process (README "Limits")."""
-
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 120.0
-    max_connections: int = 1024
-    max_connections_per_source: int = 128
-
-    def __post_init__(self) -> None:
-        if self.handshake_timeout <= 0 or self.idle_timeout <= 0:
-            raise ValueError("connection timeouts must be positive")
-        if self.max_connections < 1 or self.max_connections_per_source < 1:
-            raise ValueError("connection limits must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
