@@ -61,6 +61,14 @@ class SpiffeId:
     def __str__(self) -> str:
         return f"{_SCHEME}{self.trust_domain}{self.path}"
 
+    def workload_parts(self) -> tuple[str, str] | None:
+        """(namespace, service account) of an Istio workload ID, `/ns/<ns>/sa/<sa>`; None for
+        any other path. The names are SPIFFE path segments, not yet checked as Kubernetes names."""
+        segments = self.path.split("/")
+        if len(segments) != 5 or segments[1] != "ns" or segments[3] != "sa":
+            return None
+        return segments[2], segments[4]
+
     @property
     def uri(self) -> str:
         return str(self)

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshca.core.certificates import format_serial
 from meshca.core.spiffe import SpiffeId
 
 _EKU_MTLS = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
@@ -109,7 +110,7 @@ def ca_subject(organization: str, kind: str, generation: int, serial: int) -> x5
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, f"meshca {kind} g{generation}"),
-            x509.NameAttribute(NameOID.SERIAL_NUMBER, f"{serial:x}"),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, format_serial(serial)),
         ]
     )
 

@@ -20,8 +20,9 @@ from typing import Protocol
 
 from cryptography import x509
 
+from meshca.core.bearer import bearer_token
+from meshca.core.certificates import format_serial, spiffe_id_of
 from meshca.core.roles import Role
-from meshca.core.spiffe import SpiffeId
 from meshca.errors import AuthenticationError, PermissionDenied
 from meshca.service.ports import TokenAuthenticator
 
@@ -57,10 +58,7 @@ class AdminAuthenticator:
     async def authenticate(self, authorization: str | None,
                            client_certificate: bytes | None) -> Principal:
         if authorization is not None:
-            scheme, _, credential = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not credential.strip():
-                raise AuthenticationError("Authorization must be 'Bearer <token>'")
-            return await self._bearer(credential.strip())
+            return await self._bearer(bearer_token([authorization], where="Authorization"))
         if client_certificate is not None:
             return await asyncio.to_thread(self._certificate, client_certificate)
         raise AuthenticationError("credentials are required")
@@ -81,17 +79,13 @@ class AdminAuthenticator:
 
     def _certificate(self, der: bytes) -> Principal:
         cert = x509.load_der_x509_certificate(der)
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-            spiffe_id = str(SpiffeId.parse(uris[0])) if len(uris) == 1 else None
-        except (x509.ExtensionNotFound, ValueError):
-            spiffe_id = None
-        if spiffe_id is None:
+        found = spiffe_id_of(cert)
+        if found is None:
             raise AuthenticationError("client certificate carries no single SPIFFE ID")
+        spiffe_id = str(found)
         role = self._spiffe_ids.get(spiffe_id)
         if role is None:
             raise PermissionDenied(f"{spiffe_id} has no admin role")
-        if not self._certificate_usable(f"{cert.serial_number:x}"):
+        if not self._certificate_usable(format_serial(cert.serial_number)):
             raise AuthenticationError("client certificate is revoked or not on record")
         return Principal(spiffe_id, role)

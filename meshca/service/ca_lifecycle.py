@@ -16,6 +16,7 @@ from cryptography import x509
 
 from meshca.core import rotation
 from meshca.core.bundle import certificate_pem
+from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
 from meshca.core.keys import KeyType, SigningKey
 from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate
@@ -94,7 +95,7 @@ class CaLifecycle:
         now = self._clock.now()
         profile = self._profile
         serial = x509.random_serial_number()
-        name = f"{kind.value}-{serial:x}"
+        name = f"{kind.value}-{format_serial(serial)}"
         # A key in Vault Transit is created there (and confirmed) before anything names it;
         # a local key is stored (sealed) before the journal row that names it is committed.
         key: SigningKey | None = None
@@ -134,7 +135,7 @@ class CaLifecycle:
             location = self._keys.keys.put(name, key)
         return self._journal.add(
             lease, now, kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
-            serial=f"{serial:x}", key_type=profile.key_type.value, key_location=location,
+            serial=format_serial(serial), key_type=profile.key_type.value, key_location=location,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
             certificate_pem=certificate_pem(cert),
         )

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes
 
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import certificate_pem
+from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
 from meshca.core.keys import KeyType
 from meshca.errors import CaUnavailable
@@ -91,7 +92,7 @@ class PluggedCaSource:
     def _register(self, ca: PluggedCa) -> int:
         cert = ca.certificate
         return self._journal.register_plugged(
-            certificate_pem=certificate_pem(cert), serial=f"{cert.serial_number:x}",
+            certificate_pem=certificate_pem(cert), serial=format_serial(cert.serial_number),
             subject=cert.subject.rfc4514_string(), key_type=_key_type(ca),
             location=f"plugged:{ca.directory / CA_KEY}", not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc, now=self._clock.now())

@@ -12,6 +12,7 @@ from cryptography.x509 import random_serial_number
 
 from meshca.core.authority import SigningAuthority, sign_leaf
 from meshca.core.bundle import certificate_pem
+from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
 from meshca.core.csr import check_csr
 from meshca.core.kube_names import check_service_account_ref
@@ -147,17 +148,17 @@ class IssuanceService:
             target = SpiffeId.parse(value) if isinstance(value, str) else None
         except ValueError:
             target = None
-        segments = target.path.split("/") if target else []
-        if target is None or target.trust_domain != self._trust_domain or len(segments) != 5 \
-                or segments[1] != "ns" or segments[3] != "sa":
+        parts = target.workload_parts() if target and target.trust_domain == self._trust_domain \
+            else None
+        if parts is None:
             raise AuthenticationError("ImpersonatedIdentity is not a workload SPIFFE ID of this "
                                       "trust domain", reason="impersonation")
         try:
-            check_service_account_ref(segments[2], segments[4])
+            check_service_account_ref(*parts)
         except ValueError as exc:
             raise AuthenticationError(f"ImpersonatedIdentity names no Kubernetes service "
                                       f"account: {exc}", reason="impersonation") from None
-        return segments[2], segments[4]
+        return parts
 
     async def create_certificate(self, request: CertificateRequest) -> IssuedChain:
         caller: Caller | None = None
@@ -199,7 +200,7 @@ class IssuanceService:
         except SignerUnavailable as exc:
             raise CaUnavailable("the signing key's service (Vault) is unavailable") from exc
         leaf_pem = certificate_pem(cert)
-        serial = f"{cert.serial_number:x}"
+        serial = format_serial(cert.serial_number)
         await self._log.record(
             IssuedRecord(
                 serial=serial,

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from meshca.core.certificates import format_serial
 from meshca.transport.ext_authz import reasons
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def peer_certificate(text: str) -> PeerCertificate | None:
             key_id = aki.key_identifier
         except x509.ExtensionNotFound:
             key_id = None
-        return PeerCertificate(format(cert.serial_number, "x"), cert.issuer.public_bytes(), key_id)
+        return PeerCertificate(format_serial(cert.serial_number), cert.issuer.public_bytes(), key_id)
     except Exception:  # noqa: BLE001 - whatever the parser trips over: unparseable, denied
         return None
 

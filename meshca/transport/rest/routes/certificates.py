@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
+from meshca.core.certificates import parse_serial
 from meshca.core.crl import Revocation, RevocationReason, build_crl
 from meshca.infra.db.inventory import CertificateFilter, NotFound, Position
 from meshca.transport.rest.context import Context
@@ -130,7 +131,7 @@ def crl(request: Request, context: Context,
     if generation is None or generation.kind != "intermediate":
         raise NotFound(f"intermediate CA generation {issuer}")
     now = context.clock.now()
-    entries = [Revocation(int(e.serial, 16), e.revoked_at, RevocationReason(e.reason))
+    entries = [Revocation(parse_serial(e.serial), e.revoked_at, RevocationReason(e.reason))
                for e in context.inventory.revoked_by(generation.id, now)]
     issuer_cert = x509.load_pem_x509_certificate(generation.certificate_pem.encode())
     revocation_list = build_crl(issuer_cert, context.keys.signer(generation.key_location), entries, now)
