@@ -198,7 +198,7 @@ class Settings:
         group=AUTHZ))
     ext_authz_addr: str | None = field(default="127.0.0.1:9191", metadata=flag(
         "--ext-authz-addr", "Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check) "
-        "on HOST:PORT (TLS with --ext-authz-tls); \"off\" for none", parse=off_or(text),
+        "on HOST:PORT (TLS with --ext-authz-tls); \"off\" for none", parse=off_or(text, blank_is_off=True),
         blank_is_value=True, group=AUTHZ))
     # Where CA keys live (docs/vault.md): sealed files, or HashiCorp Vault. The Vault token
     # itself is never a flag: a file or $VAULT_TOKEN, so it stays out of process listings.

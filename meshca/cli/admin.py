@@ -32,6 +32,7 @@ from meshca.cli.admin_client import (
 )
 from meshca.cli.ca_output import ca_status
 from meshca.cli.durations import parse_duration
+from meshca.core.certificates import Standing, standing
 from meshca.core.crl import RevocationReason
 
 Handler = Callable[[AdminClient, argparse.Namespace, "Output"], int]
@@ -176,14 +177,12 @@ def _common_name(subject: str) -> str:
 
 
 def _certificate_status(item: dict[str, Any], now: datetime) -> Text:
-    if item.get("revoked_at"):
-        return Text(f"revoked ({item.get('revocation_reason') or 'unspecified'})", style="red")
     not_before, not_after = _parse_time(item.get("not_before")), _parse_time(item.get("not_after"))
-    if not_after is not None and not_after <= now:
-        return Text("expired", style="yellow")
-    if not_before is not None and not_before > now:
-        return Text("not yet valid", style="yellow")
-    return Text("active", style="green")
+    state = standing(not_before=not_before or now, not_after=not_after or now, now=now,
+                     revoked=bool(item.get("revoked_at")))
+    if state is Standing.REVOKED:
+        return Text(f"revoked ({item.get('revocation_reason') or 'unspecified'})", style="red")
+    return Text(state.value, style="green" if state is Standing.GOOD else "yellow")
 
 
 def _plural(count: int, noun: str, nouns: str | None = None) -> str:

@@ -52,6 +52,11 @@ class _Switch(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
+def flag_type(field: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """The argparse type of `field`'s flag: its parser, with ValueError as an argparse error."""
+    return _converter(flag_of(field))
+
+
 def _converter(spec: Flag) -> Callable[[str], Any]:
     def one(text: str) -> Any:
         if spec.choices is not None and text not in spec.choices:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshca.config import ENDPOINTS_FILE
+from meshca.core.certificates import spiffe_id_of
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.infra.dev_issuer import DevIssuer
 from meshca.infra.keyfiles import KeyFileError, private_key_pem, write_private_file
@@ -72,8 +73,7 @@ def run_request(args: argparse.Namespace) -> int:
     (out / "root-cert.pem").write_text(chain[-1])
     write_private_file(out / "key.pem", private_key_pem(key))
     leaf = x509.load_pem_x509_certificate(chain[0].encode())
-    spiffe = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    print(f"{spiffe.get_values_for_type(x509.UniformResourceIdentifier)[0]} "
+    print(f"{spiffe_id_of(leaf)} "
           f"valid until {leaf.not_valid_after_utc.isoformat()}; wrote {out}/cert-chain.pem, "
           f"key.pem, root-cert.pem")
     return 0

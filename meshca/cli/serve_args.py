@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-from meshca.cli.common import add_flags, values_from
+from meshca.cli.common import add_flags, flag_type, values_from
 from meshca.config import GROUPS, Settings
 
 
@@ -21,3 +23,8 @@ def add_serve_parser(commands: Any) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """ValueError when the values do not fit together (Settings.__post_init__ says which)."""
     return values_from(args, Settings)
+
+
+def serve_flag_type(name: str) -> Callable[[str], Any]:
+    """How `meshca serve` reads the text of setting `name` (argparse.ArgumentTypeError if bad)."""
+    return flag_type(next(f for f in dataclasses.fields(Settings) if f.name == name))

@@ -136,11 +136,11 @@ def text(value: str) -> str:
     return value
 
 
-def off_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
-    """`off` (or nothing at all) turns the setting off: None."""
+def off_or(parse: Callable[[str], T], *, blank_is_off: bool = False) -> Callable[[str], T | None]:
+    """`off` (any case; with `blank_is_off`, nothing at all too) turns the setting off: None."""
 
     def parse_or_off(value: str) -> T | None:
-        if value.strip().lower() in ("off", ""):
+        if value.strip().lower() == "off" or (blank_is_off and not value):
             return None
         try:
             return parse(value)

@@ -17,13 +17,15 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from meshca.cli.serve_args import _rate_limit
+from meshca.cli.serve_args import serve_flag_type
 from meshca.core.rate_limit import KeyedLimiter, RateLimit, TokenBucket
 from meshca.errors import RateLimited
 from meshca.service.rate_limits import IssuanceRateLimits
 from meshca.transport.grpc.status import STATUS_DETAILS_KEY, status_for, trailers_for
 from tests.security.limits_support import audit_rows, metric, wait_for
 from tests.support import MeshcaProcess, csr_pem, start_meshca
+
+_rate_limit = serve_flag_type("issuance_rate_per_identity")
 
 # ---- the buckets, with a hand-moved clock ---------------------------------------------------
 
