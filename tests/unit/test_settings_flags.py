@@ -226,3 +226,17 @@ def test_bad_durations(text: str) -> None:
 def test_rate_limits(text: str, limit: RateLimit) -> None:
     assert RateLimit.parse(text) == limit
     assert RateLimit.parse(limit.text) == limit
+
+
+def test_config_imports_no_service_transport_or_infra_module() -> None:
+    import ast
+
+    import meshca.config
+
+    tree = ast.parse(Path(meshca.config.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    layered = sorted(m for m in imported if m and m.startswith(
+        ("meshca.service", "meshca.transport", "meshca.infra", "meshca.wiring", "meshca.cli")))
+    assert not layered, layered
