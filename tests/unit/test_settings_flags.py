@@ -240,3 +240,17 @@ def test_config_imports_no_service_transport_or_infra_module() -> None:
     layered = sorted(m for m in imported if m and m.startswith(
         ("meshca.service", "meshca.transport", "meshca.infra", "meshca.wiring", "meshca.cli")))
     assert not layered, layered
+
+
+def test_the_keystore_settings_are_the_settings_of_the_same_names() -> None:
+    from meshca.service.keystore_select import KeystoreSettings
+    from meshca.wiring.keystore_settings import keystore_settings
+
+    settings = Settings(data_dir=Path("/srv/data"), keystore="vault-transit", vault_addr="https://v",
+                        vault_auth="approle", vault_role_id="r", vault_transit_intermediate=True,
+                        vault_kube_token_file=Path("/t"))
+    assert keystore_settings(settings) == KeystoreSettings(
+        keystore="vault-transit", kek_file=Path("/srv/data.kek"), vault_addr="https://v",
+        vault_auth="approle", vault_role_id="r", vault_transit_intermediate=True,
+        vault_kube_token_file=Path("/t"))
+    assert keystore_settings(Settings(kek_file=Path("/k"))).kek_file == Path("/k")
