@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
@@ -183,8 +183,7 @@ def _write_cacerts(directory: Path, root: x509.Certificate, root_key: ec.Ellipti
     return cert
 
 
-def _sha256() -> object:
-    from cryptography.hazmat.primitives import hashes
+def _sha256() -> hashes.SHA256:
     return hashes.SHA256()
 
 
@@ -267,7 +266,9 @@ def test_the_bundle_is_published_to_configmaps_and_follows_a_new_root(tmp_path: 
             api(server, "POST", "/v1/ca:prepare", {"kind": "root"}, expect=201)
             eventually(lambda: server.bundle_pem.count(b"BEGIN CERTIFICATE") == 2)
             eventually(lambda: published() == {"shop", "pay"}, what="ConfigMaps with both roots")
-            pem = kube.configmap("shop", "istio-ca-root-cert")["data"]["root-cert.pem"]
+            shop = kube.configmap("shop", "istio-ca-root-cert")
+            assert shop is not None
+            pem = shop["data"]["root-cert.pem"]
             assert pem.count("BEGIN CERTIFICATE") == 2
         finally:
             server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,7 +25,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> MeshcaProcess:
     return proc
 
 
-def _rows(server: MeshcaProcess) -> list[dict[str, object]]:
+def _rows(server: MeshcaProcess) -> list[dict[str, Any]]:
     engine = open_engine(server.database_url)
     try:
         with engine.connect() as connection:

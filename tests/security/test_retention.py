@@ -38,10 +38,12 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 def _generation(engine: Engine) -> int:
     with engine.begin() as connection:
-        return int(connection.execute(insert(ca_generations).values(
+        inserted = connection.execute(insert(ca_generations).values(
             kind="intermediate", parent_id=None, subject="CN=test", serial="01", key_type="ec-p256",
             key_location="-", not_before=T0 - 400 * DAY, not_after=T0 + 400 * DAY, state="active",
-            certificate_pem="-", created_at=T0 - 400 * DAY)).inserted_primary_key[0])
+            certificate_pem="-", created_at=T0 - 400 * DAY)).inserted_primary_key
+    assert inserted is not None
+    return int(inserted[0])
 
 
 def _certificate(engine: Engine, serial: str, generation: int, not_after: datetime,
