@@ -71,7 +71,7 @@ def _database_url(kind: str) -> str | None:
     return url
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def admin_server(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshcaProcess]:
     url = _database_url(request.param)

@@ -26,7 +26,7 @@ DAY = timedelta(days=1)
 POLICY = RetentionPolicy(audit=timedelta(days=90), certificates=timedelta(days=7), batch=1000)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     url = (str(request.getfixturevalue("pg_url")) if request.param == "postgres"
            else f"sqlite:///{tmp_path / 'r.db'}")
@@ -155,7 +155,7 @@ def test_retention_settings_are_checked() -> None:
 
 # ---- a real server -------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MeshcaProcess]:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     process = start_meshca(tmp_path / "data", "--retention-interval", "0.5s",
