@@ -1,4 +1,4 @@
-"""The wire, byte for byte: a client built from contracts.md §1 alone, with no generated code."""
+"""The wire, byte for byte: a client built from docs/contracts.md §1 alone, with no generated code."""
 
 from __future__ import annotations
 

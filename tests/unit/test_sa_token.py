@@ -1,4 +1,4 @@
-"""Claims of a Kubernetes projected service-account token (contracts.md §2)."""
+"""Claims of a Kubernetes projected service-account token (docs/contracts.md §2)."""
 
 from __future__ import annotations
 
