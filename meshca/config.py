@@ -10,7 +10,7 @@ from meshca.core.keys import KeyType
 from meshca.core.rate_limit import RateLimit
 from meshca.core.roles import Role
 from meshca.core.rotation import DEFAULT_POLICY, RotationPolicy, check_lifetimes, max_leaf_ttl
-from meshca.service.keystore_select import KeystoreSettings
+from meshca.keystore_settings import KeystoreSettings
 from meshca.transport.tls_listener import ConnectionLimits
 
 DEFAULT_DNS_NAMES = ("localhost", "meshca.meshca-system.svc")
