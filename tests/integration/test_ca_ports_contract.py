@@ -190,7 +190,7 @@ def test_the_last_leaf_expiry_is_known_per_intermediate_and_per_root(ports: Port
 
 
 def test_changes_write_their_audit_entry_with_them(ports: Ports) -> None:
-    root, inter = _chain(ports)
+    _, inter = _chain(ports)
     prepared = ports.journal.add(None, T0, _new(Kind.ROOT, serial="a2"),
                                  audit=_entry("ca.prepare"))
     ports.journal.move(None, T0, inter, State.TAINTED, audit=_entry("ca.taint"))
