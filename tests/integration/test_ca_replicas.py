@@ -84,7 +84,11 @@ def test_two_replicas_one_rotates_the_other_serves_the_new_bundle(
         prepares = _events(a, "prepare", "intermediate") + _events(b, "prepare", "intermediate")
         assert prepares == len(intermediates) - 1  # the first one came from the bootstrap
         assert activations() == 1
-        # Both replicas sign with the new intermediate and verify against the shared bundle.
+        # Both replicas sign with the new intermediate (each within its reload interval) and
+        # verify against the shared bundle.
+        eventually(lambda: "g2" in issue(a)[1].subject.rfc4514_string()
+                   and "g2" in issue(b)[1].subject.rfc4514_string(),
+                   what="both replicas signing with the new intermediate")
         assert issue(a)[1].serial_number == issue(b)[1].serial_number
     finally:
         a.stop()
