@@ -56,7 +56,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshca.core.keys import SigningKey, describe_public_key
 from meshca.errors import ConfigurationError
-from meshca.service.ca_ports import CA_KEY, PluggedCa
+from meshca.service.ca_ports import CA_KEY as CA_KEY
+from meshca.service.ca_ports import PluggedCa as PluggedCa
 
 CA_CERT = "ca-cert.pem"
 ROOT_CERT = "root-cert.pem"
