@@ -46,7 +46,6 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -55,13 +54,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from meshca.core.authority import SigningAuthority
-from meshca.core.bundle import TrustBundle
 from meshca.core.keys import SigningKey, describe_public_key
 from meshca.errors import ConfigurationError
+from meshca.service.ca_ports import CA_KEY as CA_KEY
+from meshca.service.ca_ports import PluggedCa as PluggedCa
 
 CA_CERT = "ca-cert.pem"
-CA_KEY = "ca-key.pem"
 ROOT_CERT = "root-cert.pem"
 CERT_CHAIN = "cert-chain.pem"
 CA_FILES: tuple[str, ...] = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
@@ -83,37 +81,6 @@ class PluggedCaError(ConfigurationError):
 
 class PluggedCaMissing(PluggedCaError):
     """None of the four files exist: there is no plugged-in CA (not the same as a broken one)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PluggedCa:
-    """A verified plugged-in CA.
-
-    `chain` holds the certificates strictly between the signing certificate and the root that
-    anchors it (roots excluded, as `SigningAuthority.chain` wants); `anchor` is that root;
-    `roots` is the whole trust bundle. `not_after` is the earliest expiry on the path
-    signing cert → anchor. `fingerprint` is a SHA-256 over the four files' bytes.
-    """
-
-    directory: Path
-    certificate: x509.Certificate
-    private_key: SigningKey = field(repr=False)
-    chain: tuple[x509.Certificate, ...]
-    roots: tuple[x509.Certificate, ...]
-    anchor: x509.Certificate
-    fingerprint: str
-    not_after: datetime
-    expires_soon: bool
-    warnings: tuple[str, ...]
-
-    def authority(self, generation_id: int) -> SigningAuthority:
-        return SigningAuthority(
-            generation_id=generation_id,
-            certificate=self.certificate,
-            private_key=self.private_key,
-            chain=self.chain,
-            bundle=TrustBundle(self.roots),
-        )
 
 
 # ---- loading ---------------------------------------------------------------------------------

@@ -23,9 +23,8 @@ from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, State, Withdraw
 from meshca.core.spiffe import SpiffeId
 from meshca.core.templates import ca_certificate, ca_subject
-from meshca.infra.db.ca_journal import SqlCaJournal
-from meshca.infra.db.lease import Lease
-from meshca.service.keystore_select import KeyBackend
+from meshca.service.ca_ports import CaJournal, KeyBackend, Lease, NewGeneration
+from meshca.service.ports import AuditEntry
 
 log = logging.getLogger(__name__)
 _BACKDATE = timedelta(minutes=5)
@@ -42,7 +41,7 @@ class LifecycleProfile:
 
 
 class CaLifecycle:
-    def __init__(self, journal: SqlCaJournal, keys: KeyBackend, profile: LifecycleProfile,
+    def __init__(self, journal: CaJournal, keys: KeyBackend, profile: LifecycleProfile,
                  policy: RotationPolicy, clock: Clock) -> None:
         self._journal = journal
         self._keys = keys
@@ -64,34 +63,40 @@ class CaLifecycle:
             done.append(due[0])
         raise RuntimeError("CA rotation did not settle; the journal may be inconsistent")
 
-    def taint(self, generation_id: int, lease: Lease | None) -> None:
-        """An operator says this key is compromised; the next `run_due` replaces it."""
-        self._journal.move(lease, self._clock.now(), generation_id, State.TAINTED)
+    def taint(self, generation_id: int, lease: Lease | None, *,
+              audit: AuditEntry | None = None) -> None:
+        """An operator says this key is compromised; the next `run_due` replaces it.
+        `audit` is written in the same transaction."""
+        self._journal.move(lease, self._clock.now(), generation_id, State.TAINTED, audit=audit)
 
-    def apply(self, action: Action, lease: Lease | None) -> int | None:
+    def apply(self, action: Action, lease: Lease | None, *,
+              audit: AuditEntry | None = None) -> int | None:
         """One action an operator asked for (`rotation.manual_prepare` / `manual_activate`);
-        for a Prepare, the new generation's id."""
+        for a Prepare, the new generation's id. `audit` is written in the same transaction."""
         generations, _ = self._journal.snapshot()
-        created = self._apply(action, generations, lease)
+        created = self._apply(action, generations, lease, audit)
         log.info("CA rotation (operator): %s", action)
         return created
 
     def _apply(self, action: Action, generations: list[rotation.Generation],
-               lease: Lease | None) -> int | None:
+               lease: Lease | None, audit: AuditEntry | None = None) -> int | None:
         now = self._clock.now()
         match action:
             case Prepare(kind=kind, parent_id=parent_id):
                 number = 1 + sum(1 for g in generations if g.kind is kind)  # "root g3"
-                return self._prepare(kind, parent_id, number, lease)
+                return self._prepare(kind, parent_id, number, lease, audit)
             case Activate(generation_id=gid, retires=retires):
-                self._journal.move(lease, now, gid, State.ACTIVE, retires=retires)
+                self._journal.move(lease, now, gid, State.ACTIVE, retires=retires, audit=audit)
             case Withdraw(generation_id=gid):
-                self._journal.move(lease, now, gid, State.RETIRED)
+                self._journal.move(lease, now, gid, State.RETIRED, audit=audit)
             case Prune(generation_id=gid):
+                if audit is not None:
+                    raise ValueError("a prune is never an operator's action")
                 self._journal.prune(lease, now, gid)
         return None
 
-    def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None) -> int:
+    def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None,
+                 audit: AuditEntry | None) -> int:
         now = self._clock.now()
         profile = self._profile
         serial = x509.random_serial_number()
@@ -133,12 +138,12 @@ class CaLifecycle:
         if location is None:
             assert key is not None
             location = self._keys.keys.put(name, key)
-        return self._journal.add(
-            lease, now, kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
+        return self._journal.add(lease, now, NewGeneration(
+            kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
             serial=format_serial(serial), key_type=profile.key_type.value, key_location=location,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
             certificate_pem=certificate_pem(cert),
-        )
+        ), audit=audit)
 
     def _signing_parent(self, parent_id: int) -> tuple[x509.Certificate, Signer]:
         row = self._journal.row(parent_id)

@@ -14,8 +14,6 @@ import os
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from meshca.core.authority import SigningAuthority
 from meshca.core.remote_signing import SignerUnavailable
 from meshca.errors import MeshcaError
@@ -90,8 +88,7 @@ class CaReloader:
                 if self._failing:
                     log.info("CA reload works again")
                 self._failing = False
-            except (MeshcaError, OSError, ValueError, RuntimeError, SQLAlchemyError,
-                    SignerUnavailable) as exc:
+            except (MeshcaError, OSError, ValueError, RuntimeError, SignerUnavailable) as exc:
                 level = logging.DEBUG if self._failing else logging.WARNING
                 log.log(level, "CA reload failed, keeping generation %d: %s",
                         self.current.generation_id, exc)

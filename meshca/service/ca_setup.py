@@ -20,10 +20,8 @@ from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
 from meshca.core.remote_signing import LocalSigner, SignerUnavailable
 from meshca.errors import CaUnavailable
-from meshca.infra.db.ca_journal import SqlCaJournal
-from meshca.infra.db.lease import SqlLeases
 from meshca.service.ca_lifecycle import CaLifecycle
-from meshca.service.keystore_select import KeyBackend
+from meshca.service.ca_ports import CaJournal, KeyBackend, Leases
 
 log = logging.getLogger(__name__)
 ROTATOR_LEASE = "ca-rotator"
@@ -35,7 +33,7 @@ def rotator_identity() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-def bring_up(lifecycle: CaLifecycle, journal: SqlCaJournal, leases: SqlLeases, keys: KeyBackend,
+def bring_up(lifecycle: CaLifecycle, journal: CaJournal, leases: Leases, keys: KeyBackend,
              clock: Clock) -> SigningAuthority:
     """Apply what is due (under the lease, when this replica can get it), then load.
 
@@ -69,7 +67,7 @@ def bring_up(lifecycle: CaLifecycle, journal: SqlCaJournal, leases: SqlLeases, k
         delay = min(delay * 2, 30.0) if keys_unavailable else 0.5
 
 
-def load_signing_authority(journal: SqlCaJournal, keys: KeyBackend) -> SigningAuthority:
+def load_signing_authority(journal: CaJournal, keys: KeyBackend) -> SigningAuthority:
     """The one generation allowed to sign, and the published roots; never changes anything."""
     generations, published = journal.snapshot()
     signing = rotation.signing_generation(generations)

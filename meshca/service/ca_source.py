@@ -18,10 +18,8 @@ from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
 from meshca.core.keys import KeyType
 from meshca.errors import CaUnavailable
-from meshca.infra.cacerts import CA_KEY, PluggedCa, PluggedCaWatcher
-from meshca.infra.db.ca_journal import SqlCaJournal
+from meshca.service.ca_ports import CaJournal, KeyBackend, PluggedCa, PluggedCaFiles
 from meshca.service.ca_setup import load_signing_authority
-from meshca.service.keystore_select import KeyBackend
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +37,7 @@ class CaSource(Protocol):
 class JournalCaSource:
     """meshca's own CA: the signing generation and the published roots of the journal."""
 
-    def __init__(self, journal: SqlCaJournal, keys: KeyBackend) -> None:
+    def __init__(self, journal: CaJournal, keys: KeyBackend) -> None:
         self._journal = journal
         self._keys = keys
 
@@ -59,7 +57,7 @@ class PluggedCaSource:
     moves the bundle sequence when the roots change, so `spiffe_sequence` follows them.
     """
 
-    def __init__(self, watcher: PluggedCaWatcher, journal: SqlCaJournal, clock: Clock, *,
+    def __init__(self, watcher: PluggedCaFiles, journal: CaJournal, clock: Clock, *,
                  publishes: bool) -> None:
         if watcher.current is None:
             raise ValueError("the plugged-in CA must be loaded before it is served")
@@ -70,7 +68,7 @@ class PluggedCaSource:
         self._roots_published: tuple[bytes, ...] | None = None
 
     @property
-    def watcher(self) -> PluggedCaWatcher:
+    def watcher(self) -> PluggedCaFiles:
         return self._watcher
 
     def version(self) -> Hashable:
@@ -94,7 +92,7 @@ class PluggedCaSource:
         return self._journal.register_plugged(
             certificate_pem=certificate_pem(cert), serial=format_serial(cert.serial_number),
             subject=cert.subject.rfc4514_string(), key_type=_key_type(ca),
-            location=f"plugged:{ca.directory / CA_KEY}", not_before=cert.not_valid_before_utc,
+            location=f"plugged:{ca.key_file}", not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc, now=self._clock.now())
 
 

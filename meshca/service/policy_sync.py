@@ -9,31 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.authz import Invalid
 from meshca.authz.documents import parse_policies
+from meshca.errors import StoreUnavailable
+from meshca.service.ca_ports import StoredPolicies
 from meshca.service.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
 
 
-class StoredPolicyRows(Protocol):
-    def version(self) -> int: ...
-
-    def all(self) -> tuple[int, list[Any]]: ...
-
-
-def load_stored(store: PolicyStore, stored: StoredPolicyRows) -> int:
+def load_stored(store: PolicyStore, stored: StoredPolicies) -> int:
     """Blocking: compile what the database holds into `store`; the version loaded."""
     version, rows = stored.all()
     store.replace("api", parse_policies([row.document for row in rows]))
     return version
 
 
-async def follow_stored_policies(store: PolicyStore, stored: StoredPolicyRows,
+async def follow_stored_policies(store: PolicyStore, stored: StoredPolicies,
                                  stopping: asyncio.Event, interval: float) -> None:
     loaded: int | None = None
     failing = False
@@ -42,7 +35,7 @@ async def follow_stored_policies(store: PolicyStore, stored: StoredPolicyRows,
             if await asyncio.to_thread(stored.version) != loaded:
                 loaded = await asyncio.to_thread(load_stored, store, stored)
             failing = False
-        except (SQLAlchemyError, OSError, Invalid) as exc:
+        except (StoreUnavailable, OSError, Invalid) as exc:
             if not failing:  # once per outage, not on every poll
                 log.warning("stored authorization policies not reloaded (keeping the last "
                             "set): %s", exc)

@@ -20,8 +20,9 @@ from datetime import timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.core.clock import Clock
-from meshca.infra.db.lease import SqlLeases
+from meshca.errors import StoreUnavailable
 from meshca.infra.db.retention import AUDIT, CERTIFICATES, SqlRetention
+from meshca.service.ca_ports import Leases
 from meshca.service.pause import pause
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class RetentionPolicy:
 
 
 class RetentionJob:
-    def __init__(self, store: SqlRetention, leases: SqlLeases, policy: RetentionPolicy,
+    def __init__(self, store: SqlRetention, leases: Leases, policy: RetentionPolicy,
                  clock: Clock, *, identity: str, lease_ttl: timedelta = timedelta(minutes=2),
                  should_stop: Callable[[], bool] = lambda: False) -> None:
         self._store = store
@@ -99,7 +100,7 @@ class RetentionJob:
             try:
                 await asyncio.to_thread(self.tick)
                 self.last_error = None
-            except (SQLAlchemyError, OSError) as exc:  # logged and retried next interval
+            except (SQLAlchemyError, StoreUnavailable, OSError) as exc:  # logged and retried next interval
                 if self.last_error != str(exc):
                     log.warning("retention pass failed (will retry): %s", exc)
                 self.last_error = str(exc)

@@ -11,16 +11,16 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from sqlalchemy.exc import SQLAlchemyError
 
-from meshca.infra.db.ca_repository import SqlCaRepository
+from meshca.errors import Unavailable
+from meshca.service.ca_ports import CaState
 from meshca.service.ca_rotator import CaRotator
 
 log = logging.getLogger(__name__)
 
 
 class CaStateCollector:
-    def __init__(self, repository: SqlCaRepository, rotator: CaRotator | None,
+    def __init__(self, repository: CaState, rotator: CaRotator | None,
                  bundle_sequence: Callable[[], int], registry: CollectorRegistry,
                  vault_alert: Callable[[], float] | None = None) -> None:
         self._vault_alert = vault_alert
@@ -34,7 +34,7 @@ class CaStateCollector:
                         "Unix time at which each root and intermediate generation expires.", "gauge")
         try:
             generations = self._repository.all()
-        except SQLAlchemyError as exc:  # a scrape must not fail because the database blinked
+        except Unavailable as exc:  # a scrape must not fail because the database blinked
             log.debug("CA metrics: journal unreadable: %s", exc)
             generations = []
         for g in generations:

@@ -26,7 +26,7 @@ from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.routes.tokens import new_admin_token
 from meshca.transport.tls_front import server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
-from meshca.wiring.keys import key_backend, key_encryption_key
+from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import AdminRefusals
 from meshca.wiring.startup import database_url, listen_socket
 
@@ -64,13 +64,13 @@ def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
 
 async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       service_account_tokens: TokenAuthenticator,
-                      policies: PolicyStore, metrics: CaMetrics) -> AdminServer:
+                      policies: PolicyStore, metrics: CaMetrics, keys: KeyBackend) -> AdminServer:
     engine = open_engine(database_url(settings))
     reloader = ca.reloader
     context = AdminContext(
         engine=engine, inventory=SqlInventory(engine), tokens=SqlAdminTokens(engine),
         ca=SqlCaRepository(engine), authority=lambda: reloader.current, clock=clock,
-        keys=key_backend(settings),
+        keys=keys,
         bundle_refresh_hint_seconds=int(settings.bundle_refresh_hint.total_seconds()),
         rotator=ca.rotator, rotation_policy=settings.rotation_policy, plugged=ca.plugged,
         bundle_sequence=lambda: reloader.sequence, ca_changed=ca.changed,
@@ -89,7 +89,7 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
     app = create_app(context, authenticator, authz_context, limits=admin_limits(settings),
                      refused=refused)
     serving = str(serving_file(settings))
-    password = key_encryption_key(settings).tls_password()
+    password = keys.kek.tls_password()
     server = HttpServer(
         "admin", app,
         lambda: server_ssl_context(serving, password, reloader.current.bundle.pem,

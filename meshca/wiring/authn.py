@@ -13,6 +13,7 @@ from typing import Any
 from meshca.config import Settings
 from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
 from meshca.infra.jwks_source import load_jwks
+from meshca.infra.keyfiles import KeyEncryptionKey
 from meshca.infra.kube.api import KUBE_THREADS, KubeApi
 from meshca.infra.oidc import https_discovery, kube_discovery
 from meshca.service.key_sources import DiscoveredKeySource, KeySource, StaticKeySource
@@ -26,7 +27,6 @@ from meshca.service.token_validation import (
     TokenValidator,
 )
 from meshca.service.workload_auth import ClusterAuth, WorkloadAuthenticator
-from meshca.wiring.keys import key_encryption_key
 
 
 @dataclass
@@ -51,8 +51,9 @@ def uses_development_issuer(settings: Settings) -> bool:
 
 
 def build_token_authentication(settings: Settings, metrics: AuthMetrics,
-                               stop: asyncio.Event) -> TokenAuthentication:
-    """Raises SystemExit with a message when the settings cannot work together."""
+                               stop: asyncio.Event, kek: KeyEncryptionKey) -> TokenAuthentication:
+    """Raises SystemExit with a message when the settings cannot work together; `kek` opens
+    the development issuer's key."""
     pool = ThreadPoolExecutor(max_workers=KUBE_THREADS, thread_name_prefix="meshca-kube")
     # The API-server budget is shared by all workers of this replica.
     qps = settings.kube_qps / settings.workers
@@ -77,7 +78,7 @@ def build_token_authentication(settings: Settings, metrics: AuthMetrics,
     local_keys: KeySource | None = None
     if settings.token_validation != "tokenreview":
         if uses_development_issuer(settings):
-            issuer = DevIssuer.load_or_create(settings.data_dir, key_encryption_key(settings))
+            issuer = DevIssuer.load_or_create(settings.data_dir, kek)
             local_keys = StaticKeySource(DEV_ISSUER, issuer.public_keys())
         elif settings.token_issuer and settings.token_jwks:
             local_keys = StaticKeySource(settings.token_issuer, load_jwks(settings.token_jwks))

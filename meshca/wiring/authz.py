@@ -14,6 +14,7 @@ from meshca.authz import MeshConfig
 from meshca.config import Settings
 from meshca.infra.db.inventory import SqlInventory
 from meshca.infra.db.policies import SqlPolicies
+from meshca.infra.keyfiles import KeyEncryptionKey
 from meshca.infra.kube.api import KubeApi
 from meshca.infra.kube.policies import AuthorizationPolicies
 from meshca.service.ca_reload import CaReloader
@@ -26,7 +27,6 @@ from meshca.transport.ext_authz.refresher import IdentityRefresher
 from meshca.transport.ext_authz.server import start_ext_authz
 from meshca.transport.ext_authz.tls import ExtAuthzTls
 from meshca.wiring.ca_runtime import serving_file
-from meshca.wiring.keys import key_encryption_key
 
 log = logging.getLogger(__name__)
 # How long a worker waits for its first identity snapshot before it serves ext_authz anyway
@@ -38,6 +38,7 @@ async def start_authorization(settings: Settings, engine: Engine, stopping: asyn
                               tasks: list[asyncio.Task[None]], *,
                               metrics: AuthzMetrics | None = None,
                               reloader: CaReloader | None = None,
+                              kek: KeyEncryptionKey | None = None,
                               ) -> tuple[PolicyStore, grpc.Server | None]:
     """`metrics` counts ext_authz decisions (the worker's CaMetrics); `reloader` (the worker's)
     is needed with --ext-authz-tls, to follow the trust bundle and serving certificate."""
@@ -59,18 +60,19 @@ async def start_authorization(settings: Settings, engine: Engine, stopping: asyn
     server = None
     if settings.ext_authz_addr is not None:
         server = await _start_ext_authz(settings, settings.ext_authz_addr, engine, store, stopping,
-                                        tasks, metrics or NoMetrics(), reloader)
+                                        tasks, metrics or NoMetrics(), reloader, kek)
     return store, server
 
 
 async def _start_ext_authz(settings: Settings, addr: str, engine: Engine, store: PolicyStore,
                            stopping: asyncio.Event, tasks: list[asyncio.Task[None]],
-                           metrics: AuthzMetrics, reloader: CaReloader | None) -> grpc.Server:
+                           metrics: AuthzMetrics, reloader: CaReloader | None,
+                           kek: KeyEncryptionKey | None) -> grpc.Server:
     credentials = None
     if settings.ext_authz_tls:
-        if reloader is None:
-            raise ValueError("--ext-authz-tls needs the worker's CA reloader")
-        tls = ExtAuthzTls(serving_file(settings), key_encryption_key(settings).tls_password(),
+        if reloader is None or kek is None:
+            raise ValueError("--ext-authz-tls needs the worker's CA reloader and KEK")
+        tls = ExtAuthzTls(serving_file(settings), kek.tls_password(),
                           reloader.current.bundle.pem)
         reloader.add_listener(lambda current: tls.reload(current.bundle.pem))
         credentials = tls.credentials

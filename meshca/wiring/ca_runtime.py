@@ -18,7 +18,7 @@ from meshca.service.ca_reload import CaReloader
 from meshca.service.ca_rotator import CaRotator
 from meshca.service.ca_setup import rotator_identity
 from meshca.service.ca_source import CaSource, JournalCaSource, PluggedCaSource
-from meshca.wiring.keys import key_backend
+from meshca.wiring.keystore import KeyBackend
 
 
 def serving_file(settings: Settings) -> Path:
@@ -26,20 +26,22 @@ def serving_file(settings: Settings) -> Path:
     return settings.data_dir / "tls" / "serving.pem"
 
 
-def lifecycle_for(settings: Settings, engine: Engine, clock: Clock) -> CaLifecycle:
+def lifecycle_for(settings: Settings, engine: Engine, clock: Clock,
+                  keys: KeyBackend) -> CaLifecycle:
     profile = LifecycleProfile(
         key_type=settings.ca_key_type, trust_domain=settings.trust_domain,
         organization=settings.ca_organization, root_ttl=settings.root_ttl,
         intermediate_ttl=settings.intermediate_ttl)
-    return CaLifecycle(SqlCaJournal(engine), key_backend(settings), profile,
+    return CaLifecycle(SqlCaJournal(engine), keys, profile,
                        settings.rotation_policy, clock)
 
 
-def ca_source(settings: Settings, engine: Engine, clock: Clock, *, publishes: bool) -> CaSource:
+def ca_source(settings: Settings, engine: Engine, clock: Clock, keys: KeyBackend, *,
+              publishes: bool) -> CaSource:
     """Raises ValueError with one clear sentence when a plugged-in CA cannot be used."""
     journal = SqlCaJournal(engine)
     if settings.ca_dir is None:
-        return JournalCaSource(journal, key_backend(settings))
+        return JournalCaSource(journal, keys)
     try:
         plugged = load_plugged_ca(settings.ca_dir, clock.now())
     except PluggedCaError as exc:
@@ -48,17 +50,18 @@ def ca_source(settings: Settings, engine: Engine, clock: Clock, *, publishes: bo
                            publishes=publishes)
 
 
-def reloader_for(settings: Settings, engine: Engine, clock: Clock, *,
+def reloader_for(settings: Settings, engine: Engine, clock: Clock, keys: KeyBackend, *,
                  publishes: bool) -> CaReloader:
-    source = ca_source(settings, engine, clock, publishes=publishes)
+    source = ca_source(settings, engine, clock, keys, publishes=publishes)
     return CaReloader(source, watch_files=[serving_file(settings)])
 
 
-def rotator_for(settings: Settings, engine: Engine, clock: Clock) -> CaRotator | None:
+def rotator_for(settings: Settings, engine: Engine, clock: Clock,
+                keys: KeyBackend) -> CaRotator | None:
     if settings.ca_dir is not None:
         return None  # meshca rotates nothing it does not own
-    health = key_backend(settings).health
-    return CaRotator(lifecycle_for(settings, engine, clock), SqlCaJournal(engine),
+    health = keys.health
+    return CaRotator(lifecycle_for(settings, engine, clock, keys), SqlCaJournal(engine),
                      SqlLeases(engine), settings.rotation_policy, clock,
                      identity=rotator_identity(),
                      waiting=health.rotation_waiting if health is not None else lambda _: None)
@@ -86,9 +89,11 @@ class SupervisorCa:
 
 
 async def start_supervisor_ca(settings: Settings, engine: Engine, clock: Clock,
-                              stop: asyncio.Event) -> tuple[SupervisorCa, list[asyncio.Task[None]]]:
-    reloader = await asyncio.to_thread(reloader_for, settings, engine, clock, publishes=True)
-    rotator = rotator_for(settings, engine, clock)
+                              stop: asyncio.Event, keys: KeyBackend,
+                              ) -> tuple[SupervisorCa, list[asyncio.Task[None]]]:
+    reloader = await asyncio.to_thread(reloader_for, settings, engine, clock, keys,
+                                       publishes=True)
+    rotator = rotator_for(settings, engine, clock, keys)
     source = reloader.source
     plugged = source if isinstance(source, PluggedCaSource) else None
     loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from meshca.config import Settings
-from meshca.service.keystore_select import KeystoreSettings
+from meshca.keystore_settings import KeystoreSettings
 
 
 def keystore_settings(settings: Settings) -> KeystoreSettings:

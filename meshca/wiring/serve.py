@@ -28,7 +28,7 @@ from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.transport.metrics_http import MetricsApp
 from meshca.wiring.admin import start_admin
 from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
-from meshca.wiring.keys import key_backend, key_encryption_key
+from meshca.wiring.keys import open_process_keys
 from meshca.wiring.limits import start_retention
 from meshca.wiring.publishing import start_publishing
 from meshca.wiring.serving import ServingCertKeeper
@@ -82,11 +82,12 @@ async def _start(settings: Settings, stop: asyncio.Event,
             raise _Stopped
 
     clock = SystemClock()
+    keys = open_process_keys(settings)  # the only key backend of this process
     serving = ServingCertKeeper(serving_file(settings), serving_names(settings),
-                                settings.trust_domain, clock, key_encryption_key(settings))
+                                settings.trust_domain, clock, keys.kek)
     # In a thread, so that a signal is heard meanwhile; the preparation (perhaps bringing up
     # a new CA) is let finish, and then nothing is started.
-    await asyncio.to_thread(prepare, settings, clock, serving)
+    await asyncio.to_thread(prepare, settings, clock, serving, keys)
     check()
     settings = _pin_ext_authz_port(settings)
     workers = settings.workers
@@ -96,7 +97,7 @@ async def _start(settings: Settings, stop: asyncio.Event,
     bound_port = int(sock.getsockname()[1])
     slots = shared_slots(workers)
     links = _spawn_workers(settings, grpc_host, bound_port, slots, running)
-    worker = await start_worker(settings, sock, slots, 0)
+    worker = await start_worker(settings, sock, slots, 0, keys)
     running.push_async_callback(worker.stop)
     check()
     if not await all_ready(links, stop, WORKER_START_SECONDS):
@@ -104,13 +105,13 @@ async def _start(settings: Settings, stop: asyncio.Event,
 
     engine = open_engine(database_url(settings))
     running.callback(engine.dispose)
-    ca, ca_tasks = await start_supervisor_ca(settings, engine, clock, stop)
+    ca, ca_tasks = await start_supervisor_ca(settings, engine, clock, stop, keys)
     running.callback(_cancel, ca_tasks)
     ca.also_wake.append(worker.reloader)
     worker_metrics = CaMetrics(slots, 0)  # this process is worker 0 too
     registry = CollectorRegistry()
     collector = CaMetricsCollector(slots, workers, registry)
-    health = key_backend(settings).health
+    health = keys.health
     CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry,
                      vault_alert=(lambda: health.alert) if health is not None else None)
     metrics_host, metrics_port = split_host_port(settings.metrics_addr)
@@ -134,7 +135,7 @@ async def _start(settings: Settings, stop: asyncio.Event,
     ca_tasks += start_retention(settings, engine, clock, stop, registry)
     check()
     admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
-                              worker_metrics)
+                              worker_metrics, keys)
     running.push_async_callback(admin.stop)
     check()
 

@@ -18,7 +18,7 @@ from meshca.infra.dev_issuer import DevIssuer
 from meshca.service.ca_setup import bring_up
 from meshca.wiring.authn import uses_development_issuer
 from meshca.wiring.ca_runtime import ca_source, lifecycle_for
-from meshca.wiring.keys import key_backend, key_encryption_key
+from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.serving import ServingCertKeeper
 
 log = logging.getLogger("meshca")
@@ -63,29 +63,30 @@ def serving_names(settings: Settings) -> list[str]:
         [*settings.server_dns_names, *(h for h in hosts if not _is_wildcard(h))]))
 
 
-def prepare(settings: Settings, clock: Clock, serving: ServingCertKeeper) -> SigningAuthority:
+def prepare(settings: Settings, clock: Clock, serving: ServingCertKeeper,
+            backend: KeyBackend) -> SigningAuthority:
     """Once per start, before any worker: schema, CA, bundle file, serving certificate."""
     prepare_data_dir(settings.data_dir)
     engine = open_engine(database_url(settings))
     try:
         migrate(engine)
-        backend = key_backend(settings)
         resealed = backend.files.seal_plaintext_keys()
         if resealed:
             log.warning("sealed %d plaintext CA key file(s) under the key-encryption key",
                         len(resealed))
         if settings.ca_dir is None:
             journal = SqlCaJournal(engine)
-            authority = bring_up(lifecycle_for(settings, engine, clock), journal,
+            authority = bring_up(lifecycle_for(settings, engine, clock, backend), journal,
                                  SqlLeases(engine), backend, clock)
         else:
-            authority = ca_source(settings, engine, clock, publishes=True).load().authority
+            authority = ca_source(settings, engine, clock, backend,
+                                  publishes=True).load().authority
     finally:
         engine.dispose()
     write_bundle(settings, authority)
     if uses_development_issuer(settings):
         # Before the workers start, so that they share one.
-        DevIssuer.load_or_create(settings.data_dir, key_encryption_key(settings))
+        DevIssuer.load_or_create(settings.data_dir, backend.kek)
     _warn_if_development_issuer(settings)
     serving.ensure(authority)
     return authority

@@ -33,7 +33,8 @@ from meshca.transport.tls_listener import TlsListener
 from meshca.wiring.authn import TokenAuthentication, build_token_authentication
 from meshca.wiring.authz import start_authorization
 from meshca.wiring.ca_runtime import reloader_for, serving_file
-from meshca.wiring.keys import key_encryption_key
+from meshca.wiring.keys import open_process_keys
+from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import flush_grpc, grpc_refusals, issuance_rate_limits
 from meshca.wiring.startup import database_url, listen_socket
 
@@ -77,17 +78,20 @@ class Worker:
 
 
 async def start_worker(
-    settings: Settings, sock: socket.socket, slots: MutableSequence[float], row: int
+    settings: Settings, sock: socket.socket, slots: MutableSequence[float], row: int,
+    keys: KeyBackend,
 ) -> Worker:
+    """`keys`: the process's key backend (one per process, see wiring/keys.py)."""
     clock = SystemClock()
     engine = open_engine(database_url(settings))
     cleanup = contextlib.ExitStack()
     cleanup.callback(engine.dispose)
-    reloader = await asyncio.to_thread(reloader_for, settings, engine, clock, publishes=False)
+    reloader = await asyncio.to_thread(reloader_for, settings, engine, clock, keys,
+                                       publishes=False)
     records = SqlCertificateLog(engine)
     metrics = CaMetrics(slots, row)
     stopping = asyncio.Event()
-    auth = build_token_authentication(settings, metrics, stopping)
+    auth = build_token_authentication(settings, metrics, stopping, keys.kek)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(job) for job in auth.background]
     tasks.append(loop.create_task(
@@ -135,7 +139,7 @@ async def start_worker(
         raise OSError(f"cannot listen on {sockets.upstream}")
     await server.start()
     serving = str(serving_file(settings))
-    password = key_encryption_key(settings).tls_password()
+    password = keys.kek.tls_password()
     front = TlsListener(
         "grpc",
         lambda: server_ssl_context(serving, password, reloader.current.bundle.pem),
@@ -146,7 +150,8 @@ async def start_worker(
     await front.start(sock)
     reloader.add_listener(lambda _: front.reload())
     policies, ext_authz = await start_authorization(settings, engine, stopping, tasks,
-                                                    metrics=metrics, reloader=reloader)
+                                                    metrics=metrics, reloader=reloader,
+                                                    kek=keys.kek)
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
@@ -168,7 +173,8 @@ def child_main(end: WorkerEnd, settings: Settings, host: str, port: int,
         # Ctrl-C reaches the whole process group, and acting on it is the supervisor's part.
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            worker = await start_worker(settings, listen_socket(host, port, True), slots, row)
+            worker = await start_worker(settings, listen_socket(host, port, True), slots, row,
+                                        open_process_keys(settings))
         except Exception as exc:  # the supervisor says why, on one line, and stops
             log.debug("worker start-up failed", exc_info=True)
             end.report_failure(f"{type(exc).__name__}: {exc}")

@@ -13,14 +13,15 @@ from sqlalchemy import Engine, insert
 from meshca.core import rotation
 from meshca.core.keys import KeyType
 from meshca.core.rotation import Kind, RotationPolicy, State
-from meshca.infra.db.ca_journal import LostLease, SqlCaJournal
+from meshca.errors import LostLease
+from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import migrate, open_engine
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.db.schema import issued_certificates
 from meshca.infra.keyfiles import FileKeyStore, KeyEncryptionKey
 from meshca.service.ca_lifecycle import CaLifecycle, LifecycleProfile
-from meshca.service.keystore_select import KeyBackend
+from meshca.wiring.keystore import KeyBackend
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = RotationPolicy(publish_lead=timedelta(days=1))

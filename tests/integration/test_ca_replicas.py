@@ -61,22 +61,34 @@ def test_two_replicas_one_rotates_the_other_serves_the_new_bundle(
         assert prepared["actions"][0]["generation_id"] in {
             g["id"] for g in api(b, "GET", "/v1/ca")["generations"] if g["in_bundle"]}
 
-        # Automatic intermediate rotation (24 s lifetimes): each step applied by one replica.
-        time.sleep(26)
+        # Automatic intermediate rotation (24 s lifetimes: the successor takes over at 20 s),
+        # each step applied by one replica: polled, not slept through.
         engine = open_engine(pg_url)
-        try:
+
+        def intermediate_states() -> list[str]:
             with engine.connect() as connection:
                 rows = connection.execute(select(ca_generations.c.kind, ca_generations.c.state)
                                           .order_by(ca_generations.c.id)).all()
+            return [state for kind, state in rows if kind == "intermediate"]
+
+        def activations() -> float:
+            return _events(a, "activate", "intermediate") + _events(b, "activate", "intermediate")
+
+        try:
+            eventually(lambda: intermediate_states()[:2] == ["retired", "active"]
+                       and activations() == 1, timeout=40, what="the intermediate rotated")
+            intermediates = intermediate_states()
         finally:
             engine.dispose()
-        intermediates = [state for kind, state in rows if kind == "intermediate"]
         assert intermediates[:2] == ["retired", "active"] and len(intermediates) in (2, 3)
         prepares = _events(a, "prepare", "intermediate") + _events(b, "prepare", "intermediate")
-        activations = _events(a, "activate", "intermediate") + _events(b, "activate", "intermediate")
         assert prepares == len(intermediates) - 1  # the first one came from the bootstrap
-        assert activations == 1
-        # Both replicas sign with the new intermediate and verify against the shared bundle.
+        assert activations() == 1
+        # Both replicas sign with the new intermediate (each within its reload interval) and
+        # verify against the shared bundle.
+        eventually(lambda: "g2" in issue(a)[1].subject.rfc4514_string()
+                   and "g2" in issue(b)[1].subject.rfc4514_string(),
+                   what="both replicas signing with the new intermediate")
         assert issue(a)[1].serial_number == issue(b)[1].serial_number
     finally:
         a.stop()

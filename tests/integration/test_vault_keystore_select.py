@@ -20,7 +20,7 @@ from meshca.infra.vault import (
     VaultUnavailable,
     retry_with_backoff,
 )
-from meshca.service.keystore_select import (
+from meshca.wiring.keystore import (
     KeystoreConfigError,
     KeystoreSettings,
     default_kek_file,

@@ -230,7 +230,8 @@ def meshca_side(workdir: str) -> None:
     from meshca.infra.db.ca_journal import SqlCaJournal
     from meshca.infra.db.engine import database_url_for, migrate, open_engine
     from meshca.infra.keyfiles import encrypted_tls_key_pem, write_private_file
-    from meshca.service.keystore_select import KeystoreSettings, open_key_backend
+    from meshca.service.ca_ports import NewGeneration
+    from meshca.wiring.keystore import KeystoreSettings, open_key_backend
 
     work = Path(workdir)
     logging.basicConfig(filename=work / "meshca.log", level=logging.DEBUG,
@@ -254,10 +255,11 @@ def meshca_side(workdir: str) -> None:
     parent: int | None = None
     generations = ((Kind.ROOT, root, root_signer), (Kind.INTERMEDIATE, intermediate, inter_signer))
     for kind, cert, signer in generations:
-        parent = journal.add(None, now, kind=kind, parent_id=parent, subject=cert.subject.rfc4514_string(),
-                             serial=f"{cert.serial_number:x}", key_type="ec-p256",
-                             key_location=str(signer.location), not_before=cert.not_valid_before_utc,
-                             not_after=cert.not_valid_after_utc, certificate_pem=certificate_pem(cert))
+        parent = journal.add(None, now, NewGeneration(
+            kind=kind, parent_id=parent, subject=cert.subject.rfc4514_string(),
+            serial=f"{cert.serial_number:x}", key_type="ec-p256",
+            key_location=str(signer.location), not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc, certificate_pem=certificate_pem(cert)))
     # Load as a worker would: from the journal's locations.
     assert parent is not None
     row = journal.row(parent)

@@ -243,7 +243,7 @@ def test_config_imports_no_service_transport_or_infra_module() -> None:
 
 
 def test_the_keystore_settings_are_the_settings_of_the_same_names() -> None:
-    from meshca.service.keystore_select import KeystoreSettings
+    from meshca.keystore_settings import KeystoreSettings
     from meshca.wiring.keystore_settings import keystore_settings
 
     settings = Settings(data_dir=Path("/srv/data"), keystore="vault-transit", vault_addr="https://v",

@@ -12,24 +12,27 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from meshca import errors
 from meshca.core.rotation import Generation, Kind, State, transition
-from meshca.infra.db.ca_repository import CaGeneration, generation_from_row
-from meshca.infra.db.lease import Lease, holds
+from meshca.errors import LostLease, NotFound
+from meshca.infra.db.audit import append_audit
+from meshca.infra.db.ca_repository import generation_from_row
+from meshca.infra.db.lease import holds
 from meshca.infra.db.schema import bundle_state, ca_generations, issued_certificates
+from meshca.infra.db.store_errors import translated
+from meshca.service.ca_ports import PLUGGED, CaGeneration, Lease, NewGeneration
+from meshca.service.ports import AuditEntry
 
-# Rows of a plugged-in CA (--ca-dir): recorded so issued certificates can name their issuer,
-# never part of rotation; meshca holds no key for them.
-PLUGGED = "plugged"
-
-
-LostLease = errors.LostLease  # the rotator's lease expired or moved: it must stop writing
+__all__ = ["PLUGGED", "LostLease", "SqlCaJournal"]
+_STORE = "CA journal"
 
 
 class SqlCaJournal:
+    """`service.ca_ports.CaJournal` on the database."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @translated(_STORE)
     def snapshot(self) -> tuple[list[Generation], set[int]]:
         """Every generation, and the ids of the roots currently published in the bundle."""
         t = ca_generations.c
@@ -60,25 +63,29 @@ class SqlCaJournal:
                      if r["kind"] == "root" and r["pruned_at"] is None and r["state"] != "tainted"}
         return generations, published
 
-    def add(self, lease: Lease | None, now: datetime, *, kind: Kind, parent_id: int | None,
-            subject: str, serial: str, key_type: str, key_location: str, not_before: datetime,
-            not_after: datetime, certificate_pem: str) -> int:
+    @translated(_STORE)
+    def add(self, lease: Lease | None, now: datetime, generation: NewGeneration, *,
+            audit: AuditEntry | None = None) -> int:
         """A new generation, prepared. A root enters the bundle with it (sequence bumped)."""
+        g = generation
         with self._engine.begin() as connection:
             _fence(connection, lease, now)
             result = connection.execute(insert(ca_generations).values(
-                kind=kind.value, parent_id=parent_id, subject=subject, serial=serial,
-                key_type=key_type, key_location=key_location, not_before=not_before,
-                not_after=not_after, state=State.PREPARED.value, certificate_pem=certificate_pem,
-                created_at=now))
-            if kind is Kind.ROOT:
+                kind=g.kind.value, parent_id=g.parent_id, subject=g.subject, serial=g.serial,
+                key_type=g.key_type, key_location=g.key_location, not_before=g.not_before,
+                not_after=g.not_after, state=State.PREPARED.value,
+                certificate_pem=g.certificate_pem, created_at=now))
+            if g.kind is Kind.ROOT:
                 _bump_sequence(connection, now)
+            if audit is not None:
+                append_audit(connection, audit)
             key = result.inserted_primary_key
             assert key is not None
             return int(key[0])
 
+    @translated(_STORE)
     def move(self, lease: Lease | None, now: datetime, generation_id: int, target: State,
-             *, retires: int | None = None) -> None:
+             *, retires: int | None = None, audit: AuditEntry | None = None) -> None:
         """One legal state transition (and the retirement it implies), atomically."""
         with self._engine.begin() as connection:
             _fence(connection, lease, now)
@@ -90,14 +97,17 @@ class SqlCaJournal:
                 row = connection.execute(select(ca_generations.c.state, ca_generations.c.kind)
                                          .where(ca_generations.c.id == gid)).first()
                 if row is None:
-                    raise ValueError(f"no CA generation {gid}")
+                    raise NotFound(f"CA generation {gid}")
                 transition(State(row[0]), state)  # raises ValueError on an illegal move
                 connection.execute(update(ca_generations).where(ca_generations.c.id == gid)
                                    .values(state=state.value))
                 bundle_changed |= row[1] == "root" and state is State.TAINTED
             if bundle_changed:
                 _bump_sequence(connection, now)
+            if audit is not None:
+                append_audit(connection, audit)
 
+    @translated(_STORE)
     def prune(self, lease: Lease | None, now: datetime, generation_id: int) -> None:
         with self._engine.begin() as connection:
             _fence(connection, lease, now)
@@ -107,6 +117,7 @@ class SqlCaJournal:
                                .values(pruned_at=now))
             _bump_sequence(connection, now)
 
+    @translated(_STORE)
     def version(self) -> tuple[int, tuple[tuple[int, str, bool], ...]]:
         """Cheap to poll: changes whenever the signing generation or the bundle may have."""
         t = ca_generations.c
@@ -116,6 +127,7 @@ class SqlCaJournal:
             rows = connection.execute(select(t.id, t.state, t.pruned_at).order_by(t.id)).all()
         return int(sequence or 0), tuple((int(r[0]), str(r[1]), r[2] is None) for r in rows)
 
+    @translated(_STORE)
     def register_plugged(self, *, certificate_pem: str, serial: str, subject: str, key_type: str,
                          location: str, not_before: datetime, not_after: datetime,
                          now: datetime) -> int:
@@ -148,18 +160,25 @@ class SqlCaJournal:
                 return gid
         raise RuntimeError("could not record the plugged-in CA certificate")
 
+    @translated(_STORE)
     def bump_sequence(self, now: datetime) -> None:
         """The published roots changed outside the journal (a plugged-in CA was reloaded)."""
         with self._engine.begin() as connection:
             _bump_sequence(connection, now)
 
+    @translated(_STORE)
     def row(self, generation_id: int) -> CaGeneration:
         query = select(ca_generations).where(ca_generations.c.id == generation_id)
         with self._engine.connect() as connection:
             found = connection.execute(query).mappings().first()
         if found is None:
-            raise ValueError(f"no CA generation {generation_id}")
+            raise NotFound(f"CA generation {generation_id}")
         return generation_from_row(found)
+
+    @translated(_STORE)
+    def record_alone(self, entry: AuditEntry) -> None:
+        with self._engine.begin() as connection:
+            append_audit(connection, entry)
 
 
 def _fence(connection: Connection, lease: Lease | None, now: datetime) -> None:

@@ -10,27 +10,26 @@ be much longer than any plausible skew.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, case, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from meshca.infra.db.schema import leases
+from meshca.infra.db.store_errors import translated
+from meshca.service.ca_ports import Lease
 
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    name: str
-    holder: str
-    fencing: int
-    expires_at: datetime
+__all__ = ["Lease", "SqlLeases", "holds"]
+_STORE = "leases"
 
 
 class SqlLeases:
+    """`service.ca_ports.Leases` on the shared database."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @translated(_STORE)
     def acquire(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
         """Take or renew the lease; None while someone else holds it unexpired."""
         t = leases.c
@@ -52,6 +51,7 @@ class SqlLeases:
             row = connection.execute(select(t.fencing).where(t.name == name)).one()
         return Lease(name, holder, int(row[0]), expires)
 
+    @translated(_STORE)
     def release(self, lease: Lease) -> None:
         """Give it up early (clean shutdown), if still ours."""
         t = leases.c
@@ -59,6 +59,7 @@ class SqlLeases:
             connection.execute(delete(leases).where(
                 t.name == lease.name, t.holder == lease.holder, t.fencing == lease.fencing))
 
+    @translated(_STORE)
     def current(self, name: str) -> Lease | None:
         with self._engine.connect() as connection:
             row = connection.execute(select(leases).where(leases.c.name == name)).mappings().first()

@@ -7,36 +7,33 @@ and its audit entry; workers compare it to the version they loaded to know when 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
+from meshca.errors import NotFound
 from meshca.infra.db.audit import append_audit
-from meshca.infra.db.inventory import NotFound
 from meshca.infra.db.schema import authz_policies, authz_state
+from meshca.infra.db.store_errors import translated
+from meshca.service.ca_ports import StoredPolicy
 from meshca.service.ports import AuditEntry
 
-
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    namespace: str
-    name: str
-    version: int
-    document: dict[str, Any]
-    updated_by: str
-    updated_at: datetime
+StoredRow = StoredPolicy  # the name the admin routes use
+_STORE = "authorization policies"
 
 
 class SqlPolicies:
+    """`service.ca_ports.StoredPolicies` on the database, and the admin API's writes."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @translated(_STORE)
     def version(self) -> int:
         with self._engine.connect() as connection:
             return _version(connection)
 
+    @translated(_STORE)
     def all(self) -> tuple[int, list[StoredRow]]:
         """The set version and every policy, read in one transaction."""
         with self._engine.connect() as connection:
@@ -45,6 +42,7 @@ class SqlPolicies:
                 authz_policies.c.namespace, authz_policies.c.name)).mappings()
             return version, [_row(r) for r in rows]
 
+    @translated(_STORE)
     def put(self, namespace: str, name: str, document: dict[str, Any], audit: AuditEntry,
             ) -> tuple[StoredRow, bool]:
         """Create or replace; returns the row and whether it was created."""
@@ -61,6 +59,7 @@ class SqlPolicies:
             append_audit(connection, audit)
         return StoredRow(namespace, name, version, document, audit.actor, audit.at), not changed
 
+    @translated(_STORE)
     def delete(self, namespace: str, name: str, audit: AuditEntry) -> int:
         t = authz_policies.c
         with self._engine.begin() as connection:

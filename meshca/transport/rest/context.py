@@ -16,9 +16,9 @@ from meshca.infra.db.admin_tokens import SqlAdminTokens
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.inventory import SqlInventory
 from meshca.service.admin_auth import Principal
+from meshca.service.ca_ports import KeyBackend
 from meshca.service.ca_rotator import CaRotator
 from meshca.service.ca_source import PluggedCaSource
-from meshca.service.keystore_select import KeyBackend
 from meshca.service.ports import AuditEntry
 
 

@@ -1,4 +1,5 @@
-"""Where CA keys live (`--keystore`), built from settings: the composition root calls this.
+"""Where CA keys live (`--keystore`): the concrete backend, built from settings, once per
+process (wiring/keys.py); the services see it through `service.ca_ports.KeyBackend`.
 
 - `file`: keys sealed under the KEK in the data dir.
 - `vault-transit`: the root key (and, with `transit_intermediate`, the intermediate key too) is
@@ -15,9 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from meshca.core.keys import KeyType
 from meshca.core.remote_signing import LocalSigner, Signer
 from meshca.errors import ConfigurationError
 from meshca.infra.keyfiles import FileKeyStore, KeyEncryptionKey
@@ -32,55 +31,22 @@ from meshca.infra.vault import (
     VaultHealth,
     VaultSession,
 )
-from meshca.infra.vault.auth import DEFAULT_KUBE_TOKEN
+from meshca.keystore_settings import KEYSTORES, VAULT_AUTH_METHODS, KeystoreSettings
+from meshca.service.ca_ports import RemoteKeys
 from meshca.service.ports import KeyStore
 
-KEYSTORES = ("file", "vault-transit", "vault-kv")
-VAULT_AUTH_METHODS = ("token", "kubernetes", "approle")
+__all__ = ["KEYSTORES", "VAULT_AUTH_METHODS", "KeyBackend", "KeystoreConfigError",
+           "KeystoreSettings", "default_kek_file", "open_key_backend"]
 
 
 class KeystoreConfigError(ConfigurationError):
     """The keystore flags do not make a usable combination; the message says which flag."""
 
 
-class RemoteKey(Signer, Protocol):
-    @property
-    def location(self) -> object:
-        """Printable as the key location kept in the CA journal."""
-        ...
-
-
-class RemoteKeys(Protocol):
-    """Keys created and used inside a signing service; the private half never reaches meshca."""
-
-    def create(self, name: str, key_type: KeyType) -> RemoteKey: ...
-
-    def signer(self, location: str) -> Signer: ...
-
-
-@dataclass(frozen=True, slots=True)
-class KeystoreSettings:
-    keystore: str = "file"
-    kek_file: Path | None = None  # None: `<data-dir>.kek`, beside (never inside) the data dir
-    vault_addr: str | None = None
-    vault_ca_cert: Path | None = None
-    vault_namespace: str | None = None
-    vault_auth: str = "token"
-    vault_auth_mount: str | None = None  # default: the method's name
-    vault_role: str | None = None  # Kubernetes auth role
-    vault_token_file: Path | None = None  # token auth; else $VAULT_TOKEN
-    vault_kube_token_file: Path = DEFAULT_KUBE_TOKEN
-    vault_role_id: str | None = None  # AppRole
-    vault_secret_id_file: Path | None = None  # AppRole
-    vault_transit_mount: str = "transit"
-    vault_transit_intermediate: bool = False
-    vault_kv_mount: str = "secret"
-    vault_kv_prefix: str = "meshca/ca-keys"
-    vault_timeout: float = 10.0
-
-
 @dataclass(frozen=True, slots=True)
 class KeyBackend:
+    """`service.ca_ports.KeyBackend`, plus what only wiring needs (KEK, sealed files, session)."""
+
     kind: str
     kek: KeyEncryptionKey
     keys: KeyStore  # where new keys meshca generates go: sealed files, or KV v2
