@@ -2,13 +2,12 @@
 
 `authz_state.version` grows by one with every change, in the same transaction as the change
 and its audit entry; workers compare it to the version they loaded to know when to reload.
+Implements the StoredPolicies port (service/admin_ports.py).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -16,28 +15,24 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from meshca.infra.db.audit import append_audit
 from meshca.infra.db.inventory import NotFound
 from meshca.infra.db.schema import authz_policies, authz_state
+from meshca.infra.db.store_errors import store_call
+from meshca.service.admin_ports import StoredPolicy
 from meshca.service.ports import AuditEntry
 
-
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    namespace: str
-    name: str
-    version: int
-    document: dict[str, Any]
-    updated_by: str
-    updated_at: datetime
+StoredRow = StoredPolicy  # its name before the port
 
 
 class SqlPolicies:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @store_call
     def version(self) -> int:
         with self._engine.connect() as connection:
             return _version(connection)
 
-    def all(self) -> tuple[int, list[StoredRow]]:
+    @store_call
+    def all(self) -> tuple[int, list[StoredPolicy]]:
         """The set version and every policy, read in one transaction."""
         with self._engine.connect() as connection:
             version = _version(connection)
@@ -45,8 +40,9 @@ class SqlPolicies:
                 authz_policies.c.namespace, authz_policies.c.name)).mappings()
             return version, [_row(r) for r in rows]
 
+    @store_call
     def put(self, namespace: str, name: str, document: dict[str, Any], audit: AuditEntry,
-            ) -> tuple[StoredRow, bool]:
+            ) -> tuple[StoredPolicy, bool]:
         """Create or replace; returns the row and whether it was created."""
         t = authz_policies.c
         with self._engine.begin() as connection:
@@ -59,8 +55,9 @@ class SqlPolicies:
                 connection.execute(insert(authz_policies).values(namespace=namespace, name=name,
                                                                  **values))
             append_audit(connection, audit)
-        return StoredRow(namespace, name, version, document, audit.actor, audit.at), not changed
+        return StoredPolicy(namespace, name, version, document, audit.actor, audit.at), not changed
 
+    @store_call
     def delete(self, namespace: str, name: str, audit: AuditEntry) -> int:
         t = authz_policies.c
         with self._engine.begin() as connection:
@@ -86,6 +83,6 @@ def _bump(connection: Connection) -> int:
     return _version(connection)
 
 
-def _row(r: Any) -> StoredRow:
-    return StoredRow(r["namespace"], r["name"], int(r["version"]), json.loads(r["document"]),
+def _row(r: Any) -> StoredPolicy:
+    return StoredPolicy(r["namespace"], r["name"], int(r["version"]), json.loads(r["document"]),
                      r["updated_by"], r["updated_at"])
