@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from pluggy import Result
 
 from tests.support import MeshcaProcess, postgres_url, reset_postgres, start_meshca
 
@@ -17,9 +18,33 @@ def meshca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshcaProcess]:
     server.stop()
 
 
+def _in_ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                               ) -> Generator[None, Result[pytest.TestReport], None]:
+    """In CI a skipped PostgreSQL test is a failure: CI has the server, so a skip there means
+    the PostgreSQL variant silently did not run."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and _in_ci() and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("postgres") is not None):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"PostgreSQL test skipped in CI (CI is set): {reason}"
+
+
 @pytest.fixture
-def pg_url() -> str:
-    """The PostgreSQL test database, emptied; in CI its absence is a failure, not a skip."""
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """The PostgreSQL test database, emptied; in CI its absence is a failure, not a skip.
+
+    A test that uses it must be marked `postgres` (or use a `postgres`-marked parameter), so
+    that the CI hook above sees it."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL but is not marked: add "
+                    f"@pytest.mark.postgres, or pytest.param(\"postgres\", marks=pytest.mark.postgres)")
     url = postgres_url()
     if not url:
         if os.environ.get("CI"):

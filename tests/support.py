@@ -158,7 +158,7 @@ def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
 
 def csr_pem(key: Any = None, *, sans: Sequence[x509.GeneralName] = (), ca: bool | None = None,
             key_usage: x509.KeyUsage | None = None, san_critical: bool = False,
-            hash_alg: hashes.HashAlgorithm | None = None) -> str:
+            hash_alg: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None) -> str:
     key = key or ec_key()
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     if sans:

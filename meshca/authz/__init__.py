@@ -1,4 +1,4 @@
-"""Istio AuthorizationPolicy, evaluated with Istio's semantics (contracts.md §5): pure, no I/O.
+"""Istio AuthorizationPolicy, evaluated with Istio's semantics (docs/contracts.md §5): pure, no I/O.
 
     policies = [parse_policy(doc) for doc in load_documents(text)]
     decision = evaluate(PolicySet.build(policies, MeshConfig()), parse_request(body)[0])

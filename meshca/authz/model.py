@@ -18,7 +18,7 @@ DRY_RUN_ANNOTATION = "istio.io/dry-run"
 SOURCE_FIELDS = ("principals", "requestPrincipals", "namespaces", "ipBlocks", "remoteIpBlocks",
                  "serviceAccounts")
 OPERATION_FIELDS = ("hosts", "ports", "methods", "paths")
-# Only an HTTP request carries these; over TCP they are unavailable (contracts.md §5).
+# Only an HTTP request carries these; over TCP they are unavailable (docs/contracts.md §5).
 HTTP_ONLY_FIELDS = frozenset({"requestPrincipals", "notRequestPrincipals", "hosts", "notHosts",
                               "methods", "notMethods", "paths", "notPaths"})
 

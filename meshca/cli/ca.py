@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from meshca.cli.admin import Output, common_options
+from meshca.cli.admin_args import Handler, common_options, leaf
 from meshca.cli.admin_client import AdminClient
-from meshca.cli.ca_output import ca_status, print_change
+from meshca.cli.ca_output import print_change, print_status
+from meshca.cli.render import Output
 
 if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    from meshca.cli.admin_args import SubParsers
+
+
+def ca_status(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
+    print_status(client.get("/v1/ca"), out)
+    return 0
 
 
 def _prepare(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
@@ -51,10 +57,8 @@ def add_ca_parser(commands: SubParsers) -> None:
         description="Inspect and steer the CA lifecycle of a running meshca.")
     actions = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
 
-    def action(name: str, handler: object, text: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(name, parents=[common], help=text, description=text)
-        parser.set_defaults(admin_handler=handler)
-        return parser
+    def action(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
+        return leaf(actions, common, name, handler, text)
 
     action("status", ca_status, "every generation, its state, and how meshca rotates them")
     prepare = action("prepare", _prepare, "prepare the next root or intermediate now (a new root "

@@ -1,46 +1,38 @@
-"""What `meshca ca status` (and `meshca admin ca`) print about the CA generations."""
+"""How the CA generations and a CA change (prepare, activate, taint) are printed."""
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich import box
 from rich.table import Table
 
-from meshca.cli.admin_client import AdminClient
-
-if TYPE_CHECKING:
-    from meshca.cli.admin import Output
+from meshca.cli.render import Output, cell, common_name, plural, short_time
 
 
 def generations_table(generations: list[dict[str, Any]]) -> Table:
-    from meshca.cli.admin import _cell, _common_name, _plural, short_time
-
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, caption_justify="left",
-                  caption=_plural(len(generations), "CA generation"))
+                  caption=plural(len(generations), "CA generation"))
     for name in ("ID", "Kind", "Parent", "Subject CN", "Serial", "Key", "Not before",
                  "Not after", "State", "Signing", "Bundle"):
         table.add_column(name, overflow="fold")
     for g in generations:
         state = str(g["state"])
         style = {"active": "green", "tainted": "red"}.get(state, "yellow")
-        table.add_row(_cell(g["id"]), _cell(g["kind"]), _cell(g.get("parent_id") or "-"),
-                      _cell(_common_name(str(g["subject"]))), _cell(g["serial"]),
-                      _cell(g["key_type"]), _cell(short_time(g["not_before"])),
-                      _cell(short_time(g["not_after"])), _cell(state, style),
-                      _cell("yes" if g.get("signing") else "", "bold"),
-                      _cell("yes" if g.get("in_bundle") else ""))
+        table.add_row(cell(g["id"]), cell(g["kind"]), cell(g.get("parent_id") or "-"),
+                      cell(common_name(str(g["subject"]))), cell(g["serial"]),
+                      cell(g["key_type"]), cell(short_time(g["not_before"])),
+                      cell(short_time(g["not_after"])), cell(state, style),
+                      cell("yes" if g.get("signing") else "", "bold"),
+                      cell("yes" if g.get("in_bundle") else ""))
     return table
 
 
-def ca_status(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
-    from meshca.cli.admin import short_time
-
-    data = client.get("/v1/ca")
+def print_status(data: dict[str, Any], out: Output) -> None:
+    """`GET /v1/ca`: who owns the CA, how it rotates, and every generation."""
     if out.as_json:
         out.json(data)
-        return 0
+        return
     rotation = data.get("rotation") or {}
     mode = data.get("mode", "meshca")
     if mode == "plugged":
@@ -56,7 +48,6 @@ def ca_status(client: AdminClient, args: argparse.Namespace, out: Output) -> int
             out.line(f"  last rotation pass failed: {rotation['last_error']}", "red")
     out.line(f"trust bundle sequence {data.get('bundle_sequence')}")
     out.table(generations_table(data["generations"]))
-    return 0
 
 
 def print_change(data: dict[str, Any], out: Output) -> None:

@@ -1,4 +1,4 @@
-"""What makes a Kubernetes projected service-account token acceptable (contracts.md §2)."""
+"""What makes a Kubernetes projected service-account token acceptable (docs/contracts.md §2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A plugged-in CA: Istio's `cacerts` directory, verified at load and reloaded on change.
 
-The layout (contracts.md §4) is four PEM files in one directory:
+The layout (docs/contracts.md §4) is four PEM files in one directory:
 
 - `ca-cert.pem`    the signing certificate (CA:true, keyCertSign);
 - `ca-key.pem`     its private key (PKCS#8 or traditional PEM, EC or RSA, unencrypted);

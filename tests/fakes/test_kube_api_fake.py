@@ -35,19 +35,29 @@ REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 def _claims(token: str) -> dict[str, Any]:
     part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return claims
 
 
 def _header(token: str) -> dict[str, Any]:
     part = token.split(".")[0]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    header: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return header
+
+
+def _body(info: pytest.ExceptionInfo[ApiException]) -> Any:
+    """The JSON body of the API's refusal (the client types it Optional)."""
+    assert info.value.body is not None
+    return json.loads(info.value.body)
 
 
 def _api_client(kube: FakeKubeApi, tmp_path: Path, *, retries: Any = 0) -> client.ApiClient:
     cfg = client.Configuration()
     cfg.retries = retries  # must be set before ApiClient() builds its urllib3 PoolManager
     path = kube.kubeconfig(tmp_path / f"kubeconfig-{time.monotonic_ns()}")
-    return config.new_client_from_config(config_file=str(path), client_configuration=cfg)
+    api_client: client.ApiClient = config.new_client_from_config(config_file=str(path),
+                                                                 client_configuration=cfg)
+    return api_client
 
 
 @pytest.fixture
@@ -79,8 +89,8 @@ def _raw(
         auth_settings=["BearerToken"] if auth else [],
     )
     resp = api.call_api(m, url, header_params=header_params, body=body, post_params=post_params)
-    resp.read()
-    return resp.status, dict(resp.getheaders()), resp.data
+    data = resp.read()
+    return resp.status, dict(resp.getheaders()), data
 
 
 # --------------------------------------------------------------------------- tokens
@@ -193,7 +203,7 @@ def _foreign(kube: FakeKubeApi) -> str:
     return meshca_jwt.sign(_claims(good), ec.generate_private_key(ec.SECP256R1()), _header(good)["kid"])
 
 
-REJECTIONS = {
+REJECTIONS: dict[str, tuple[Callable[[FakeKubeApi], str], str]] = {
     "wrong-audience": (lambda k: k.mint(NS, SA, audiences=("vault",)), "is invalid for the target audiences"),
     "expired": (
         lambda k: k.mint(NS, SA, now=time.time() - 7200, ttl=3600), "service account token has expired"
@@ -308,7 +318,7 @@ def test_malformed_review_is_400(api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         _review(api, "")
     assert info.value.status == 400
-    assert json.loads(info.value.body)["message"] == "token is required for TokenReview in authentication"
+    assert _body(info)["message"] == "token is required for TokenReview in authentication"
 
 
 # --------------------------------------------------------------------------- pods
@@ -327,8 +337,9 @@ def test_missing_pod_is_404_status(api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         client.CoreV1Api(api).read_namespaced_pod("ghost", NS)
     assert info.value.status == 404
+    assert info.value.headers is not None
     assert info.value.headers["Content-Type"] == "application/json"
-    assert json.loads(info.value.body) == {
+    assert _body(info) == {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": 'pods "ghost" not found', "reason": "NotFound",
         "details": {"name": "ghost", "kind": "pods"}, "code": 404,
@@ -342,14 +353,14 @@ def test_list_pods_by_node(kube: FakeKubeApi, api: client.ApiClient) -> None:
     listed = core.list_namespaced_pod(NS, field_selector=f"spec.nodeName={NODE}", label_selector="app=cart")
     assert listed.kind == "PodList" and listed.metadata.resource_version
     assert [p.metadata.name for p in listed.items] == [POD]
-    assert sorted(p.metadata.name for p in core.list_namespaced_pod(NS).items) == ["cart-2", POD]
+    assert sorted(p.metadata.name or "" for p in core.list_namespaced_pod(NS).items) == ["cart-2", POD]
     everywhere = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}")
     found = sorted((p.metadata.namespace, p.metadata.name) for p in everywhere.items)
     assert found == sorted([(NS, POD), ("other", "x")])
     with pytest.raises(ApiException) as info:
         core.list_namespaced_pod(NS, field_selector="spec.bogus=1")
     assert info.value.status == 400
-    assert json.loads(info.value.body)["message"] == "field label not supported: spec.bogus"
+    assert _body(info)["message"] == "field label not supported: spec.bogus"
 
 
 # --------------------------------------------------------------------------- discovery
@@ -391,7 +402,7 @@ def test_401_without_client_token(kube: FakeKubeApi, tmp_path: Path) -> None:
     with pytest.raises(ApiException) as info:
         client.CoreV1Api(anonymous).read_namespaced_pod(POD, NS)
     assert info.value.status == 401
-    assert json.loads(info.value.body) == {
+    assert _body(info) == {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": "Unauthorized", "reason": "Unauthorized", "code": 401,
     }
@@ -407,8 +418,9 @@ def test_429_with_retry_after(kube: FakeKubeApi, api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         _review(api, kube.mint(NS, SA))
     assert info.value.status == 429
+    assert info.value.headers is not None
     assert info.value.headers["Retry-After"] == "2"
-    body = json.loads(info.value.body)
+    body = _body(info)
     assert body["reason"] == "TooManyRequests" and body["code"] == 429
     assert body["details"] == {"retryAfterSeconds": 2}
     assert _review(api, kube.mint(NS, SA)).status.authenticated is True  # times=1 used up
@@ -432,7 +444,7 @@ def test_injected_status_errors(
         with pytest.raises(ApiException) as info:
             _review(api, kube.mint(NS, SA))
         assert info.value.status == code
-        body = json.loads(info.value.body)
+        body = _body(info)
         assert (body["kind"], body["status"]) == ("Status", "Failure")
         assert (body["reason"], body["code"]) == (reason, code)
         assert fragment in body["message"]
@@ -446,7 +458,7 @@ def test_forbidden_pod_message(kube: FakeKubeApi, api: client.ApiClient) -> None
     kube.fail("/api/v1/namespaces/", 403)
     with pytest.raises(ApiException) as info:
         client.CoreV1Api(api).read_namespaced_pod(POD, NS)
-    assert json.loads(info.value.body)["message"] == (
+    assert _body(info)["message"] == (
         f'pods "{POD}" is forbidden: User "system:serviceaccount:meshca:meshca" cannot get resource "pods" '
         f'in API group "" in the namespace "{NS}"'
     )
@@ -538,7 +550,7 @@ def test_default_client_retries_get_on_retry_after(kube: FakeKubeApi, tmp_path: 
 
 def _namespace_names(api: client.ApiClient, selector: str | None = None, **kwargs: Any) -> list[str]:
     listed = client.CoreV1Api(api).list_namespace(label_selector=selector, **kwargs)
-    return [n.metadata.name for n in listed.items]
+    return [n.metadata.name or "" for n in listed.items]
 
 
 @pytest.fixture
@@ -594,6 +606,7 @@ def test_namespace_shape(mesh: FakeKubeApi, api: client.ApiClient) -> None:
     assert mesh.add_namespace("stage", {"env": "prod"}) == ns.metadata.uid
     assert _namespace_names(api, "env=prod") == ["prod-a", "prod-b", "stage"]
     again = client.CoreV1Api(api).list_namespace(field_selector="metadata.name=stage").items[0]
+    assert again.metadata.resource_version is not None and before is not None
     assert int(again.metadata.resource_version) > int(before)
     mesh.terminate_namespace("plain")
     assert _namespace_names(api, field_selector="status.phase=Terminating") == ["plain"]
@@ -618,7 +631,7 @@ def test_bad_label_selector_is_400(api: client.ApiClient, selector: str, fragmen
     with pytest.raises(ApiException) as info:
         client.CoreV1Api(api).list_namespace(label_selector=selector)
     assert info.value.status == 400
-    body = json.loads(info.value.body)
+    body = _body(info)
     assert (body["kind"], body["reason"], body["code"]) == ("Status", "BadRequest", 400)
     assert fragment in body["message"]
 
@@ -637,7 +650,7 @@ def test_namespace_list_pages(mesh: FakeKubeApi, api: client.ApiClient) -> None:
     assert core.list_namespace(limit=3, _continue=first.metadata._continue, resource_version="0").items
     with pytest.raises(ApiException) as info:
         core.list_namespace(limit=3, _continue=first.metadata._continue, resource_version="5")
-    assert json.loads(info.value.body)["message"] == (
+    assert _body(info)["message"] == (
         "specifying resource version is not allowed when using continue"
     )
 
@@ -678,6 +691,7 @@ def test_configmap_create_read_replace(mesh: FakeKubeApi, api: client.ApiClient)
     read.data = {"k": "v2"}
     replaced = core.replace_namespaced_config_map(CM, "prod-a", read)
     assert replaced.data == {"k": "v2"} and replaced.metadata.uid == created.metadata.uid
+    assert replaced.metadata.resource_version is not None and version is not None
     assert int(replaced.metadata.resource_version) > int(version)
     # Replacing with identical content writes nothing: the resourceVersion stays.
     same = core.replace_namespaced_config_map(CM, "prod-a", replaced)
@@ -705,7 +719,7 @@ def test_configmap_conflicts_are_409(mesh: FakeKubeApi, api: client.ApiClient) -
     with pytest.raises(ApiException) as info:
         core.create_namespaced_config_map("prod-a", _configmap())
     assert info.value.status == 409
-    assert json.loads(info.value.body) == {
+    assert _body(info) == {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": f'configmaps "{CM}" already exists', "reason": "AlreadyExists",
         "details": {"name": CM, "kind": "configmaps"}, "code": 409,
@@ -715,7 +729,7 @@ def test_configmap_conflicts_are_409(mesh: FakeKubeApi, api: client.ApiClient) -
     with pytest.raises(ApiException) as info:
         core.replace_namespaced_config_map(CM, "prod-a", first)  # stale resourceVersion
     assert info.value.status == 409
-    assert json.loads(info.value.body) == {
+    assert _body(info) == {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": f'Operation cannot be fulfilled on configmaps "{CM}": the object has been modified; '
                    "please apply your changes to the latest version and try again",
@@ -730,22 +744,23 @@ def test_configmap_not_found(mesh: FakeKubeApi, api: client.ApiClient) -> None:
         with pytest.raises(ApiException) as info:
             core.read_namespaced_config_map(CM, namespace)
         assert info.value.status == 404
-        assert json.loads(info.value.body) == {
+        assert _body(info) == {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": f'configmaps "{CM}" not found', "reason": "NotFound",
             "details": {"name": CM, "kind": "configmaps"}, "code": 404,
         }
     with pytest.raises(ApiException) as info:
         core.replace_namespaced_config_map(CM, "prod-a", _configmap())
-    assert info.value.status == 404 and json.loads(info.value.body)["details"]["kind"] == "configmaps"
-    for write in (
+    assert info.value.status == 404 and _body(info)["details"]["kind"] == "configmaps"
+    writes: tuple[Callable[[], client.V1ConfigMap], ...] = (
         lambda: core.create_namespaced_config_map("nowhere", _configmap()),
         lambda: core.replace_namespaced_config_map(CM, "nowhere", _configmap()),
-    ):
+    )
+    for write in writes:
         with pytest.raises(ApiException) as info:
             write()
         assert info.value.status == 404
-        body = json.loads(info.value.body)
+        body = _body(info)
         assert body["message"] == 'namespaces "nowhere" not found'
         assert body["details"] == {"name": "nowhere", "kind": "namespaces"}
 
@@ -756,7 +771,7 @@ def test_configmap_delete(mesh: FakeKubeApi, api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         core.delete_namespaced_config_map(CM, "prod-a", body=client.V1DeleteOptions(
             preconditions=client.V1Preconditions(resource_version="1")))
-    assert info.value.status == 409 and "Precondition failed" in json.loads(info.value.body)["message"]
+    assert info.value.status == 409 and "Precondition failed" in _body(info)["message"]
     status = core.delete_namespaced_config_map(CM, "prod-a", body=client.V1DeleteOptions(
         preconditions=client.V1Preconditions(uid=created.metadata.uid)))
     # The v37 client hands delete answers back as plain dicts ("object" in its response map).
@@ -775,7 +790,7 @@ def test_configmap_validation(mesh: FakeKubeApi, api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         core.create_namespaced_config_map("prod-a", _configmap(data={"bad/key": "v"}))
     assert info.value.status == 422
-    body = json.loads(info.value.body)
+    body = _body(info)
     assert body["reason"] == "Invalid" and body["details"]["kind"] == "ConfigMap"
     assert body["message"].startswith(f'ConfigMap "{CM}" is invalid: data[bad/key]: Invalid value')
     with pytest.raises(ApiException) as info:
@@ -786,12 +801,13 @@ def test_configmap_validation(mesh: FakeKubeApi, api: client.ApiClient) -> None:
     assert info.value.status == 500
     generated = core.create_namespaced_config_map("prod-a", client.V1ConfigMap(
         metadata=client.V1ObjectMeta(generate_name="gen-")))
+    assert generated.metadata.name is not None
     assert generated.metadata.name.startswith("gen-") and len(generated.metadata.name) == 9
     core.create_namespaced_config_map("prod-a", _configmap())
     with pytest.raises(ApiException) as info:
         core.replace_namespaced_config_map(CM, "prod-a", _configmap("elsewhere"))
     assert info.value.status == 400
-    assert json.loads(info.value.body)["message"] == (
+    assert _body(info)["message"] == (
         f"the name of the object (elsewhere) does not match the name on the URL ({CM})"
     )
     with pytest.raises(ApiException) as info:
@@ -816,7 +832,7 @@ def test_immutable_configmap(mesh: FakeKubeApi, api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         core.replace_namespaced_config_map(CM, "prod-a", created)
     assert info.value.status == 422
-    assert json.loads(info.value.body)["details"]["causes"] == [
+    assert _body(info)["details"]["causes"] == [
         {"reason": "FieldValueForbidden", "message": "Forbidden: field is immutable when `immutable` is set",
          "field": "data"},
     ]
@@ -833,7 +849,7 @@ def test_terminating_namespace_refuses_creation(mesh: FakeKubeApi, api: client.A
     with pytest.raises(ApiException) as info:
         core.create_namespaced_config_map("stage", _configmap("new"))
     assert info.value.status == 403
-    body = json.loads(info.value.body)
+    body = _body(info)
     assert body["reason"] == "Forbidden"
     assert body["details"]["causes"][0]["reason"] == "NamespaceTerminating"
     # Updates are still admitted, as by the NamespaceLifecycle plugin.
@@ -865,14 +881,14 @@ def test_configmap_calls_faults_and_before(mesh: FakeKubeApi, api: client.ApiCli
     mesh.fail("/api/v1/namespaces/prod-b/configmaps", 403)
     with pytest.raises(ApiException) as info:
         core.create_namespaced_config_map("prod-b", _configmap())
-    assert json.loads(info.value.body)["message"] == (
+    assert _body(info)["message"] == (
         'configmaps is forbidden: User "system:serviceaccount:meshca:meshca" cannot create resource '
         '"configmaps" in API group "" in the namespace "prod-b"'
     )
     mesh.fail("/api/v1/namespaces", 403)
     with pytest.raises(ApiException) as info:
         core.list_namespace()
-    assert json.loads(info.value.body)["message"] == (
+    assert _body(info)["message"] == (
         'namespaces is forbidden: User "system:serviceaccount:meshca:meshca" cannot list resource '
         '"namespaces" in API group "" at the cluster scope'
     )

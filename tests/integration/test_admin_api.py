@@ -341,7 +341,7 @@ def _ca_prepare(env: Env, tag: str) -> Case:
 
 
 def _signing(env: Env) -> int:
-    return next(g["id"] for g in _generations(env).values() if g["signing"])
+    return int(next(g["id"] for g in _generations(env).values() if g["signing"]))
 
 
 def _ca_activate(env: Env, tag: str) -> Case:

@@ -31,6 +31,12 @@ class _NoStore:
     def all(self) -> tuple[int, list[Any]]:
         return 0, []
 
+    def put(self, namespace: str, name: str, document: dict[str, Any], audit: Any) -> tuple[Any, bool]:
+        raise AssertionError("this test stores no policies")
+
+    def delete(self, namespace: str, name: str, audit: Any) -> int:
+        raise AssertionError("this test stores no policies")
+
 
 def rest_app(store: PolicyStore | None = None, stored: Any = None, admin: Any = None) -> FastAPI:
     app = FastAPI()

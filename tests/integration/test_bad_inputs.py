@@ -1,7 +1,7 @@
 """Bad CreateCertificate requests, over real gRPC+TLS against the real server.
 
 Each case is one way a caller can get it wrong. The server must answer with exactly the
-status code Istio's agent expects (contracts.md §1), record nothing, say in the details what
+status code Istio's agent expects (docs/contracts.md §1), record nothing, say in the details what
 was wrong, and never echo token material back. After all of them it must still issue, and
 its log must hold no stack trace.
 """

@@ -45,7 +45,7 @@ def _backend(directory: Path) -> KeyBackend:
     return KeyBackend("file", KEK, files, files, None, frozenset(), None, None)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     url = (str(request.getfixturevalue("pg_url")) if request.param == "postgres"
            else f"sqlite:///{tmp_path / 'ca.db'}")

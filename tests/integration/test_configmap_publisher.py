@@ -403,7 +403,8 @@ def test_run_keeps_every_selected_namespace_in_sync(mesh: Mesh, caplog: pytest.L
         await eventually(lambda: holds("pay", ROOT_1))
         # The pass that wrote it reports once all its namespaces are done.
         await eventually(lambda: mesh.publisher.last_report is not None and mesh.publisher.last_report.ok)
-        assert mesh.publisher.last_report.namespaces == ("orders", "pay", "shop")
+        report = mesh.publisher.last_report
+        assert report is not None and report.namespaces == ("orders", "pay", "shop")
 
     run_with(mesh, 0.05, scenario)
     # A failure that lasts is logged as a warning once, not on every pass.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -11,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from tests.support import MeshcaProcess, csr_pem, ec_key, uri
 
 
-def test_chain_layout_leaf_intermediate_bundle_last(meshca: MeshcaProcess, tmp_path) -> None:
+def test_chain_layout_leaf_intermediate_bundle_last(meshca: MeshcaProcess, tmp_path: Path) -> None:
     before = meshca.issued_count()
     chain = meshca.create_certificate(csr_pem())
     assert len(chain) == 3

@@ -16,7 +16,7 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(seconds=30)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         return str(request.getfixturevalue("pg_url"))

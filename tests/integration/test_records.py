@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from meshca.infra.db.schema import ca_generations, issued_certificates
 from tests.support import MeshcaProcess, csr_pem, start_meshca
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> MeshcaProcess:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     proc = start_meshca(tmp_path / "data", database_url=url)
@@ -24,7 +25,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> MeshcaProcess:
     return proc
 
 
-def _rows(server: MeshcaProcess) -> list[dict[str, object]]:
+def _rows(server: MeshcaProcess) -> list[dict[str, Any]]:
     engine = open_engine(server.database_url)
     try:
         with engine.connect() as connection:
@@ -70,6 +71,7 @@ def test_concurrent_issuance_records_each_certificate_once(server: MeshcaProcess
     assert sorted(r["serial"] for r in rows) == sorted(serials)
 
 
+@pytest.mark.postgres
 def test_no_certificate_leaves_when_it_cannot_be_recorded(pg_url: str, tmp_path: Path) -> None:
     """With the records table gone, CreateCertificate is UNAVAILABLE (retryable), not issued."""
     server = start_meshca(tmp_path / "data", database_url=pg_url)

@@ -1,4 +1,4 @@
-"""The wire, byte for byte: a client built from contracts.md §1 alone, with no generated code."""
+"""The wire, byte for byte: a client built from docs/contracts.md §1 alone, with no generated code."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def test_field_two_is_reserved_and_unknown_to_the_server(meshca: MeshcaProcess) 
     descriptor = ca_pb2.IstioCertificateRequest.DESCRIPTOR
     assert {f.name: f.number for f in descriptor.fields} == {
         "csr": 1, "validity_duration": 3, "metadata": 4}
-    assert descriptor.fields_by_name["metadata"].message_type.full_name == "google.protobuf.Struct"
+    metadata_type = descriptor.fields_by_name["metadata"].message_type
+    assert metadata_type is not None and metadata_type.full_name == "google.protobuf.Struct"
     assert descriptor.fields_by_name["validity_duration"].type == descriptor.fields[0].TYPE_INT64
     body = _length_delimited(1, csr_pem().encode()) + _length_delimited(2, b"spiffe://evil/ns/x/sa/y")
     raw = meshca.channel().unary_unary(CA_METHOD)(

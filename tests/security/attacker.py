@@ -11,6 +11,7 @@ import json
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 _BODY = b'{"role": "admin", "name": "stolen-by-attacker"}'
 ADMIN_REQUEST = (b"POST /v1/admin-tokens HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
@@ -19,9 +20,9 @@ ADMIN_REQUEST = (b"POST /v1/admin-tokens HTTP/1.1\r\nHost: localhost\r\nConnecti
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
 
 
-def established_client_ports(server_ports):
+def established_client_ports(server_ports: set[int]) -> dict[int, list[int]]:
     """For each server port, the client-side ports of the connections established to it."""
-    found = {port: [] for port in server_ports}
+    found: dict[int, list[int]] = {port: [] for port in server_ports}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
@@ -32,7 +33,7 @@ def established_client_ports(server_ports):
     return found
 
 
-def probe(port, source_port, payload):
+def probe(port: int, source_port: int | None, payload: bytes) -> dict[str, Any]:
     """Send `payload`; return every byte that came back within 2 s (and why it stopped)."""
     sock = socket.socket()
     sock.settimeout(2)
@@ -57,9 +58,9 @@ def probe(port, source_port, payload):
             "stopped": stopped}
 
 
-def main():
+def main() -> None:
     ports = [int(p) for p in sys.argv[1].split(",")]
-    results = {"tcp": [], "unix": []}
+    results: dict[str, Any] = {"tcp": [], "unix": []}
     sources = established_client_ports(set(ports))
     for port in ports:
         for source in [None, *sources[port][:16]]:

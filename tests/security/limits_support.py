@@ -65,7 +65,7 @@ def last_audit_id(server: MeshcaProcess) -> int:
     return max((r["id"] for r in audit_rows(server)), default=0)
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
     """Poll until `condition()` is truthy; return it."""
     deadline = time.monotonic() + timeout
     while True:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -111,7 +112,7 @@ def test_admin_refusals_are_keyed_by_address_or_principal_and_counted() -> None:
 
 # ---- a real server -------------------------------------------------------------------------
 
-def _summaries(server: MeshcaProcess, after: int, action: str) -> list[tuple[int, str, dict]]:
+def _summaries(server: MeshcaProcess, after: int, action: str) -> list[tuple[int, str, dict[str, Any]]]:
     """(count, reason, row) of the refusal summaries written after audit id `after`."""
     found = []
     for row in audit_rows(server, after):
@@ -153,7 +154,7 @@ def test_five_thousand_refused_calls_make_a_handful_of_rows(summarising: MeshcaP
             channel.close()
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 5000
 
-    def all_written() -> list[tuple[int, str, dict]] | None:
+    def all_written() -> list[tuple[int, str, dict[str, Any]]] | None:
         rows = _summaries(server, start, "CreateCertificate")
         return rows if sum(count for count, _, _ in rows) >= 5000 else None
 
@@ -178,7 +179,7 @@ def test_refused_admin_requests_are_summarised_per_source(summarising: MeshcaPro
     # which the summary leaves out so that they stay one row.
     assert statuses == [401] * 10 + [429] * 90
 
-    def all_written() -> list[tuple[int, str, dict]] | None:
+    def all_written() -> list[tuple[int, str, dict[str, Any]]] | None:
         rows = _summaries(server, start, "admin.authenticate")
         return rows if sum(count for count, _, _ in rows) >= 100 else None
 
@@ -216,7 +217,7 @@ def test_mutations_and_impersonations_stay_single_rows_and_summaries_are_written
             csr_pem(), token=server.token("kube-system", "ztunnel"),
             struct={"ImpersonatedIdentity": "spiffe://cluster.local/ns/shop/sa/cart"})
 
-        def singles() -> list[dict] | None:
+        def singles() -> list[dict[str, Any]] | None:
             rows = [r for r in audit_rows(server, start) if r["outcome"] == "ok"]
             return rows if len(rows) >= 2 else None
 

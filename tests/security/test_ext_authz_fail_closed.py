@@ -157,8 +157,11 @@ def test_a_certificate_under_a_tainted_key_is_denied(server: MeshcaProcess, stub
                what="the certificate under the tainted key denied")
     assert decisions(server)[("DENY", "tainted-issuer")] >= 1
     tainted = int(signing["serial"], 16)
-    fresh = eventually(lambda: (chain := issue(server)) and x509.load_pem_x509_certificate(
-        chain[1].encode()).serial_number != tainted and chain, what="a certificate under the new key")
+    def under_new_key() -> list[str] | None:
+        chain = issue(server)
+        return chain if x509.load_pem_x509_certificate(chain[1].encode()).serial_number != tainted else None
+
+    fresh = eventually(under_new_key, what="a certificate under the new key")
     assert stub.Check(envoy_request(certificate=fresh[0]), timeout=5).status.code == 0
 
 

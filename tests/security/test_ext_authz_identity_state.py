@@ -91,11 +91,13 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 def _generation(engine: Engine, authority: Authority, kind: str, state: str,
                 parent: int | None) -> int:
     with engine.begin() as connection:
-        return int(connection.execute(insert(ca_generations).values(
+        inserted = connection.execute(insert(ca_generations).values(
             kind=kind, parent_id=parent, subject=authority.name.rfc4514_string(),
             serial=serial(authority.cert), key_type="ec-p256", key_location="file:x",
             not_before=NOW - timedelta(hours=1), not_after=NOW + timedelta(days=1), state=state,
-            certificate_pem=authority.pem, created_at=NOW)).inserted_primary_key[0])
+            certificate_pem=authority.pem, created_at=NOW)).inserted_primary_key
+    assert inserted is not None
+    return int(inserted[0])
 
 
 def _issued(engine: Engine, cert: x509.Certificate, issuer: int, *, revoked: bool,

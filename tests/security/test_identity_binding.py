@@ -173,9 +173,9 @@ def test_a_certificate_speaks_only_for_its_own_connection(server: MeshcaProcess)
         bare.close()
         # The victim's own connection still carries its identity.
         victim.request("GET", "/v1/admin-tokens")
-        response = victim.getresponse()
-        assert response.status == 200, response.read()
-        response.read()
+        answer = victim.getresponse()
+        assert answer.status == 200, answer.read()
+        answer.read()
     finally:
         victim.close()
         renewing.close()

@@ -55,7 +55,7 @@ def refused(server: MeshcaProcess, chain: list[str], key: Any) -> str:
     return error.details() or ""
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MeshcaProcess]:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     process = start_meshca(tmp_path / "data", database_url=url)

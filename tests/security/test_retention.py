@@ -26,7 +26,7 @@ DAY = timedelta(days=1)
 POLICY = RetentionPolicy(audit=timedelta(days=90), certificates=timedelta(days=7), batch=1000)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     url = (str(request.getfixturevalue("pg_url")) if request.param == "postgres"
            else f"sqlite:///{tmp_path / 'r.db'}")
@@ -38,10 +38,12 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 def _generation(engine: Engine) -> int:
     with engine.begin() as connection:
-        return int(connection.execute(insert(ca_generations).values(
+        inserted = connection.execute(insert(ca_generations).values(
             kind="intermediate", parent_id=None, subject="CN=test", serial="01", key_type="ec-p256",
             key_location="-", not_before=T0 - 400 * DAY, not_after=T0 + 400 * DAY, state="active",
-            certificate_pem="-", created_at=T0 - 400 * DAY)).inserted_primary_key[0])
+            certificate_pem="-", created_at=T0 - 400 * DAY)).inserted_primary_key
+    assert inserted is not None
+    return int(inserted[0])
 
 
 def _certificate(engine: Engine, serial: str, generation: int, not_after: datetime,
@@ -153,7 +155,7 @@ def test_retention_settings_are_checked() -> None:
 
 # ---- a real server -------------------------------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MeshcaProcess]:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
     process = start_meshca(tmp_path / "data", "--retention-interval", "0.5s",

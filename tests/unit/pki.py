@@ -30,8 +30,10 @@ def rsa_key(bits: int = 2048, n: int = 0) -> rsa.RSAPrivateKey:
 
 @functools.cache
 def ec_key(curve_name: str = "secp256r1", n: int = 0) -> ec.EllipticCurvePrivateKey:
-    curve = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
-             "secp521r1": ec.SECP521R1, "secp256k1": ec.SECP256K1}[curve_name]()
+    curves: dict[str, type[ec.EllipticCurve]] = {
+        "secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
+        "secp521r1": ec.SECP521R1, "secp256k1": ec.SECP256K1}
+    curve = curves[curve_name]()
     return ec.generate_private_key(curve)
 
 
@@ -83,7 +85,7 @@ def make_authority(key: SigningKey | None = None, *,
     )
 
 
-def _hash_for(key: object) -> hashes.HashAlgorithm:
+def _hash_for(key: object) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()

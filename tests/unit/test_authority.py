@@ -49,11 +49,15 @@ def _usage(*, digital_signature: bool = True, cert_sign: bool = False,
     )
 
 
+def _caller_sans() -> list[x509.GeneralName]:
+    return [URI(CALLER.uri)]
+
+
 @dataclass
 class LeafSpec:
     """A leaf builder with every part open to being wrong on purpose."""
 
-    sans: list[x509.GeneralName] | None = field(default_factory=lambda: [URI(CALLER.uri)])
+    sans: list[x509.GeneralName] | None = field(default_factory=_caller_sans)
     san_critical: bool = True
     subject: x509.Name = field(default_factory=lambda: x509.Name([]))
     ca: bool | None = False

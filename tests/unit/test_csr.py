@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from meshca.core import csr as csr_module
 from meshca.core.csr import MAX_CSR_BYTES, check_csr
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import InvalidRequest
@@ -175,7 +174,7 @@ def test_unloadable_public_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
         def public_key(self) -> None:
             raise ValueError("unsupported key algorithm")
 
-    monkeypatch.setattr(csr_module.x509, "load_pem_x509_csr", lambda raw: Unloadable())
+    monkeypatch.setattr(x509, "load_pem_x509_csr", lambda raw: Unloadable())
     _refused(csr_pem(ec_key()), "csr public key type is not supported")
 
 
@@ -185,7 +184,7 @@ def test_signature_check_that_raises_counts_as_not_verifying(monkeypatch: pytest
         def is_signature_valid(self) -> bool:
             raise NotImplementedError("signature algorithm")
 
-    monkeypatch.setattr(csr_module.x509, "load_pem_x509_csr", lambda raw: Unverifiable())
+    monkeypatch.setattr(x509, "load_pem_x509_csr", lambda raw: Unverifiable())
     _refused(csr_pem(ec_key()), "csr signature does not verify")
 
 

@@ -1,4 +1,4 @@
-"""Claims of a Kubernetes projected service-account token (contracts.md §2)."""
+"""Claims of a Kubernetes projected service-account token (docs/contracts.md §2)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 
 def _k8s(**changes: Any) -> dict[str, Any]:
-    k8s = copy.deepcopy(claims()["kubernetes.io"])
+    k8s: dict[str, Any] = copy.deepcopy(claims()["kubernetes.io"])
     for key, value in changes.items():
         if value is None:
             k8s.pop(key, None)

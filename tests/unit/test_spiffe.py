@@ -1,4 +1,4 @@
-"""SPIFFE ID parsing, per the SPIFFE ID specification (contracts.md §3)."""
+"""SPIFFE ID parsing, per the SPIFFE ID specification (docs/contracts.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Certificate templates: the exact X509-SVID leaf and CA profiles (contracts.md §3)."""
+"""Certificate templates: the exact X509-SVID leaf and CA profiles (docs/contracts.md §3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The root-certificate ConfigMap in mesh namespaces, through the official client.
 
 Istio's sidecars and gateways read the mesh's trust anchors from the ConfigMap
-`istio-ca-root-cert`, key `root-cert.pem`, in their own namespace (contracts.md §4). This
+`istio-ca-root-cert`, key `root-cert.pem`, in their own namespace (docs/contracts.md §4). This
 adapter lists the namespaces a label selector picks and brings that ConfigMap to a given
 bundle with optimistic concurrency: read, compare, then create, or replace carrying the
 resourceVersion that was read, so a concurrent writer makes the API server answer 409 and the

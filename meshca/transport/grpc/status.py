@@ -1,4 +1,4 @@
-"""The one table from meshca's errors to gRPC status codes (contracts.md §1), and the trailing
+"""The one table from meshca's errors to gRPC status codes (docs/contracts.md §1), and the trailing
 metadata some of them carry."""
 
 from __future__ import annotations

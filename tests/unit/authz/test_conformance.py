@@ -83,7 +83,9 @@ def test_explain_lists_a_policy_whose_selector_does_not_match() -> None:
     request = dict(case.request, destination={**case.request["destination"],
                                               "labels": {"app": "cart", "version": "v1"}})
     answer = decide(Case(case.id, case.policies, request, case.expect), explain=True)
-    entry = next(e for e in answer["explain"] if e["policy"] == "shop/allow-cart-v2")  # type: ignore[union-attr]
+    explained = answer["explain"]
+    assert isinstance(explained, list)
+    entry = next(e for e in explained if e["policy"] == "shop/allow-cart-v2")
     assert entry["applies"] is False
     assert "version=v2" in entry["note"]
 
