@@ -11,8 +11,6 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from meshca.authz import Invalid
 from meshca.authz.documents import parse_policies
 from meshca.errors import StoreUnavailable
@@ -43,7 +41,7 @@ async def follow_stored_policies(store: PolicyStore, stored: StoredPolicyRows,
             if await asyncio.to_thread(stored.version) != loaded:
                 loaded = await asyncio.to_thread(load_stored, store, stored)
             failing = False
-        except (SQLAlchemyError, StoreUnavailable, OSError, Invalid) as exc:
+        except (StoreUnavailable, OSError, Invalid) as exc:
             if not failing:  # once per outage, not on every poll
                 log.warning("stored authorization policies not reloaded (keeping the last "
                             "set): %s", exc)
