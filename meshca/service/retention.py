@@ -15,18 +15,32 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-
-from sqlalchemy.exc import SQLAlchemyError
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from meshca.core.clock import Clock
 from meshca.errors import StoreUnavailable
-from meshca.infra.db.retention import AUDIT, CERTIFICATES, SqlRetention
-from meshca.service.ca_ports import Leases
+from meshca.service.ca_ports import Lease, Leases
 from meshca.service.pause import pause
 
 log = logging.getLogger(__name__)
 RETENTION_LEASE = "retention"
+AUDIT = "audit_log"
+CERTIFICATES = "issued_certificates"
+TABLES = (AUDIT, CERTIFICATES)
+
+
+class RetentionStore(Protocol):
+    """The rows retention deletes (infra/db/retention.py). Raises StoreUnavailable when the
+    database does not answer."""
+
+    def prune_batch(self, table: str, cutoff: datetime, limit: int, lease: Lease,
+                    now: datetime) -> int | None:
+        """Delete up to `limit` rows of `table` older than `cutoff`; how many, or None
+        (nothing deleted) when `lease` is no longer ours."""
+        ...
+
+    def row_counts(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +55,7 @@ class RetentionPolicy:
 
 
 class RetentionJob:
-    def __init__(self, store: SqlRetention, leases: Leases, policy: RetentionPolicy,
+    def __init__(self, store: RetentionStore, leases: Leases, policy: RetentionPolicy,
                  clock: Clock, *, identity: str, lease_ttl: timedelta = timedelta(minutes=2),
                  should_stop: Callable[[], bool] = lambda: False) -> None:
         self._store = store
@@ -100,7 +114,7 @@ class RetentionJob:
             try:
                 await asyncio.to_thread(self.tick)
                 self.last_error = None
-            except (SQLAlchemyError, StoreUnavailable, OSError) as exc:  # logged and retried next interval
+            except (StoreUnavailable, OSError) as exc:  # logged and retried next interval
                 if self.last_error != str(exc):
                     log.warning("retention pass failed (will retry): %s", exc)
                 self.last_error = str(exc)

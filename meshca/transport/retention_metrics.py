@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
-from meshca.infra.db.retention import TABLES
-from meshca.service.retention import RetentionJob
+from meshca.service.retention import TABLES, RetentionJob
 
 
 class RetentionCollector:

@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from meshca.config import ADMIN_TOKEN_FILE, Settings, split_host_port
 from meshca.core.clock import Clock
-from meshca.core.roles import Role
-from meshca.infra.db.admin_tokens import SqlAdminTokens, TokenNameTaken
+from meshca.infra.db.admin_tokens import SqlAdminTokens
+from meshca.infra.db.audit import SqlAuditLog
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.inventory import SqlInventory
 from meshca.infra.db.policies import SqlPolicies
+from meshca.infra.db.probe import SqlStoreProbe
 from meshca.infra.keyfiles import write_private_file
+from meshca.service.admin.audit import AuditTrail
+from meshca.service.admin.ca import CaAdmin, PluggedStatus, TrustBundleView
+from meshca.service.admin.certificates import CertificateAdmin
+from meshca.service.admin.health import Readiness
+from meshca.service.admin.identities import IdentityAdmin
+from meshca.service.admin.policies import PolicyAdmin
+from meshca.service.admin.tokens import TokenAdmin
 from meshca.service.admin_auth import AdminAuthenticator
+from meshca.service.ca_source import PluggedCaSource
 from meshca.service.policy_store import PolicyStore
-from meshca.service.ports import AuditEntry, TokenAuthenticator
+from meshca.service.ports import TokenAuthenticator
 from meshca.transport.http_server import HttpServer
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.rest.app import AdminLimits, create_app
-from meshca.transport.rest.context import AdminContext
-from meshca.transport.rest.routes.authz import AuthzContext
-from meshca.transport.rest.routes.tokens import new_admin_token
+from meshca.transport.rest.dependencies import AdminServices
 from meshca.transport.tls_front import server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
 from meshca.wiring.keystore import KeyBackend
@@ -44,22 +51,26 @@ class AdminServer:
         await self.refused.close()  # the last interval's refused callers
 
 
-def bootstrap_admin_token(settings: Settings, tokens: SqlAdminTokens) -> None:
+def bootstrap_admin_token(settings: Settings, tokens: TokenAdmin) -> None:
     """First start (or no live admin token left): a new admin token, its digest in the
     database, the token itself in a 0600 file."""
-    if tokens.live_admin_exists():
+    token = tokens.bootstrap()
+    if token is None:
         return
-    token = new_admin_token()
-    for name in ("bootstrap-admin", f"bootstrap-admin-{datetime.now(UTC):%Y%m%d%H%M%S}"):
-        try:
-            tokens.create(name, Role.ADMIN, token, AuditEntry(
-                at=datetime.now(UTC), actor="meshca", action="admin-token.create",
-                target=name, outcome="ok", detail="admin"))
-            break
-        except TokenNameTaken:
-            continue
     write_private_file(settings.data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
     log.info("created the first admin token in %s", settings.data_dir / ADMIN_TOKEN_FILE)
+
+
+def plugged_status(source: PluggedCaSource) -> Callable[[], PluggedStatus]:
+    """What GET /v1/ca shows of a plugged-in CA's directory, read when asked."""
+    def status() -> PluggedStatus:
+        watcher = source.watcher
+        current = watcher.current
+        return PluggedStatus(directory=str(watcher.directory),
+                             loaded_fingerprint=current.fingerprint if current else None,
+                             last_error=watcher.last_error,
+                             warnings=current.warnings if current else ())
+    return status
 
 
 async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
@@ -67,27 +78,38 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       policies: PolicyStore, metrics: CaMetrics, keys: KeyBackend) -> AdminServer:
     engine = open_engine(database_url(settings))
     reloader = ca.reloader
-    context = AdminContext(
-        engine=engine, inventory=SqlInventory(engine), tokens=SqlAdminTokens(engine),
-        ca=SqlCaRepository(engine), authority=lambda: reloader.current, clock=clock,
-        keys=keys,
-        bundle_refresh_hint_seconds=int(settings.bundle_refresh_hint.total_seconds()),
-        rotator=ca.rotator, rotation_policy=settings.rotation_policy, plugged=ca.plugged,
-        bundle_sequence=lambda: reloader.sequence, ca_changed=ca.changed,
+    inventory, tokens = SqlInventory(engine), SqlAdminTokens(engine)
+    audit_log, generations = SqlAuditLog(engine), SqlCaRepository(engine)
+    vault = keys.health
+    services = AdminServices(
+        certificates=CertificateAdmin(inventory, generations, keys.signer,
+                                      lambda: reloader.current, clock),
+        identities=IdentityAdmin(inventory, clock),
+        tokens=TokenAdmin(tokens, clock),
+        ca=CaAdmin(generations=generations, audit=audit_log, clock=clock,
+                   authority=lambda: reloader.current, rotator=ca.rotator,
+                   rotation_policy=settings.rotation_policy,
+                   plugged=plugged_status(ca.plugged) if ca.plugged else None,
+                   bundle_sequence=lambda: reloader.sequence, changed=ca.changed),
+        bundle=TrustBundleView(lambda: reloader.current, lambda: reloader.sequence,
+                               int(settings.bundle_refresh_hint.total_seconds())),
+        audit=AuditTrail(audit_log),
+        health=Readiness(lambda: reloader.current, SqlStoreProbe(engine),
+                         (lambda: vault.ready) if vault is not None else None),
+        # The in-process worker's policy set: a change made here is enforced here at once.
+        authz=PolicyAdmin(policies, SqlPolicies(engine), policies.current.mesh, clock),
+        clock=clock,
     )
-    bootstrap_admin_token(settings, context.tokens)
+    bootstrap_admin_token(settings, services.tokens)
     authenticator = AdminAuthenticator(
-        tokens=context.tokens,
+        tokens=tokens,
         service_account_tokens=service_account_tokens,
         service_accounts=dict(settings.admin_service_accounts),
         spiffe_ids=dict(settings.admin_spiffe_ids),
-        certificate_usable=context.inventory.usable,
+        certificate_usable=inventory.usable,
     )
-    # The in-process worker's policy set: a change made here is enforced here at once.
-    authz_context = AuthzContext(policies, SqlPolicies(engine), policies.current.mesh)
     refused = AdminRefusals(settings, engine, metrics)  # summarised, not a row per request
-    app = create_app(context, authenticator, authz_context, limits=admin_limits(settings),
-                     refused=refused)
+    app = create_app(services, authenticator, limits=admin_limits(settings), refused=refused)
     serving = str(serving_file(settings))
     password = keys.kek.tls_password()
     server = HttpServer(

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
@@ -33,6 +33,7 @@ from meshca.core.roles import Role
 from meshca.infra.keyfiles import private_key_pem
 from meshca.service.admin_auth import Principal
 from meshca.transport.rest.app import create_app
+from meshca.transport.rest.dependencies import AdminServices
 from meshca.transport.rest.security import ROUTE_ROLES
 from tests.support import (
     AdminClient,
@@ -480,7 +481,7 @@ def test_every_credential_kind_was_exercised(creds: dict[str, Credential]) -> No
 # ---- the role table itself --------------------------------------------------------------
 
 def _dummy_context() -> Any:
-    return SimpleNamespace(engine=None, clock=None)
+    return SimpleNamespace(**{f.name: None for f in fields(AdminServices)})
 
 
 def _app_routes() -> set[tuple[str, str]]:

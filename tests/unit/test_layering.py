@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[2] / "meshca"
 
 FORBIDDEN_ABOVE_INFRA = ("meshca.infra", "sqlalchemy", "hvac", "kubernetes")
@@ -92,7 +90,6 @@ def offending_edges(package: Path = PACKAGE) -> list[Edge]:
     return edges
 
 
-@pytest.mark.xfail(strict=True, reason="until the port work lands")
 def test_no_layer_imports_what_it_must_not() -> None:
     edges = offending_edges()
     for edge in edges:

@@ -1,11 +1,10 @@
-"""Admin bearer tokens: only a SHA-256 of each is stored, never the token."""
+"""Admin bearer tokens: only a SHA-256 of each is stored, never the token. Implements the
+AdminTokenStore port (service/admin_ports.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +13,12 @@ from meshca.core.roles import Role
 from meshca.infra.db.audit import append_audit
 from meshca.infra.db.inventory import Conflict, NotFound
 from meshca.infra.db.schema import admin_tokens
+from meshca.infra.db.store_errors import store_call
+from meshca.service.admin_ports import AdminToken
 from meshca.service.ports import AuditEntry
+
+__all__ = ["AdminToken", "LastAdminToken", "SqlAdminTokens", "TokenNameTaken", "TokenNotFound",
+           "token_digest"]
 
 
 class TokenNameTaken(Conflict):
@@ -30,15 +34,6 @@ class LastAdminToken(Conflict):
     """Revoking it would leave no live admin token, locking administrators out."""
 
 
-@dataclass(frozen=True, slots=True)
-class AdminToken:
-    name: str
-    role: Role
-    created_by: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -47,6 +42,7 @@ class SqlAdminTokens:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @store_call
     def create(self, name: str, role: Role, token: str, audit: AuditEntry) -> None:
         try:
             with self._engine.begin() as connection:
@@ -58,6 +54,7 @@ class SqlAdminTokens:
         except IntegrityError:
             raise TokenNameTaken(name) from None
 
+    @store_call
     def revoke(self, name: str, audit: AuditEntry) -> None:
         t = admin_tokens.c
         with self._engine.begin() as connection:
@@ -77,6 +74,7 @@ class SqlAdminTokens:
                 raise TokenNotFound(name)
             append_audit(connection, audit)
 
+    @store_call
     def role_for(self, token: str) -> tuple[str, Role] | None:
         """(name, role) of a live token, or None. The digest is compared in constant time."""
         digest = token_digest(token)
@@ -89,12 +87,14 @@ class SqlAdminTokens:
             return None
         return str(row["name"]), Role.parse(row["role"])
 
+    @store_call
     def all(self) -> list[AdminToken]:
         with self._engine.connect() as connection:
             rows = connection.execute(select(admin_tokens).order_by(admin_tokens.c.name)).mappings()
             return [AdminToken(r["name"], Role.parse(r["role"]), r["created_by"], r["created_at"],
                                r["revoked_at"]) for r in rows]
 
+    @store_call
     def live_admin_exists(self) -> bool:
         t = admin_tokens.c
         query = select(t.name).where(t.role == Role.ADMIN.label, t.revoked_at.is_(None)).limit(1)

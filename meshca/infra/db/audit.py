@@ -1,4 +1,5 @@
-"""The append-only audit log: written inside the caller's transaction, read by cursor."""
+"""The append-only audit log: written inside the caller's transaction, read by cursor.
+`SqlAuditLog` implements the AuditLog port (service/admin_ports.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import dataclasses
 from sqlalchemy import Connection, Engine, insert, select
 
 from meshca.infra.db.schema import audit_log
+from meshca.infra.db.store_errors import store_call
+from meshca.service.admin_ports import AuditRecord
 from meshca.service.ports import AuditEntry
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(AuditEntry))
+AuditRow = AuditRecord  # its name before the port
 
 
 def append_audit(connection: Connection, entry: AuditEntry) -> None:
@@ -31,14 +35,21 @@ def append_audit_many(engine: Engine, entries: list[AuditEntry]) -> None:
                                                for e in entries])
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuditRow:
-    id: int
-    entry: AuditEntry
-
-
-def list_audit(engine: Engine, *, after_id: int, limit: int) -> list[AuditRow]:
+def list_audit(engine: Engine, *, after_id: int, limit: int) -> list[AuditRecord]:
     query = select(audit_log).where(audit_log.c.id > after_id).order_by(audit_log.c.id).limit(limit)
     with engine.connect() as connection:
-        return [AuditRow(int(r["id"]), AuditEntry(**{n: r[n] for n in _COLUMNS}))
+        return [AuditRecord(int(r["id"]), AuditEntry(**{n: r[n] for n in _COLUMNS}))
                 for r in connection.execute(query).mappings()]
+
+
+class SqlAuditLog:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @store_call
+    def append(self, entry: AuditEntry) -> None:
+        append_audit_alone(self._engine, entry)
+
+    @store_call
+    def page(self, after_id: int, limit: int) -> list[AuditRecord]:
+        return list_audit(self._engine, after_id=after_id, limit=limit)

@@ -1,4 +1,5 @@
-"""Issued certificates as admins see them: filtered, paged, revoked; and blocked identities."""
+"""Issued certificates as admins see them: filtered, paged, revoked; and blocked identities.
+Implements the CertificateInventory and IdentityBlocklist ports (service/admin_ports.py)."""
 
 from __future__ import annotations
 
@@ -6,41 +7,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from meshca import errors
 from meshca.infra.db.audit import append_audit
 from meshca.infra.db.records import renewable
 from meshca.infra.db.schema import blocked_identities, ca_generations, issued_certificates
+from meshca.infra.db.store_errors import store_call
+from meshca.service.admin_ports import (
+    BlockedIdentity,
+    CertificateDetail,
+    CertificateFilter,
+    CertificateSummary,
+    Position,
+    RevokedEntry,
+)
 from meshca.service.ports import AuditEntry
 
-# Re-exported: the tree's own classes (meshca/errors.py), raised by this adapter.
+# Re-exported: the tree's own classes (meshca/errors.py), raised by this adapter, and the
+# port's types, which lived here before.
 NotFound = errors.NotFound
 Conflict = errors.Conflict
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateFilter:
-    spiffe_id_prefix: str | None = None
-    namespace: str | None = None
-    service_account: str | None = None
-    active: bool | None = None  # unrevoked and within validity at `now`
-    expiring_before: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a page ended: the (issued_at, serial) of its last row, a total order."""
-
-    issued_at: datetime
-    serial: str
-
-
-@dataclass(frozen=True, slots=True)
-class RevokedEntry:
-    serial: str
-    revoked_at: datetime
-    reason: str
+__all__ = ["CertificateFilter", "Conflict", "DeniedIdentities", "NotFound", "Position",
+           "RevokedEntry", "SqlInventory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +45,18 @@ class DeniedIdentities:
     tainted_issuers: tuple[str, ...]
 
 
-_SUMMARY = [c for c in issued_certificates.c if c.name != "certificate_pem"]
+_SUMMARY_FIELDS = tuple(CertificateSummary.__dataclass_fields__)
+_SUMMARY = [issued_certificates.c[name] for name in _SUMMARY_FIELDS]
+_DETAIL = [*_SUMMARY, issued_certificates.c.certificate_pem]
+
+
+def _summary(row: RowMapping) -> CertificateSummary:
+    return CertificateSummary(**{name: row[name] for name in _SUMMARY_FIELDS})
+
+
+def _detail(row: RowMapping) -> CertificateDetail:
+    return CertificateDetail(**{name: row[name] for name in _SUMMARY_FIELDS},
+                             certificate_pem=row["certificate_pem"])
 
 
 def _utc(value: datetime) -> datetime:
@@ -72,8 +73,9 @@ class SqlInventory:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @store_call
     def page(self, where: CertificateFilter, after: Position | None, limit: int,
-             now: datetime) -> list[dict[str, object]]:
+             now: datetime) -> list[CertificateSummary]:
         t = issued_certificates.c
         query = select(*_SUMMARY)
         if where.spiffe_id_prefix:
@@ -97,21 +99,24 @@ class SqlInventory:
                                     and_(t.issued_at == issued_at, t.serial > after.serial)))
         query = query.order_by(t.issued_at, t.serial).limit(limit)
         with self._engine.connect() as connection:
-            return [dict(r) for r in connection.execute(query).mappings()]
+            return [_summary(r) for r in connection.execute(query).mappings()]
 
-    def get(self, serial: str) -> dict[str, object]:
-        query = select(issued_certificates).where(issued_certificates.c.serial == serial)
+    @store_call
+    def get(self, serial: str) -> CertificateDetail:
+        query = select(*_DETAIL).where(issued_certificates.c.serial == serial)
         with self._engine.connect() as connection:
             row = connection.execute(query).mappings().first()
         if row is None:
             raise NotFound(serial)
-        return dict(row)
+        return _detail(row)
 
+    @store_call
     def usable(self, serial: str) -> bool:
         """On record, not revoked, not under a tainted key (validity itself is checked by TLS)."""
         with self._engine.connect() as connection:
             return connection.execute(renewable({serial})).first() is not None
 
+    @store_call
     def revoke(self, serial: str, reason: str, audit: AuditEntry) -> None:
         t = issued_certificates.c
         with self._engine.begin() as connection:
@@ -126,6 +131,7 @@ class SqlInventory:
                                .values(revoked_at=audit.at, revocation_reason=reason))
             append_audit(connection, audit)
 
+    @store_call
     def revoked_by(self, issuer_generation_id: int, now: datetime) -> list[RevokedEntry]:
         """Revoked and not yet expired certificates of one issuer: the CRL's entries."""
         t = issued_certificates.c
@@ -136,6 +142,7 @@ class SqlInventory:
         with self._engine.connect() as connection:
             return [RevokedEntry(r[0], r[1], r[2]) for r in connection.execute(query)]
 
+    @store_call
     def block(self, spiffe_id: str, reason: str, audit: AuditEntry) -> None:
         try:
             with self._engine.begin() as connection:
@@ -145,6 +152,7 @@ class SqlInventory:
         except IntegrityError:
             raise Conflict(f"{spiffe_id} is already blocked") from None
 
+    @store_call
     def unblock(self, spiffe_id: str, audit: AuditEntry) -> None:
         with self._engine.begin() as connection:
             result = connection.execute(
@@ -153,11 +161,15 @@ class SqlInventory:
                 raise NotFound(spiffe_id)
             append_audit(connection, audit)
 
-    def blocked(self) -> list[dict[str, object]]:
-        query = select(blocked_identities).order_by(blocked_identities.c.spiffe_id)
+    @store_call
+    def blocked(self) -> list[BlockedIdentity]:
+        b = blocked_identities.c
+        query = (select(b.spiffe_id, b.reason, b.blocked_by, b.blocked_at)
+                 .order_by(b.spiffe_id))
         with self._engine.connect() as connection:
-            return [dict(r) for r in connection.execute(query).mappings()]
+            return [BlockedIdentity(*r) for r in connection.execute(query)]
 
+    @store_call
     def denied_identities(self, now: datetime) -> DeniedIdentities:
         t, g = issued_certificates.c, ca_generations.c
         tainted = select(g.id).where(g.state == "tainted")

@@ -2,6 +2,7 @@
 
 `authz_state.version` grows by one with every change, in the same transaction as the change
 and its audit entry; workers compare it to the version they loaded to know when to reload.
+Implements the StoredPolicies port (service/admin_ports.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class SqlPolicies:
 
     @translated(_STORE)
     def put(self, namespace: str, name: str, document: dict[str, Any], audit: AuditEntry,
-            ) -> tuple[StoredRow, bool]:
+            ) -> tuple[StoredPolicy, bool]:
         """Create or replace; returns the row and whether it was created."""
         t = authz_policies.c
         with self._engine.begin() as connection:
@@ -57,7 +58,7 @@ class SqlPolicies:
                 connection.execute(insert(authz_policies).values(namespace=namespace, name=name,
                                                                  **values))
             append_audit(connection, audit)
-        return StoredRow(namespace, name, version, document, audit.actor, audit.at), not changed
+        return StoredPolicy(namespace, name, version, document, audit.actor, audit.at), not changed
 
     @translated(_STORE)
     def delete(self, namespace: str, name: str, audit: AuditEntry) -> int:
@@ -85,6 +86,6 @@ def _bump(connection: Connection) -> int:
     return _version(connection)
 
 
-def _row(r: Any) -> StoredRow:
-    return StoredRow(r["namespace"], r["name"], int(r["version"]), json.loads(r["document"]),
+def _row(r: Any) -> StoredPolicy:
+    return StoredPolicy(r["namespace"], r["name"], int(r["version"]), json.loads(r["document"]),
                      r["updated_by"], r["updated_at"])

@@ -13,10 +13,10 @@ from sqlalchemy import ColumnElement, Engine, Table, delete, func, select
 
 from meshca.infra.db.lease import Lease, holds
 from meshca.infra.db.schema import audit_log, issued_certificates
+from meshca.infra.db.store_errors import translated
+from meshca.service.retention import AUDIT, CERTIFICATES, TABLES
 
-AUDIT = "audit_log"
-CERTIFICATES = "issued_certificates"
-TABLES = (AUDIT, CERTIFICATES)
+__all__ = ["AUDIT", "CERTIFICATES", "TABLES", "SqlRetention"]
 _TABLE = {AUDIT: audit_log, CERTIFICATES: issued_certificates}
 
 
@@ -34,6 +34,7 @@ class SqlRetention:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @translated("retention")
     def prune_batch(self, table: str, cutoff: datetime, limit: int, lease: Lease,
                     now: datetime) -> int | None:
         """Delete up to `limit` rows of `table` older than `cutoff`; how many were deleted, or
@@ -46,6 +47,7 @@ class SqlRetention:
             result = connection.execute(delete(target).where(key.in_(batch)))
             return int(result.rowcount)
 
+    @translated("retention")
     def row_counts(self) -> dict[str, int]:
         with self._engine.connect() as connection:
             return {name: int(connection.execute(select(func.count()).select_from(table))

@@ -32,3 +32,7 @@ def translated(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
                 raise unavailable(what, exc) from exc
         return call
     return wrap
+
+
+# The admin adapters' spelling: `@store_call` on a method.
+store_call = translated("admin store")

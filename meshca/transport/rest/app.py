@@ -11,14 +11,12 @@ from fastapi.routing import APIRoute
 
 from meshca import __version__
 from meshca.core.backoff import FailureBackoff
-from meshca.infra.db.audit import append_audit_alone
 from meshca.service.admin_auth import AdminAuthenticator
 from meshca.service.ports import AuditEntry
-from meshca.transport.rest import problems
-from meshca.transport.rest.context import AdminContext
+from meshca.transport.rest import dependencies, problems
+from meshca.transport.rest.dependencies import AdminServices
 from meshca.transport.rest.guards import RequestLimits, SecurityHeaders
 from meshca.transport.rest.routes import audit, authz, bundle, ca, certificates, health, identities, tokens
-from meshca.transport.rest.routes.authz import AuthzContext
 from meshca.transport.rest.security import ROUTE_ROLES, RoleMiddleware
 
 _SECURITY_SCHEMES = {
@@ -94,8 +92,7 @@ class AdminAsgi:
         await self._app(scope, receive, send)
 
 
-def create_app(context: AdminContext, authenticator: AdminAuthenticator,
-               authz_context: AuthzContext | None = None,
+def create_app(services: AdminServices, authenticator: AdminAuthenticator,
                limits: AdminLimits | None = None,
                refused: Callable[[AuditEntry], None] | None = None) -> AdminAsgi:
     """`refused` receives each refused request's audit entry (default: written at once)."""
@@ -111,14 +108,13 @@ def create_app(context: AdminContext, authenticator: AdminAuthenticator,
         # No redirect to a slash-less path: it would be built from the Host header, as http://.
         redirect_slashes=False,
     )
-    app.state.admin = context
-    app.state.authz = authz_context
+    dependencies.install(app, services)
     for module in (health, bundle, ca, certificates, identities, audit, tokens, authz):
         # Added flat, so every route is a plain APIRoute the role middleware can match.
         app.router.routes.extend(module.router.routes)
     problems.install(app)
     app.add_middleware(RoleMiddleware, authenticator=authenticator,
-                       refused=refused or (lambda entry: append_audit_alone(context.engine, entry)),
-                       clock=context.clock,
+                       refused=refused or (lambda entry: services.audit.append(entry)),
+                       clock=services.clock,
                        backoff=FailureBackoff(limits.auth_failures, limits.auth_backoff_seconds))
     return AdminAsgi(app, limits)

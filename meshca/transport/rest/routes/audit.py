@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from meshca.infra.db.audit import list_audit
-from meshca.transport.rest.context import Context
+from meshca.transport.rest.dependencies import Audit
 from meshca.transport.rest.models import AuditEntryOut, AuditPage
 from meshca.transport.rest.problems import BadRequest, problem_responses
 
@@ -18,7 +17,7 @@ _CURSOR = re.compile(r"[0-9]{1,18}")  # an entry id; 18 digits stay inside a 64-
 
 @router.get("/v1/audit", response_model=AuditPage,
             responses=problem_responses(400, 422, meanings={400: "`cursor` is not one this API returned"}))
-def audit(context: Context, cursor: Annotated[str | None, Query(max_length=32)] = None,
+def audit(trail: Audit, cursor: Annotated[str | None, Query(max_length=32)] = None,
           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> AuditPage:
     """Oldest first; append-only, so a cursor never skips or repeats an entry."""
     after = 0
@@ -26,11 +25,10 @@ def audit(context: Context, cursor: Annotated[str | None, Query(max_length=32)] 
         if not _CURSOR.fullmatch(cursor):  # not str.isdigit: int() refuses '²', a digit to it
             raise BadRequest("cursor is not one this API returned")
         after = int(cursor)
-    rows = list_audit(context.engine, after_id=after, limit=limit + 1)
-    page, more = rows[:limit], len(rows) > limit
+    page = trail.page(after, limit)
     return AuditPage(
         items=[AuditEntryOut(id=r.id, at=r.entry.at, actor=r.entry.actor, action=r.entry.action,
                              target=r.entry.target, outcome=r.entry.outcome, detail=r.entry.detail)
-               for r in page],
-        next_cursor=str(page[-1].id) if more else None,
+               for r in page.items],
+        next_cursor=str(page.next_after) if page.next_after is not None else None,
     )

@@ -4,27 +4,22 @@ path of every problem, in the same problem shape as schema errors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from meshca.authz import (
     Invalid,
-    MeshConfig,
     PolicySet,
     evaluate,
     parse_mesh,
     parse_policies,
-    parse_policy,
     parse_request,
 )
-from meshca.infra.db.inventory import NotFound
-from meshca.infra.db.policies import StoredRow
-from meshca.service.policy_store import PolicyStore
-from meshca.service.ports import AuditEntry
-from meshca.transport.rest.context import Context
+from meshca.errors import NotFound
+from meshca.service.admin.policies import PolicyAdmin
+from meshca.transport.rest.dependencies import Actor, Authz
 from meshca.transport.rest.problems import problem, problem_responses
 
 router = APIRouter(tags=["authz"])
@@ -37,28 +32,7 @@ _JSON = dict[str, Any]
 _NOT_JSON = {400: "the body is not JSON"}
 
 
-class StoredPolicies(Protocol):
-    def all(self) -> tuple[int, list[StoredRow]]: ...
-    def put(self, namespace: str, name: str, document: dict[str, Any], audit: AuditEntry,
-            ) -> tuple[StoredRow, bool]: ...
-    def delete(self, namespace: str, name: str, audit: AuditEntry) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AuthzContext:
-    store: PolicyStore
-    stored: StoredPolicies
-    mesh: MeshConfig
-
-    def reload_stored(self) -> None:
-        _, rows = self.stored.all()
-        self.store.replace("api", parse_policies([r.document for r in rows]))
-
-
-def _authz(request: Request) -> AuthzContext:
-    context = request.app.state.authz
-    assert isinstance(context, AuthzContext)
-    return context
+AuthzContext = PolicyAdmin  # its name before the service layer
 
 
 def _invalid(request: Request, exc: Invalid, prefix: str) -> JSONResponse:
@@ -68,11 +42,10 @@ def _invalid(request: Request, exc: Invalid, prefix: str) -> JSONResponse:
 
 
 @router.post("/v1/authz:evaluate", responses=problem_responses(400, 422, meanings=_NOT_JSON))
-def evaluate_policies(request: Request, body: Annotated[_JSON, Body()], explain: _Explain = True,
-                      ) -> Any:
+def evaluate_policies(request: Request, context: Authz, body: Annotated[_JSON, Body()],
+                      explain: _Explain = True) -> Any:
     """Decide a request against the policies in the body, not the stored set: try policies
     before applying them. Body: `{"policies": [...], "request": {...}, "mesh"?: {...}}`."""
-    context = _authz(request)
     unknown = sorted(set(body) - {"policies", "request", "mesh"})
     if unknown or not isinstance(body.get("policies"), list):
         return problem(422, "the body needs `policies` (a list) and `request`", request, errors=[
@@ -93,9 +66,9 @@ def evaluate_policies(request: Request, body: Annotated[_JSON, Body()], explain:
 
 
 @router.post("/v1/authz:check", responses=problem_responses(400, 422, meanings=_NOT_JSON))
-def check(request: Request, body: Annotated[_JSON, Body()], explain: _Explain = True) -> Any:
+def check(request: Request, context: Authz, body: Annotated[_JSON, Body()],
+          explain: _Explain = True) -> Any:
     """Decide a request (the body) against the stored policy set, as ext_authz does."""
-    context = _authz(request)
     try:
         parsed, override = parse_request(body)
     except Invalid as exc:
@@ -103,7 +76,7 @@ def check(request: Request, body: Annotated[_JSON, Body()], explain: _Explain = 
     return context.store.check(parsed, override, explain).to_json()
 
 
-def _out(context: AuthzContext, key: str, document: Any, version: int | None = None) -> _JSON:
+def _out(context: PolicyAdmin, key: str, document: Any, version: int | None = None) -> _JSON:
     namespace, _, name = key.partition("/")
     return {"namespace": namespace, "name": name, "source": context.store.source_of(key),
             "set_version": version if version is not None else context.store.current.version,
@@ -111,17 +84,15 @@ def _out(context: AuthzContext, key: str, document: Any, version: int | None = N
 
 
 @router.get("/v1/authz/policies")
-def list_policies(request: Request) -> Any:
+def list_policies(context: Authz) -> Any:
     """Every policy in force (stored through this API, from --policy-dir, from Kubernetes)."""
-    context = _authz(request)
     current = context.store.current
     return {"version": current.version,
             "policies": [_out(context, p.key, p.document, current.version) for p in current.policies]}
 
 
 @router.get("/v1/authz/policies/{namespace}/{name}", responses=problem_responses(404, 422))
-def get_policy(request: Request, namespace: _Namespace, name: _Name) -> Any:
-    context = _authz(request)
+def get_policy(context: Authz, namespace: _Namespace, name: _Name) -> Any:
     current = context.store.current
     found = next((p for p in current.policies if p.key == f"{namespace}/{name}"), None)
     if found is None:
@@ -131,10 +102,9 @@ def get_policy(request: Request, namespace: _Namespace, name: _Name) -> Any:
 
 @router.put("/v1/authz/policies/{namespace}/{name}",
             responses=problem_responses(400, 422, meanings=_NOT_JSON))
-def put_policy(request: Request, response: Response, admin: Context, namespace: _Namespace,
-               name: _Name, body: Annotated[_JSON, Body()]) -> Any:
+def put_policy(request: Request, response: Response, context: Authz, actor: Actor,
+               namespace: _Namespace, name: _Name, body: Annotated[_JSON, Body()]) -> Any:
     """Create or replace a stored policy; `metadata` may omit namespace and name."""
-    context = _authz(request)
     meta = body.get("metadata")
     document = {**body, "metadata": {**(meta if isinstance(meta, dict) else {}),
                                      "namespace": namespace, "name": name}}
@@ -144,20 +114,14 @@ def put_policy(request: Request, response: Response, admin: Context, namespace: 
     if mismatched:
         return problem(422, "metadata disagrees with the path", request, errors=mismatched)
     try:
-        parse_policy(document)
+        row, created = context.put(namespace, name, document, actor)
     except Invalid as exc:
         return _invalid(request, exc, "body")
-    row, created = context.stored.put(namespace, name, document,
-                                      admin.audit(request, "authz.policy.put", f"{namespace}/{name}"))
-    context.reload_stored()
     response.status_code = 201 if created else 200
     return {**_out(context, f"{namespace}/{name}", document), "version": row.version}
 
 
 @router.delete("/v1/authz/policies/{namespace}/{name}", responses=problem_responses(404, 422))
-def delete_policy(request: Request, admin: Context, namespace: _Namespace, name: _Name) -> Any:
-    context = _authz(request)
-    version = context.stored.delete(namespace, name, admin.audit(
-        request, "authz.policy.delete", f"{namespace}/{name}"))
-    context.reload_stored()
+def delete_policy(context: Authz, actor: Actor, namespace: _Namespace, name: _Name) -> Any:
+    version = context.delete(namespace, name, actor)
     return {"status": "deleted", "version": version}

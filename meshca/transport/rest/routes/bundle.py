@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from meshca.core.spiffe_bundle import spiffe_jwks
-from meshca.transport.rest.context import Context
+from meshca.transport.rest.dependencies import Bundle
 from meshca.transport.rest.models import SpiffeBundleOut
 from meshca.transport.rest.problems import problem, problem_responses
 
@@ -24,14 +24,12 @@ _CONTENT: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/v1/bundle", response_class=Response, responses=_CONTENT)
-def bundle(request: Request, context: Context) -> Response:
+def bundle(request: Request, trust: Bundle) -> Response:
     """Every root peers must trust. `Accept: application/x-pem-file` for PEM; JSON (the SPIFFE
     bundle format, with `spiffe_sequence` and `spiffe_refresh_hint`) otherwise."""
-    authority = context.authority()
-    if authority is None:
+    current = trust.current()
+    if current is None:
         return problem(503, "the CA is not loaded yet", request)
     if PEM in request.headers.get("accept", ""):
-        return Response(authority.bundle.pem, media_type=PEM)
-    sequence = context.bundle_sequence() if context.bundle_sequence else context.ca.bundle_sequence()
-    return JSONResponse(spiffe_jwks(authority.bundle, sequence,
-                                    context.bundle_refresh_hint_seconds))
+        return Response(current.pem, media_type=PEM)
+    return JSONResponse(spiffe_jwks(current, trust.sequence(), trust.refresh_hint_seconds))

@@ -9,7 +9,6 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -17,10 +16,8 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
-from meshca.core.certificates import parse_serial
-from meshca.core.crl import Revocation, RevocationReason, build_crl
-from meshca.infra.db.inventory import CertificateFilter, NotFound, Position
-from meshca.transport.rest.context import Context
+from meshca.service.admin_ports import CertificateFilter, Position
+from meshca.transport.rest.dependencies import Actor, Certificates
 from meshca.transport.rest.models import (
     NO_NUL,
     CertificateDetailOut,
@@ -56,10 +53,8 @@ SerialPath = Annotated[str, Path(
 _NO_CERTIFICATE = {404: "no certificate has this serial"}
 
 
-def encode_cursor(row: dict[str, Any]) -> str:
-    issued_at = row["issued_at"]
-    assert isinstance(issued_at, datetime)
-    raw = json.dumps({"t": issued_at.isoformat(), "s": row["serial"]}).encode()
+def encode_cursor(position: Position) -> str:
+    raw = json.dumps({"t": position.issued_at.isoformat(), "s": position.serial}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -79,7 +74,7 @@ def decode_cursor(cursor: str) -> Position:
 @router.get("/v1/certificates", response_model=CertificatePage,
             responses=problem_responses(400, 422, meanings={400: "`cursor` is not one this API returned"}))
 def list_certificates(
-    context: Context,
+    certificates: Certificates,
     spiffe_id_prefix: Annotated[str | None, Query(max_length=2048, pattern=NO_NUL)] = None,
     namespace: Annotated[str | None, Query(max_length=253, pattern=NO_NUL)] = None,
     service_account: Annotated[str | None, Query(max_length=253, pattern=NO_NUL)] = None,
@@ -91,28 +86,27 @@ def list_certificates(
     """Issued certificates in issue order (stable), `limit` at a time."""
     where = CertificateFilter(spiffe_id_prefix, namespace, service_account, active, expiring_before)
     after = decode_cursor(cursor) if cursor else None
-    rows = context.inventory.page(where, after, limit + 1, context.clock.now())
-    page, more = rows[:limit], len(rows) > limit
-    return CertificatePage(items=[CertificateOut.model_validate(r) for r in page],
-                           next_cursor=encode_cursor(page[-1]) if more else None)
+    page = certificates.page(where, after, limit)
+    return CertificatePage(
+        items=[CertificateOut.model_validate(c, from_attributes=True) for c in page.items],
+        next_cursor=encode_cursor(page.next_after) if page.next_after else None)
 
 
 @router.get("/v1/certificates/{serial}", response_model=CertificateDetailOut,
             responses=problem_responses(404, 422, meanings=_NO_CERTIFICATE))
-def get_certificate(context: Context, serial: SerialPath) -> Any:
+def get_certificate(certificates: Certificates, serial: SerialPath) -> Any:
     """One certificate with its PEM. `serial` is lower-case hex, as listed."""
-    return CertificateDetailOut.model_validate(context.inventory.get(serial))
+    return CertificateDetailOut.model_validate(certificates.get(serial), from_attributes=True)
 
 
 @router.post("/v1/certificates/{serial}:revoke", response_model=CertificateOut,
              responses=problem_responses(400, 404, 409, 422, meanings={
                  **_NO_CERTIFICATE, 409: "the certificate is already revoked"}))
-def revoke_certificate(request: Request, context: Context, body: RevokeIn,
+def revoke_certificate(certificates: Certificates, actor: Actor, body: RevokeIn,
                        serial: SerialPath) -> Any:
     """Revoke: the certificate can no longer renew itself and appears in its issuer's CRL."""
-    audit = context.audit(request, "certificate.revoke", serial, detail=body.reason.value)
-    context.inventory.revoke(serial, body.reason.value, audit)
-    return CertificateOut.model_validate(context.inventory.get(serial))
+    revoked = certificates.revoke(serial, body.reason, actor)
+    return CertificateOut.model_validate(revoked, from_attributes=True)
 
 
 @router.get("/v1/crl", response_class=Response, responses={
@@ -121,20 +115,11 @@ def revoke_certificate(request: Request, context: Context, body: RevokeIn,
           "description": "the CRL"},
     **problem_responses(404, 422, meanings={404: "no intermediate CA generation has this id"}),
 })
-def crl(request: Request, context: Context,
+def crl(request: Request, certificates: Certificates,
         issuer: Annotated[int | None, Query(ge=1, description="CA generation id")] = None) -> Response:
     """The CRL of the signing intermediate (or of generation `issuer`), signed by that CA.
     DER with `Accept: application/pkix-crl`, PEM otherwise."""
-    authority = context.authority()
-    generation = next((g for g in context.ca.all()
-                       if g.id == (issuer or (authority.generation_id if authority else -1))), None)
-    if generation is None or generation.kind != "intermediate":
-        raise NotFound(f"intermediate CA generation {issuer}")
-    now = context.clock.now()
-    entries = [Revocation(parse_serial(e.serial), e.revoked_at, RevocationReason(e.reason))
-               for e in context.inventory.revoked_by(generation.id, now)]
-    issuer_cert = x509.load_pem_x509_certificate(generation.certificate_pem.encode())
-    revocation_list = build_crl(issuer_cert, context.keys.signer(generation.key_location), entries, now)
+    revocation_list = certificates.crl(issuer)
     if PKIX_CRL in request.headers.get("accept", ""):
         return Response(revocation_list.public_bytes(Encoding.DER), media_type=PKIX_CRL)
     return Response(revocation_list.public_bytes(Encoding.PEM), media_type=PEM)

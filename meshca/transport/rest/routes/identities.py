@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
 from meshca.core.spiffe import SpiffeId
-from meshca.transport.rest.context import Context
+from meshca.transport.rest.dependencies import Actor, Identities
 from meshca.transport.rest.models import BlockedOut, BlockIn, StatusOut
 from meshca.transport.rest.problems import BadRequest, problem_responses
 
@@ -29,30 +29,26 @@ def _spiffe_id(value: str) -> str:
 
 
 @router.get("/v1/identities:blocked", response_model=list[BlockedOut])
-def blocked(context: Context) -> Any:
+def blocked(identities: Identities) -> Any:
     """Every blocked identity."""
-    return [BlockedOut.model_validate(r) for r in context.inventory.blocked()]
+    return [BlockedOut.model_validate(r, from_attributes=True) for r in identities.blocked()]
 
 
 @router.post("/v1/identities/{spiffe_id:path}:block", response_model=StatusOut,
              responses=problem_responses(400, 409, 422, meanings={
                  400: _NOT_A_SPIFFE_ID[400] + ", or a body that is not JSON",
                  409: "the identity is already blocked"}))
-def block(request: Request, context: Context, spiffe_id: SpiffeIdPath,
+def block(identities: Identities, actor: Actor, spiffe_id: SpiffeIdPath,
           body: BlockIn | None = None) -> StatusOut:
     """Refuse new certificates for this identity until it is unblocked."""
-    identity = _spiffe_id(spiffe_id)
-    reason = body.reason if body else ""
-    context.inventory.block(identity, reason, context.audit(request, "identity.block", identity,
-                                                            detail=reason or None))
+    identities.block(_spiffe_id(spiffe_id), body.reason if body else "", actor)
     return StatusOut(status="blocked")
 
 
 @router.post("/v1/identities/{spiffe_id:path}:unblock", response_model=StatusOut,
              responses=problem_responses(400, 404, 422, meanings={
                  **_NOT_A_SPIFFE_ID, 404: "the identity is not blocked"}))
-def unblock(request: Request, context: Context, spiffe_id: SpiffeIdPath) -> StatusOut:
+def unblock(identities: Identities, actor: Actor, spiffe_id: SpiffeIdPath) -> StatusOut:
     """Let this identity get certificates again."""
-    identity = _spiffe_id(spiffe_id)
-    context.inventory.unblock(identity, context.audit(request, "identity.unblock", identity))
+    identities.unblock(_spiffe_id(spiffe_id), actor)
     return StatusOut(status="unblocked")
