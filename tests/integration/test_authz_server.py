@@ -4,9 +4,9 @@ enforced by every worker's ext_authz (Envoy's gRPC Check) and answered the same 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +22,7 @@ from tests.support import AdminClient, MeshcaProcess, start_meshca
 
 TD = "spiffe://cluster.local"
 WEB = f"{TD}/ns/shop/sa/web"
+LOADED = re.compile(r"loaded \d+ authorization policies from ")
 
 
 def request(path: str, principal: str = WEB) -> dict[str, Any]:
@@ -87,8 +88,12 @@ def test_a_changed_policy_file_is_reloaded_and_a_broken_one_keeps_the_last_set(s
     (policies / "admin.yaml").write_text(yaml.safe_dump(deny_path("no-admin", "/cart")))
     eventually(lambda: checks(process, request("/cart")) == {7}, what="the edited file enforced")
     assert checks(process, request("/admin/users")) == {0}
+    # Every watcher of the dir has loaded it twice by now (at start and after the edit).
+    watchers = len(LOADED.findall(process.log_text())) // 2
+    assert watchers >= 2, process.log_text()  # at least one per worker
     (policies / "admin.yaml").write_text("spec: {action: DENY, rules: [{to: [{operation: {paths: 5}}]}]}")
-    time.sleep(3)
+    eventually(lambda: process.log_text().count("not reloaded") >= watchers,
+               what="every watcher refusing the broken file")
     assert checks(process, request("/cart")) == {7}  # the last good set stays
     assert "not reloaded" in process.log_text()
 

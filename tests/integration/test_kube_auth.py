@@ -51,6 +51,7 @@ NS = "shop"
 NODE_AGENT = ("kube-system", "ztunnel")
 REVIEW = ("POST", "tokenreviews")
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+NEGATIVE_TTL = 2.0  # seconds the "tokenreview" server remembers a refused token
 API_REJECTS = "did not authenticate"  # meshca's words when a TokenReview says no
 
 Metadata = list[tuple[str, str]]
@@ -163,7 +164,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "jwks": [*local, "--token-validation", "jwks", *node_agent],
             "jwks-https": ["--token-validation", "jwks", "--token-issuer", east.issuer,
                            "--token-issuer-ca", str(east_ca)],
-            "tokenreview": [*local, "--token-validation", "tokenreview", *node_agent],
+            # A short negative cache: its expiry is waited for (the unit tests cover the 5 s
+            # default on a fake clock).
+            "tokenreview": [*local, "--token-validation", "tokenreview", *node_agent,
+                            "--token-negative-cache-ttl", f"{NEGATIVE_TTL:g}s"],
             "both": [*local, "--token-validation", "both"],
             "podbinding": [*local, "--token-validation", "jwks", "--verify-pod-binding"],
             "ratelimit": [*local, "--token-validation", "tokenreview", "--kube-qps", "5",
@@ -305,6 +309,15 @@ def audit_entries(server: MeshcaProcess, after: int = 0) -> list[dict[str, Any]]
         cursor = page["next_cursor"]
         if cursor is None:
             return entries
+
+
+def _wait_for(outcome: Callable[[], bool], seconds: float, every: float = 0.2) -> float:
+    """Poll `outcome` until it holds; how long that took."""
+    began = time.monotonic()
+    while not outcome():
+        assert time.monotonic() - began < seconds, f"not within {seconds}s"
+        time.sleep(every)
+    return time.monotonic() - began
 
 
 # ---- 1. every validation mode ---------------------------------------------------------------
@@ -543,12 +556,21 @@ def test_rejected_token_retried_costs_one_tokenreview_until_the_negative_cache_e
     server = world.servers.get("tokenreview")
     rejected = world.token(audiences=("vault",))  # only the API server can tell, in this mode
     calls = world.east.calls[REVIEW]
+    began = time.monotonic()
     for _ in range(20):
         refusal(world, server, bearer(rejected))
     assert world.east.calls[REVIEW] - calls == 1
-    time.sleep(5.3)  # the negative cache remembers a refusal for 5 s
-    refusal(world, server, bearer(rejected))
-    assert world.east.calls[REVIEW] - calls == 2, "the negative cache never expired"
+
+    def reviewed_again() -> bool:
+        refusal(world, server, bearer(rejected))
+        return world.east.calls[REVIEW] - calls >= 2
+
+    try:
+        _wait_for(reviewed_again, NEGATIVE_TTL + 3, every=0.1)
+    except AssertionError:
+        raise AssertionError("the negative cache never expired") from None
+    assert world.east.calls[REVIEW] - calls == 2
+    assert time.monotonic() - began >= NEGATIVE_TTL, "the refusal was not remembered"
 
 
 def test_a_caller_giving_up_does_not_fail_the_others_waiting_on_its_tokenreview(
@@ -570,8 +592,9 @@ def test_a_caller_giving_up_does_not_fail_the_others_waiting_on_its_tokenreview(
     world.east.delay(TOKENREVIEWS_PATH, 1.0)
     try:
         with ThreadPoolExecutor(6) as pool:
+            calls = world.east.calls[REVIEW]
             leader = pool.submit(call, 0.3)  # starts the TokenReview, then gives up
-            time.sleep(0.15)
+            _wait_for(lambda: world.east.calls[REVIEW] > calls, 3.0, every=0.01)
             followers = [pool.submit(call, 3.0) for _ in range(5)]
             assert leader.result() == "DEADLINE_EXCEEDED"
             outcomes = [f.result() for f in followers]
@@ -631,9 +654,10 @@ def test_validated_token_is_reviewed_again_after_the_cache_ttl(world: World) -> 
     minted = world.token()
     calls = world.east.calls[REVIEW]
     issue(world, server, bearer(minted))
+    cached_by = time.monotonic()  # the server cached the token before it answered
     issue(world, server, bearer(minted))
     assert world.east.calls[REVIEW] - calls == 1
-    time.sleep(2.3)
+    time.sleep(max(0.0, cached_by + 2.05 - time.monotonic()))  # --token-cache-ttl 2s
     issue(world, server, bearer(minted))
     assert world.east.calls[REVIEW] - calls == 2, "the token cache ignored --token-cache-ttl"
 
@@ -663,12 +687,6 @@ def test_token_of_another_cluster_needs_its_clusterid(world: World, mode: str) -
 
 # ---- 9. pod binding -----------------------------------------------------------------------
 
-def _wait_for(outcome: Callable[[], bool], seconds: float) -> float:
-    began = time.monotonic()
-    while not outcome():
-        assert time.monotonic() - began < seconds, f"not within {seconds}s"
-        time.sleep(0.2)
-    return time.monotonic() - began
 
 
 def test_pod_bound_token_dies_with_its_pod(world: World) -> None:
