@@ -25,7 +25,7 @@ from meshca.service.ports import AuditEntry, KeyStore
 # Rows of a plugged-in CA (--ca-dir): recorded so issued certificates can name their issuer,
 # never part of rotation; meshca holds no key for them.
 PLUGGED = "plugged"
-# The private key's file in Istio's cacerts layout (see infra/cacerts.py).
+# The private key's file in Istio's cacerts layout (see infra/cacerts/).
 CA_KEY = "ca-key.pem"
 
 
