@@ -27,6 +27,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from meshca.service.policy_store import PolicyStore
 from meshca.transport.ext_authz.server import AuthorizationServicer
+from tests.fakes.authz_metrics import FakeAuthzMetrics
 from tests.integration.authz_envoy import check_request
 from tests.integration.test_ca_rotation import api, eventually, metrics
 from tests.support import MeshcaProcess, csr_pem, ec_key, start_meshca
@@ -215,26 +216,13 @@ class _ExplodingStore(PolicyStore):
         raise RuntimeError("index corrupted at 0xdeadbeef")
 
 
-class _Counting:
-    def __init__(self) -> None:
-        self.decisions: list[tuple[str, str]] = []
-
-    def authz_decision(self, decision: str, reason: str) -> None:
-        self.decisions.append((decision, reason))
-
-    def identity_refresh(self, outcome: str) -> None:
-        pass
-
-    def identity_state_read(self, wall_time: float | None) -> None:
-        pass
-
 
 class _ExplodingIdentities:
     def refusal(self, principal: str | None, certificate: str) -> Any:
         raise KeyError("snapshot")
 
 
-class _ExplodingMetrics(_Counting):
+class _ExplodingMetrics(FakeAuthzMetrics):
     def authz_decision(self, decision: str, reason: str) -> None:
         raise OSError("shared memory gone")
 
@@ -245,7 +233,7 @@ class _ExplodingMetrics(_Counting):
     lambda m: AuthorizationServicer(PolicyStore(), metrics=_ExplodingMetrics()),
 ], ids=["store", "identity-check", "metrics"])
 def test_an_internal_error_is_a_deny_not_unknown(servicer: Any, caplog: pytest.LogCaptureFixture) -> None:
-    counting = _Counting()
+    counting = FakeAuthzMetrics()
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer(counting), server)
     port = server.add_insecure_port("127.0.0.1:0")

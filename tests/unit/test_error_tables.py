@@ -25,6 +25,7 @@ from meshca.transport.ext_authz.server import AuthorizationServicer
 from meshca.transport.grpc.status import public_message, status_for
 from meshca.transport.rest import problems
 from meshca.transport.rest.problems import BadRequest
+from tests.fakes.authz_metrics import FakeAuthzMetrics
 
 
 class Unnamed(Exception):
@@ -137,19 +138,6 @@ class _Raising:
         raise self.error
 
 
-class _Counting:
-    def __init__(self) -> None:
-        self.decisions: list[tuple[str, str]] = []
-
-    def authz_decision(self, decision: str, reason: str) -> None:
-        self.decisions.append((decision, reason))
-
-    def identity_refresh(self, outcome: str) -> None:
-        pass
-
-    def identity_state_read(self, wall_time: float | None) -> None:
-        pass
-
 
 @pytest.mark.parametrize(("error", "code", "http", "deny"), CASES, ids=IDS)
 def test_ext_authz_table(error: Exception, code: grpc.StatusCode, http: int, deny: str,
@@ -158,7 +146,7 @@ def test_ext_authz_table(error: Exception, code: grpc.StatusCode, http: int, den
 
     from meshca.service.policy_store import PolicyStore
 
-    metrics = _Counting()
+    metrics = FakeAuthzMetrics()
     servicer = AuthorizationServicer(PolicyStore(), _Raising(error), metrics=metrics)
     with caplog.at_level(logging.ERROR, logger="meshca.transport.ext_authz.server"):
         responses = [servicer.Check(external_auth_pb2.CheckRequest(), None) for _ in range(3)]
