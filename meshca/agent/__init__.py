@@ -1,0 +1,1 @@
+"""`meshca agent`: the SPIFFE Workload API node agent (issue 14)."""
