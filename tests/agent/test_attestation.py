@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from meshca.agent.attestation.cgroups import CgroupError, PodContainer, pod_container
 from meshca.agent.attestation.kubelet import KubeletError, KubeletPods, pods_from_list, token_from_file
 from meshca.agent.attestation.kubernetes import KubernetesAttestor
-from meshca.agent.attestation.ports import AttestationRefused, Caller, PodInfo
+from meshca.agent.attestation.ports import AttestationRefused, Caller, PodInfo, ProcessTable
 from meshca.agent.attestation.proc import ProcFs, parse_start_time
 from meshca.agent.attestation.unix import UnixAttestor, parse_entries, parse_entry, peer_credentials
 from meshca.core.spiffe import SpiffeId
@@ -141,6 +141,24 @@ def test_procfs_reads_this_process_from_the_real_proc() -> None:
     started = procs.start_time(os.getpid())
     assert started is not None and started > 0
     assert procs.cgroup(os.getpid())
+
+
+@pytest.fixture(params=["procfs", "fake"])
+def process_table(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[ProcessTable, Callable[..., None]]:
+    """The adapter and its fake, each with a way to start a process, for one contract."""
+    if request.param == "procfs":
+        return ProcFs(tmp_path), lambda pid, cgroup, start: make_proc(tmp_path, pid, cgroup, start)
+    fake = FakeProcessTable()
+    return fake, lambda pid, cgroup, start: fake.spawn(pid, cgroup, start)
+
+
+def test_process_table_contract(process_table: tuple[ProcessTable, Callable[..., None]]) -> None:
+    table, spawn = process_table
+    spawn(42, v2("/"), 10)
+    assert (table.start_time(42), table.cgroup(42)) == (10, v2("/"))
+    assert (table.start_time(43), table.cgroup(43)) == (None, None)
+    spawn(42, v2("/other"), 11)  # the pid reused
+    assert (table.start_time(42), table.cgroup(42)) == (11, v2("/other"))
 
 
 # --- kubelet.py ---------------------------------------------------------------------------------
