@@ -1,0 +1,1 @@
+"""`meshca agent`: the node agent that serves the SPIFFE Workload API to local workloads."""
