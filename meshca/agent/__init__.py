@@ -1,1 +1,2 @@
-"""`meshca agent`: the SPIFFE Workload API node agent (issue 14)."""
+"""`meshca agent`: the node agent that serves the SPIFFE Workload API to local workloads
+(attestation, the Workload API servicer, its Unix-socket front)."""

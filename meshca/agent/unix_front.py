@@ -1,0 +1,118 @@
+"""The Workload API's public Unix socket, with each caller's kernel credentials bound to its
+connection.
+
+grpc does not expose SO_PEERCRED, so the agent accepts the Unix connection itself (the same
+`TlsListener`, in plaintext mode, with its connection limits), reads the credentials from the
+accepted socket, and relays the bytes to the gRPC server's socket in a private directory from a
+client socket bound to a fresh random name, exactly as `meshca/transport/tls_front.py` does for
+TLS (docs/architecture.md, "Connections"). grpc reports that name as the call's peer and the
+credentials are looked up by it; no other user can make a socket with a name the agent would
+believe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+import struct
+from pathlib import Path
+
+from meshca.agent.ports import PeerCredentials
+from meshca.transport.tls_front import PrivateSocketDir, _ClientSide, _UpstreamSide
+from meshca.transport.tls_listener import Connection, TlsPeer
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class PeerRegistry:
+    """Who is behind each relayed connection, by the name grpc reports as the call's peer."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, PeerCredentials] = {}
+
+    def lookup(self, grpc_peer: str) -> PeerCredentials | None:
+        return self._by_name.get(grpc_peer)
+
+    def _add(self, name: str, peer: PeerCredentials) -> None:
+        self._by_name[name] = peer
+
+    def _remove(self, name: str) -> None:
+        self._by_name.pop(name, None)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The credentials the kernel recorded when the peer connected (not when it last wrote)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+class UnixRelay:
+    """A `TlsListener` handler: relays each accepted Unix connection to the private gRPC socket."""
+
+    def __init__(self, sockets: PrivateSocketDir, peers: PeerRegistry) -> None:
+        self._sockets = sockets
+        self._peers = peers
+        self.accepted = 0  # connections accepted so far (tests and metrics)
+
+    def __call__(self, transport: asyncio.Transport, peer: TlsPeer,
+                 connection: Connection) -> asyncio.Protocol:
+        credentials = peer_credentials(transport.get_extra_info("socket"))
+        self.accepted += 1
+        client = _ClientSide(connection)
+        task = asyncio.get_running_loop().create_task(self._connect(client, credentials))
+        client.connecting = task
+        return client
+
+    async def _connect(self, client: _ClientSide, credentials: PeerCredentials) -> None:
+        loop = asyncio.get_running_loop()
+        name = self._sockets.client_name()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        grpc_peer = f"unix:{name}"
+        try:
+            sock.bind(name)
+            # Registered before the first byte is relayed, so grpc never sees an unknown peer.
+            self._peers._add(grpc_peer, credentials)
+            await loop.sock_connect(sock, self._sockets.upstream)
+            os.unlink(name)  # the connected socket keeps its name; grpc reads it
+            _, upstream = await loop.create_connection(lambda: _UpstreamSide(client), sock=sock)
+        except (OSError, asyncio.CancelledError):
+            self._peers._remove(grpc_peer)
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            sock.close()
+            client.abort()
+            return
+        client.attach(upstream, lambda: self._peers._remove(grpc_peer))
+
+
+def bind_public_socket(path: str) -> socket.socket:
+    """A listening socket at `path` that every local user may connect to (0666), in a
+    directory made 0755 if the agent creates it. A stale socket from a previous run is
+    replaced; any other file in the way is an error."""
+    target = Path(path)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True, mode=0o755)
+        # mkdir's mode is filtered by the umask; workloads must be able to reach the socket.
+        os.chmod(target.parent, 0o755)  # noqa: S103
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(target.lstat().st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+        target.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)  # noqa: S103 - every workload calls; attestation decides
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
