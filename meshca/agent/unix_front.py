@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 
 from meshca.agent.ports import PeerCredentials
-from meshca.transport.tls_front import PrivateSocketDir, _ClientSide, _UpstreamSide
+from meshca.transport.tls_front import PrivateSocketDir, RelayClientSide, RelayUpstreamSide
 from meshca.transport.tls_listener import Connection, TlsPeer
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -65,12 +65,12 @@ class UnixRelay:
                  connection: Connection) -> asyncio.Protocol:
         credentials = peer_credentials(transport.get_extra_info("socket"))
         self.accepted += 1
-        client = _ClientSide(connection)
+        client = RelayClientSide(connection)
         task = asyncio.get_running_loop().create_task(self._connect(client, credentials))
         client.connecting = task
         return client
 
-    async def _connect(self, client: _ClientSide, credentials: PeerCredentials) -> None:
+    async def _connect(self, client: RelayClientSide, credentials: PeerCredentials) -> None:
         loop = asyncio.get_running_loop()
         name = self._sockets.client_name()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -82,7 +82,7 @@ class UnixRelay:
             self._peers._add(grpc_peer, credentials)
             await loop.sock_connect(sock, self._sockets.upstream)
             os.unlink(name)  # the connected socket keeps its name; grpc reads it
-            _, upstream = await loop.create_connection(lambda: _UpstreamSide(client), sock=sock)
+            _, upstream = await loop.create_connection(lambda: RelayUpstreamSide(client), sock=sock)
         except (OSError, asyncio.CancelledError):
             self._peers._remove(grpc_peer)
             with contextlib.suppress(OSError):

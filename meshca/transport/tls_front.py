@@ -96,12 +96,12 @@ class GrpcRelay:
 
     def __call__(self, transport: asyncio.Transport, peer: TlsPeer,
                  connection: Connection) -> asyncio.Protocol:
-        client = _ClientSide(connection)
+        client = RelayClientSide(connection)
         task = asyncio.get_running_loop().create_task(self._connect(client, peer))
         client.connecting = task
         return client
 
-    async def _connect(self, client: _ClientSide, peer: TlsPeer) -> None:
+    async def _connect(self, client: RelayClientSide, peer: TlsPeer) -> None:
         loop = asyncio.get_running_loop()
         name = self._sockets.client_name()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -114,7 +114,7 @@ class GrpcRelay:
             await loop.sock_connect(sock, self._sockets.upstream)
             # The name stays with the connected socket (grpc reads it with getpeername).
             os.unlink(name)
-            _, upstream = await loop.create_connection(lambda: _UpstreamSide(client), sock=sock)
+            _, upstream = await loop.create_connection(lambda: RelayUpstreamSide(client), sock=sock)
         except (OSError, asyncio.CancelledError):
             self._peers._remove(grpc_peer)
             with contextlib.suppress(OSError):
@@ -125,14 +125,14 @@ class GrpcRelay:
         client.attach(upstream, lambda: self._peers._remove(grpc_peer))
 
 
-class _ClientSide(asyncio.Protocol):
+class RelayClientSide(asyncio.Protocol):
     """The TLS side: bytes go to the upstream as they come; held while it connects."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.upstream: _UpstreamSide | None = None
+        self.upstream: RelayUpstreamSide | None = None
         self.connecting: asyncio.Task[None] | None = None
         self._held: list[bytes] = []
         self._closed = False
@@ -142,7 +142,7 @@ class _ClientSide(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def attach(self, upstream: _UpstreamSide, on_close: Callable[[], None]) -> None:
+    def attach(self, upstream: RelayUpstreamSide, on_close: Callable[[], None]) -> None:
         self._on_close.append(on_close)
         if self._closed:
             upstream.close()
@@ -200,10 +200,10 @@ class _ClientSide(asyncio.Protocol):
             self.transport.close()
 
 
-class _UpstreamSide(asyncio.Protocol):
+class RelayUpstreamSide(asyncio.Protocol):
     """The gRPC server's side of one relayed connection."""
 
-    def __init__(self, client: _ClientSide) -> None:
+    def __init__(self, client: RelayClientSide) -> None:
         self._client = client
         self._transport: asyncio.Transport | None = None
 
