@@ -21,29 +21,14 @@ import struct
 from pathlib import Path
 
 from meshca.agent.ports import PeerCredentials
-from meshca.transport.tls_front import PrivateSocketDir, RelayClientSide, RelayUpstreamSide
+from meshca.transport.tls_front import ConnectionPeers, PrivateSocketDir, relay_connection
 from meshca.transport.tls_listener import Connection, TlsPeer
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-class PeerRegistry:
-    """Who is behind each relayed connection, by the name grpc reports as the call's peer."""
-
-    def __init__(self) -> None:
-        self._by_name: dict[str, PeerCredentials] = {}
-
-    def lookup(self, grpc_peer: str) -> PeerCredentials | None:
-        return self._by_name.get(grpc_peer)
-
-    def _add(self, name: str, peer: PeerCredentials) -> None:
-        self._by_name[name] = peer
-
-    def _remove(self, name: str) -> None:
-        self._by_name.pop(name, None)
-
-    def __len__(self) -> int:
-        return len(self._by_name)
+# Each relayed Workload API connection's kernel credentials, by the name grpc reports.
+PeerRegistry = ConnectionPeers[PeerCredentials]
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
@@ -65,32 +50,7 @@ class UnixRelay:
                  connection: Connection) -> asyncio.Protocol:
         credentials = peer_credentials(transport.get_extra_info("socket"))
         self.accepted += 1
-        client = RelayClientSide(connection)
-        task = asyncio.get_running_loop().create_task(self._connect(client, credentials))
-        client.connecting = task
-        return client
-
-    async def _connect(self, client: RelayClientSide, credentials: PeerCredentials) -> None:
-        loop = asyncio.get_running_loop()
-        name = self._sockets.client_name()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        grpc_peer = f"unix:{name}"
-        try:
-            sock.bind(name)
-            # Registered before the first byte is relayed, so grpc never sees an unknown peer.
-            self._peers._add(grpc_peer, credentials)
-            await loop.sock_connect(sock, self._sockets.upstream)
-            os.unlink(name)  # the connected socket keeps its name; grpc reads it
-            _, upstream = await loop.create_connection(lambda: RelayUpstreamSide(client), sock=sock)
-        except (OSError, asyncio.CancelledError):
-            self._peers._remove(grpc_peer)
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            sock.close()
-            client.abort()
-            return
-        client.attach(upstream, lambda: self._peers._remove(grpc_peer))
+        return relay_connection(self._sockets, self._peers, credentials, connection)
 
 
 def bind_public_socket(path: str) -> socket.socket:

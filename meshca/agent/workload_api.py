@@ -86,7 +86,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         if metadata.get(SECURITY_HEADER) != "true":
             await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                           f"security header missing: send metadata '{SECURITY_HEADER}: true'")
-        peer = self._peers.lookup(context.peer())
+        peer = self._peers.get(context.peer())
         if peer is None:  # not a connection the agent accepted: fail closed
             await _refuse(context, grpc.StatusCode.PERMISSION_DENIED, "caller not attested")
         try:

@@ -28,10 +28,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from meshca.transport.tls_listener import Connection, TlsPeer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; keep a margin
 
 
@@ -41,29 +43,36 @@ class Peer:
     certificate: bytes | None  # DER of its verified certificate, if it showed one
 
 
-class PeerCertificates:
-    """Who is behind each relayed connection, by the private socket name grpc reports as the
-    call's peer (`unix:<private dir>/c-<random>`)."""
+class ConnectionPeers(Generic[T]):
+    """What each relayed connection proved, by the private socket name grpc reports as the
+    call's peer (`unix:<private dir>/c-<random>`). Filled only by `relay_connection`."""
 
     def __init__(self) -> None:
-        self._by_name: dict[str, Peer] = {}
+        self._by_name: dict[str, T] = {}
 
-    def lookup(self, grpc_peer: str) -> bytes | None:
-        peer = self._by_name.get(grpc_peer)
-        return peer.certificate if peer else None
+    def get(self, grpc_peer: str) -> T | None:
+        return self._by_name.get(grpc_peer)
 
-    def client_address(self, grpc_peer: str) -> str:
-        peer = self._by_name.get(grpc_peer)
-        return peer.address if peer else "unknown"
-
-    def _add(self, name: str, peer: Peer) -> None:
-        self._by_name[name] = peer
+    def _add(self, name: str, value: T) -> None:
+        self._by_name[name] = value
 
     def _remove(self, name: str) -> None:
         self._by_name.pop(name, None)
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+
+class PeerCertificates(ConnectionPeers[Peer]):
+    """The TLS front's table: each connection's client address and verified certificate."""
+
+    def lookup(self, grpc_peer: str) -> bytes | None:
+        peer = self.get(grpc_peer)
+        return peer.certificate if peer else None
+
+    def client_address(self, grpc_peer: str) -> str:
+        peer = self.get(grpc_peer)
+        return peer.address if peer else "unknown"
 
 
 class PrivateSocketDir:
@@ -96,33 +105,43 @@ class GrpcRelay:
 
     def __call__(self, transport: asyncio.Transport, peer: TlsPeer,
                  connection: Connection) -> asyncio.Protocol:
-        client = RelayClientSide(connection)
-        task = asyncio.get_running_loop().create_task(self._connect(client, peer))
-        client.connecting = task
-        return client
+        return relay_connection(self._sockets, self._peers, Peer(peer.address, peer.certificate),
+                                connection)
 
-    async def _connect(self, client: RelayClientSide, peer: TlsPeer) -> None:
-        loop = asyncio.get_running_loop()
-        name = self._sockets.client_name()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        grpc_peer = f"unix:{name}"
-        try:
-            sock.bind(name)
-            # Registered before the first byte is relayed, so grpc never sees an unknown peer.
-            self._peers._add(grpc_peer, Peer(peer.address, peer.certificate))
-            await loop.sock_connect(sock, self._sockets.upstream)
-            # The name stays with the connected socket (grpc reads it with getpeername).
+
+def relay_connection(sockets: PrivateSocketDir, peers: ConnectionPeers[T], proven: T,
+                     connection: Connection) -> RelayClientSide:
+    """The protocol that relays one accepted connection to the private gRPC socket, from a
+    client socket with a fresh random name under which `proven` is kept while it lives."""
+    client = RelayClientSide(connection)
+    client.connecting = asyncio.get_running_loop().create_task(
+        _connect(sockets, peers, proven, client))
+    return client
+
+
+async def _connect(sockets: PrivateSocketDir, peers: ConnectionPeers[T], proven: T,
+                   client: RelayClientSide) -> None:
+    loop = asyncio.get_running_loop()
+    name = sockets.client_name()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    grpc_peer = f"unix:{name}"
+    try:
+        sock.bind(name)
+        # Registered before the first byte is relayed, so grpc never sees an unknown peer.
+        peers._add(grpc_peer, proven)
+        await loop.sock_connect(sock, sockets.upstream)
+        # The name stays with the connected socket (grpc reads it with getpeername).
+        os.unlink(name)
+        _, upstream = await loop.create_connection(lambda: RelayUpstreamSide(client), sock=sock)
+    except (OSError, asyncio.CancelledError):
+        peers._remove(grpc_peer)
+        with contextlib.suppress(OSError):
             os.unlink(name)
-            _, upstream = await loop.create_connection(lambda: RelayUpstreamSide(client), sock=sock)
-        except (OSError, asyncio.CancelledError):
-            self._peers._remove(grpc_peer)
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            sock.close()
-            client.abort()
-            return
-        client.attach(upstream, lambda: self._peers._remove(grpc_peer))
+        sock.close()
+        client.abort()
+        return
+    client.attach(upstream, lambda: peers._remove(grpc_peer))
 
 
 class RelayClientSide(asyncio.Protocol):
