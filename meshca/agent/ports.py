@@ -1,14 +1,16 @@
-"""What the Workload API servicer needs from the rest of the agent, in its own words.
+"""The agent's ports, in its own words.
 
-Attestation (who is behind a Unix connection) and the SVID cache (what that identity holds
-now, and when it changes) are separate ports: the kubernetes and unix attestors, and the cache
-that talks to the server, are built later and plugged in by the agent's wiring.
+What the Workload API and SDS servicers need: attestation (who is behind a Unix connection)
+and the SVID cache (what that identity holds now, and when it changes). What the SVID cache
+needs: the meshca server that signs (`WorkloadSigner`) and the trust bundle it follows
+(`BundleSource`). The agent's wiring (meshca/wiring/agent.py) plugs concrete ones in.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 
 from cryptography import x509
@@ -63,4 +65,34 @@ class X509Svids(Protocol):
         """The identity's current state at once, then again after every change (renewal,
         bundle change), until the caller stops iterating. Raises `meshca.errors.Unavailable`
         when there is nothing valid to serve."""
+        ...
+
+
+class WorkloadSigner(Protocol):
+    """The meshca server's CreateCertificate, called with the agent's own token and
+    `ImpersonatedIdentity` naming the workload."""
+
+    async def sign(self, spiffe_id: SpiffeId, csr_pem: str,
+                   ttl: timedelta | None = None) -> tuple[x509.Certificate, ...]:
+        """The chain the server returned: leaf first, then intermediates, the root last.
+        Raises `meshca.errors.Unavailable` when the server cannot answer now (down, overloaded,
+        rate-limited: worth retrying) and `meshca.errors.PermissionDenied` when it refuses the
+        agent or the identity (not worth retrying soon)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrustBundle:
+    """The roots of one trust domain, and how soon to ask again."""
+
+    trust_domain: str
+    roots: tuple[x509.Certificate, ...]
+    refresh_hint: timedelta | None = None  # spiffe_refresh_hint, when the source gives one
+    sequence: int | None = None  # spiffe_sequence, when the source gives one
+
+
+class BundleSource(Protocol):
+    async def fetch(self) -> TrustBundle:
+        """The trust domain's current roots. Raises `meshca.errors.Unavailable` when it
+        cannot answer now."""
         ...
