@@ -24,7 +24,7 @@ from meshca.agent.ports import PeerCredentials
 from meshca.transport.tls_front import ConnectionPeers, PrivateSocketDir, relay_connection
 from meshca.transport.tls_listener import Connection, TlsPeer
 
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
 
 # Each relayed Workload API connection's kernel credentials, by the name grpc reports.

@@ -1,4 +1,4 @@
-"""`meshca serve | request | dev token | admin … | ca … | authz eval`."""
+"""`meshca serve | agent | request | dev token | admin … | ca … | authz eval`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from meshca.cli.admin import add_admin_parser
+from meshca.cli.agent_args import add_agent_parser, agent_settings_from
 from meshca.cli.authz import add_authz_parser
 from meshca.cli.ca import add_ca_parser
 from meshca.cli.common import data_dir_arg, kek_file_arg
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     add_serve_parser(commands)
+    add_agent_parser(commands)
 
     request = commands.add_parser("request", help="get a workload certificate, as a sidecar would")
     data_dir_arg(request)
@@ -64,21 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"meshca: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        _log_to_stderr(settings.log_level)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        from meshca.wiring import serve
+        from meshca.wiring.serve import serve
 
+        return _run(lambda: serve(settings))
+    if args.command == "agent":
         try:
-            asyncio.run(serve(settings))
-        except (MeshcaError, ValueError, OSError) as exc:
-            # A configuration the server cannot start with: say what, without a traceback.
-            logging.getLogger("meshca").debug("start-up failed", exc_info=True)
-            print(f"meshca: cannot start: {exc}", file=sys.stderr)
-            return 1
-        return 0
+            agent_settings = agent_settings_from(args)
+        except ValueError as exc:
+            print(f"meshca agent: {exc}", file=sys.stderr)
+            return 2
+        _log_to_stderr(agent_settings.log_level)
+        from meshca.wiring.agent import run_agent
+
+        return _run(lambda: run_agent(agent_settings))
     if args.command == "request":
         from meshca.cli.request import run_request
 
@@ -106,3 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                            pod_name=args.pod_name, node_name=args.node_name))
         return 0
     return 2
+
+
+def _log_to_stderr(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(start: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    try:
+        asyncio.run(start())
+    except (MeshcaError, ValueError, OSError) as exc:
+        # A configuration the process cannot start with: say what, without a traceback.
+        logging.getLogger("meshca").debug("start-up failed", exc_info=True)
+        print(f"meshca: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

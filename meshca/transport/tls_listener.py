@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +31,22 @@ SWEEP_SECONDS = 1.0
 # default, 256 KiB, is most of what an idle connection costs (~300 KB); a TLS record is at most
 # ~16 KiB, so 32 KiB reads lose nothing and an idle connection costs about a quarter.
 TLS_READ_BUFFER = 32 * 1024
+
+
+_UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+
+
+def _source(transport: asyncio.Transport) -> str:
+    """Whose connections are counted together: a TCP peer's address; on a Unix socket (the
+    agent's), the peer's uid, so one local user cannot take every slot."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        return str(peer[0])
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        uid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
+        return f"uid:{uid}"
+    return "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +156,7 @@ class TlsListener:
         return _Gate(self)
 
     def _admit(self, transport: asyncio.Transport) -> Connection | None:
-        peer = transport.get_extra_info("peername")
-        source = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        source = _source(transport)
         if len(self._open) >= self.limits.max_connections:
             reason = "max-connections"
         elif self._per_source.get(source, 0) >= self.limits.max_connections_per_source:

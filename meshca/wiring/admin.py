@@ -28,6 +28,7 @@ from meshca.service.ca_source import PluggedCaSource
 from meshca.service.policy_store import PolicyStore
 from meshca.service.ports import TokenAuthenticator
 from meshca.transport.http_server import HttpServer
+from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.rest.app import AdminLimits, create_app
 from meshca.transport.rest.dependencies import AdminServices
@@ -35,7 +36,7 @@ from meshca.transport.tls_front import server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
 from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import AdminRefusals
-from meshca.wiring.startup import database_url, listen_socket
+from meshca.wiring.startup import database_url
 
 log = logging.getLogger("meshca")
 

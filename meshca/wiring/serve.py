@@ -24,6 +24,7 @@ from meshca.infra.db.engine import open_engine
 from meshca.infra.supervision import WorkerLink, all_ready, worker_entry
 from meshca.transport.ca_metrics import CaStateCollector
 from meshca.transport.http_server import HttpServer
+from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.transport.metrics_http import MetricsApp
 from meshca.wiring.admin import start_admin
@@ -32,7 +33,7 @@ from meshca.wiring.keys import open_process_keys
 from meshca.wiring.limits import start_retention
 from meshca.wiring.publishing import start_publishing
 from meshca.wiring.serving import ServingCertKeeper
-from meshca.wiring.startup import database_url, listen_socket, prepare, serving_names, write_bundle
+from meshca.wiring.startup import database_url, prepare, serving_names, write_bundle
 from meshca.wiring.worker import start_worker
 
 log = logging.getLogger("meshca")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 from pathlib import Path
 
 from meshca.config import Settings, split_host_port
@@ -90,18 +89,6 @@ def prepare(settings: Settings, clock: Clock, serving: ServingCertKeeper,
     _warn_if_development_issuer(settings)
     serving.ensure(authority)
     return authority
-
-
-def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 

@@ -27,6 +27,7 @@ from meshca.service.issuance import IssuanceService
 from meshca.service.policy_store import PolicyStore
 from meshca.service.refusal_summary import RefusalSummary
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
+from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import GrpcRelay, PeerCertificates, PrivateSocketDir, server_ssl_context
 from meshca.transport.tls_listener import TlsListener
@@ -36,7 +37,7 @@ from meshca.wiring.ca_runtime import reloader_for, serving_file
 from meshca.wiring.keys import open_process_keys
 from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import flush_grpc, grpc_refusals, issuance_rate_limits
-from meshca.wiring.startup import database_url, listen_socket
+from meshca.wiring.startup import database_url
 
 log = logging.getLogger("meshca")
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name

@@ -17,7 +17,8 @@ from meshca.agent.attestation.kubelet import KubeletError, KubeletPods, pods_fro
 from meshca.agent.attestation.kubernetes import KubernetesAttestor
 from meshca.agent.attestation.ports import AttestationRefused, Caller, PodInfo, ProcessTable
 from meshca.agent.attestation.proc import ProcFs, parse_start_time
-from meshca.agent.attestation.unix import UnixAttestor, parse_entries, parse_entry, peer_credentials
+from meshca.agent.attestation.unix import UnixAttestor, parse_entries, parse_entry
+from meshca.agent.unix_front import peer_credentials
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import ConfigurationError, DependencyError, PermissionDenied
 from tests.fakes.kubelet import FakeKubelet

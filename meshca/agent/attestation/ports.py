@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from meshca.agent.ports import PeerCredentials
 from meshca.errors import PermissionDenied
 
 
@@ -13,14 +14,9 @@ class AttestationRefused(PermissionDenied):
     look-up, its pid is not visible, its cgroups contradict each other): no identity."""
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The peer of a Unix socket connection, as SO_PEERCRED reports it (the agent's pid
-    namespace: the host's, with `hostPID: true`)."""
-
-    pid: int
-    uid: int
-    gid: int
+# The peer of a Unix socket connection, as SO_PEERCRED reports it (the agent's pid namespace:
+# the host's, with `hostPID: true`).
+Caller = PeerCredentials
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,10 @@ order given; none matching is no identity.
 from __future__ import annotations
 
 import re
-import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshca.agent.attestation.ports import AttestationRefused, Caller
+from meshca.agent.attestation.ports import Caller
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import ConfigurationError
 
@@ -86,17 +84,3 @@ class UnixAttestor:
             if entry.matches(caller) and entry.spiffe_id not in seen:
                 seen.append(entry.spiffe_id)
         return tuple(seen)
-
-
-_UCRED = struct.Struct("3i")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
-
-
-def peer_credentials(sock: socket.socket) -> Caller:
-    """The connected Unix socket peer's pid, uid and gid (Linux SO_PEERCRED), as the kernel
-    recorded them at connect time."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
-    if pid <= 0:
-        # 0: the peer's pid is not visible in the agent's pid namespace.
-        raise AttestationRefused("the caller's process is not visible to the agent (no pid)")
-    return Caller(pid, uid & 0xFFFFFFFF, gid & 0xFFFFFFFF)
