@@ -4,6 +4,10 @@
   ports: they import no `meshca.infra`, `sqlalchemy`, `hvac` or `kubernetes`.
 - `meshca/core/` is pure: the standard library, `cryptography`, `meshca.core` and
   `meshca.errors`, nothing else.
+- `meshca/agent/` (the node agent, its own process) builds on core, transport and the generated
+  protos, never on the server's use cases, storage or settings: no `meshca.service`,
+  `meshca.infra`, `meshca.wiring`, `meshca.cli`, `meshca.config`, `sqlalchemy`, `alembic`, `hvac`
+  or `kubernetes`.
 
 Every import counts, including those inside functions and under `TYPE_CHECKING`: an edge that
 only type-checks is still a dependency of the layer.
@@ -21,6 +25,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshca"
 
 FORBIDDEN_ABOVE_INFRA = ("meshca.infra", "sqlalchemy", "hvac", "kubernetes")
 CORE_MAY_IMPORT = ("cryptography", "meshca.core", "meshca.errors")
+FORBIDDEN_IN_AGENT = ("meshca.service", "meshca.infra", "meshca.wiring", "meshca.cli", "meshca.config",
+                      "sqlalchemy", "alembic", "hvac", "kubernetes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +83,14 @@ def offending_edges(package: Path = PACKAGE) -> list[Edge]:
     root = package.parent
     for path in sorted(package.rglob("*.py")):
         layer = path.relative_to(package).parts[0]
-        if layer not in ("service", "transport", "core"):
+        if layer not in ("service", "transport", "core", "agent"):
             continue
         module = _module_name(path, root)
         for line, name in imports(path.read_text(), module, path.name == "__init__.py"):
             if layer == "core":
                 bad = not (_is_stdlib(name) or _within(name, CORE_MAY_IMPORT))
+            elif layer == "agent":
+                bad = _within(name, FORBIDDEN_IN_AGENT)
             else:
                 bad = _within(name, FORBIDDEN_ABOVE_INFRA)
             if bad:
@@ -129,6 +137,9 @@ def test_the_checker_finds_each_kind_of_edge(tmp_path: Path) -> None:
                         "from meshca.core.spiffe import SpiffeId\nfrom . import spiffe\n"
                         "import jwt\nfrom meshca.service import ports\n",
         "infra/db.py": "import sqlalchemy\n",
+        "agent/cache.py": "from meshca.transport.tls_front import relay_connection\n"
+                          "from meshca.service.issuance import IssuanceService\n"
+                          "from meshca.config import Settings\n",
     })
     found = {(edge.path, edge.line, edge.imported) for edge in offending_edges(package)}
     assert found == {
@@ -140,4 +151,6 @@ def test_the_checker_finds_each_kind_of_edge(tmp_path: Path) -> None:
         ("meshca/transport/grpc/server.py", 2, "meshca.infra"),
         ("meshca/core/pure.py", 6, "jwt"),
         ("meshca/core/pure.py", 7, "meshca.service"),
+        ("meshca/agent/cache.py", 2, "meshca.service.issuance"),
+        ("meshca/agent/cache.py", 3, "meshca.config"),
     }
