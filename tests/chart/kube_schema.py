@@ -21,6 +21,7 @@ KINDS: dict[tuple[str, str], tuple[type[Any], bool]] = {
     ("v1", "Service"): (k8s.V1Service, False),
     ("v1", "PersistentVolumeClaim"): (k8s.V1PersistentVolumeClaim, False),
     ("apps/v1", "Deployment"): (k8s.V1Deployment, False),
+    ("apps/v1", "DaemonSet"): (k8s.V1DaemonSet, False),
     ("policy/v1", "PodDisruptionBudget"): (k8s.V1PodDisruptionBudget, False),
     ("networking.k8s.io/v1", "NetworkPolicy"): (k8s.V1NetworkPolicy, False),
     ("v1", "Secret"): (k8s.V1Secret, False),

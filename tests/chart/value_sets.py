@@ -223,3 +223,126 @@ REFUSED = [
     ({"tokens": {"jwks": "https://example.com/keys"}}, "tokens.jwks needs tokens.issuer"),
     ({"extAuthz": {"enabled": True}}, "extAuthz.enabled with networkPolicy.enabled needs extAuthz.callers"),
 ]
+
+
+# ---- the node agent (agent.enabled) --------------------------------------------------------
+
+@dataclass(frozen=True)
+class AgentSet:
+    """Values with the agent on. `flags`: exact `meshca agent` args; `absent`: flag prefixes
+    that must not appear; `extra`: what else the case expects (names, mounts, rules)."""
+
+    name: str
+    values: dict[str, Any]
+    flags: tuple[str, ...]
+    absent: tuple[str, ...]
+    namespace: str = "meshca-system"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+MESH = {"namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}}}
+
+AGENT_SETS = [
+    AgentSet(
+        "agent-defaults",
+        {"agent": {"enabled": True}},
+        flags=("--server=meshca.meshca-system.svc:15012",
+               "--server-ca=/var/run/secrets/meshca/root-cert.pem",
+               "--token-file=/var/run/secrets/tokens/meshca-agent",
+               "--trust-domain=cluster.local", "--attestor=kubernetes",
+               "--kubelet-url=https://$(HOST_IP):10250/pods", "--kubelet-insecure",
+               "--socket=/run/meshca/agent.sock", "--sds-socket=/run/meshca/sds.sock",
+               "--health-addr=0.0.0.0:8089", "--log-level=INFO"),
+        absent=("--kubelet-ca", "--svid-ttl", "--workload", "--bundle-url", "--proc-root"),
+        extra={"account": "meshca-agent", "socket_dir": "/run/meshca", "uid": 10002,
+               "audience": "istio-ca", "server_ca_configmap": "istio-ca-root-cert",
+               "subresource": "nodes/proxy", "image": "meshca:0.1.0",
+               "tolerations": [{"operator": "Exists"}], "health_port": 8089},
+    ),
+    AgentSet(
+        # Renamed release in its own namespace, narrowed network, verified kubelet, every knob.
+        "agent-hardened",
+        {"fullnameOverride": "ca", "trustDomain": "prod.example.com",
+         "tokens": {"validation": "jwks", "audiences": ["meshca", "istio-ca"]},
+         "networkPolicy": {"enabled": True, "grpcFrom": [MESH], "metricsFrom": [MONITORING]},
+         "agent": {"enabled": True,
+                   "image": {"repository": "registry.example.com/meshca", "tag": "0.2.0",
+                             "pullPolicy": "Always"},
+                   "socketDir": "/var/run/spiffe",
+                   "kubelet": {"verify": "ca", "caFile": "/etc/kubernetes/pki/ca.crt",
+                               "subresource": "pods"},
+                   "svidTtl": "1h", "logLevel": "DEBUG", "healthPort": 9099, "runAsUser": 20000,
+                   "serviceAccount": {"name": "spiffe-agent"},
+                   "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "mesh",
+                                    "effect": "NoSchedule"}],
+                   "nodeSelector": {"kubernetes.io/os": "linux"},
+                   "priorityClassName": "system-node-critical",
+                   "updateStrategy": {"type": "RollingUpdate",
+                                      "rollingUpdate": {"maxUnavailable": "10%"}},
+                   "extraArgs": ["--retry-max=30s"]}},
+        flags=("--server=ca.security.svc:15012", "--trust-domain=prod.example.com",
+               "--kubelet-ca=/etc/meshca/kubelet-ca/ca.crt",
+               "--socket=/var/run/spiffe/agent.sock", "--sds-socket=/var/run/spiffe/sds.sock",
+               "--health-addr=0.0.0.0:9099", "--svid-ttl=1h", "--log-level=DEBUG",
+               "--retry-max=30s"),
+        absent=("--kubelet-insecure",),
+        namespace="security",
+        extra={"account": "spiffe-agent", "socket_dir": "/var/run/spiffe", "uid": 20000,
+               "audience": "meshca", "server_ca_configmap": "istio-ca-root-cert",
+               "subresource": "nodes/pods", "image": "registry.example.com/meshca:0.2.0",
+               "kubelet_ca_host_file": "/etc/kubernetes/pki/ca.crt", "health_port": 9099,
+               "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "mesh",
+                                "effect": "NoSchedule"}]},
+    ),
+    AgentSet(
+        # No published ConfigMaps (the bundle comes from the operator's own), the cluster CA
+        # verifies kubelets, an IPv6 kubelet URL, no network policy, the account listed already.
+        "agent-own-configmaps-ipv6",
+        {"publishConfigMaps": {"enabled": False},
+         "networkPolicy": {"enabled": False},
+         "tokens": {"trustedNodeAccounts": ["meshca-system/meshca-agent", "istio-system/ztunnel"]},
+         "agent": {"enabled": True, "serverCaConfigMap": "mesh-roots",
+                   "kubelet": {"verify": "ca", "caConfigMap": "kube-root-ca.crt",
+                               "url": "https://[$(HOST_IP)]:10250/pods"}}},
+        flags=("--kubelet-url=https://[$(HOST_IP)]:10250/pods",
+               "--kubelet-ca=/etc/meshca/kubelet-ca/ca.crt"),
+        absent=("--kubelet-insecure",),
+        extra={"account": "meshca-agent", "socket_dir": "/run/meshca", "uid": 10002,
+               "audience": "istio-ca", "server_ca_configmap": "mesh-roots",
+               "subresource": "nodes/proxy", "image": "meshca:0.1.0",
+               "kubelet_ca_configmap": "kube-root-ca.crt", "health_port": 8089,
+               "tolerations": [{"operator": "Exists"}]},
+    ),
+]
+
+AGENT_ON = {"enabled": True}
+
+BAD_VALUES += [
+    ({"agent": {"enabled": True, "kubelet": {"verify": "maybe"}}}, "verify"),
+    ({"agent": {"enable": True}}, "enable"),
+    ({"agent": {"enabled": "yes"}}, "enabled"),
+    ({"agent": {**AGENT_ON, "socketDir": "run/meshca"}}, "socketDir"),
+    ({"agent": {**AGENT_ON, "socketDir": "/run/meshca/"}}, "socketDir"),
+    ({"agent": {**AGENT_ON, "kubelet": {"verify": "ca", "caFile": "ca.crt"}}}, "caFile"),
+    ({"agent": {**AGENT_ON, "kubelet": {"verify": "ca", "subresource": "exec"}}}, "subresource"),
+    ({"agent": {**AGENT_ON, "attestor": "unix"}}, "attestor"),
+    ({"agent": {**AGENT_ON, "svidTtl": "one hour"}}, "svidTtl"),
+    ({"agent": {**AGENT_ON, "runAsUser": 0}}, "runAsUser"),
+    ({"agent": {**AGENT_ON, "extraArgs": ["-v"]}}, "extraArgs"),
+]
+
+REFUSED += [
+    ({"agent": {**AGENT_ON, "kubelet": {"verify": "ca"}}},
+     "agent.kubelet.verify ca needs agent.kubelet.caFile"),
+    ({"agent": {**AGENT_ON, "kubelet": {"verify": "ca", "caFile": "/etc/ca.crt",
+                                        "caConfigMap": "kube-root-ca.crt"}}},
+     "agent.kubelet.caFile or agent.kubelet.caConfigMap, not both"),
+    ({"agent": {**AGENT_ON, "kubelet": {"verify": "insecure", "caFile": "/etc/ca.crt"}}},
+     "only read with agent.kubelet.verify ca"),
+    ({"agent": AGENT_ON, "publishConfigMaps": {"enabled": False}},
+     "name a ConfigMap of this namespace holding root-cert.pem in agent.serverCaConfigMap"),
+]

@@ -61,6 +61,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and .Values.extAuthz.enabled .Values.networkPolicy.enabled (not .Values.extAuthz.callers) -}}
 {{- fail "meshca: extAuthz.enabled with networkPolicy.enabled needs extAuthz.callers: the NetworkPolicy peers (pods or namespaces) whose Envoy calls ext_authz. There is no \"anyone\" default." -}}
 {{- end -}}
+{{- if .Values.agent.enabled -}}
+{{- include "meshca.agent.validate" . -}}
+{{- end -}}
 {{- if and .Release.IsUpgrade (not .Values.keystore.kekSecret) .Values.keystore.createKekSecret (not (lookup "v1" "Secret" .Release.Namespace (include "meshca.kekSecretName" .))) -}}
 {{- fail (printf "meshca: Secret %s (the key-encryption key) is missing on this upgrade. A release from an older chart keeps its key on the data volume (/var/lib/meshca/data.kek), and a new key could not open the keys sealed with it. Move it into a Secret: kubectl -n %s exec deploy/%s -- cat /var/lib/meshca/data.kek | kubectl -n %s create secret generic %s --from-file=kek=/dev/stdin, and set keystore.kekSecret=%s (or keystore.createKekSecret=false to leave it on the volume)." (include "meshca.kekSecretName" .) .Release.Namespace (include "meshca.fullname" .) .Release.Namespace (include "meshca.kekSecretName" .) (include "meshca.kekSecretName" .)) -}}
 {{- end -}}
@@ -116,6 +119,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- range .Values.tokens.trustedNodeAccounts }}
 - {{ printf "--trusted-node-account=%v" . | quote }}
+{{- end }}
+{{- /* The chart's own node agent, unless it is listed already. */}}
+{{- if and .Values.agent.enabled (not (has (include "meshca.agent.account" .) .Values.tokens.trustedNodeAccounts)) }}
+- {{ printf "--trusted-node-account=%s" (include "meshca.agent.account" .) | quote }}
 {{- end }}
 {{- range .Values.admin.serviceAccounts }}
 - {{ printf "--admin-service-account=%v" . | quote }}
@@ -176,4 +183,95 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* ---- the node agent (agent.enabled) ---- */}}
+
+{{- define "meshca.agent.fullname" -}}
+{{- printf "%s-agent" (include "meshca.fullname" . | trunc 57 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "meshca.agent.serviceAccountName" -}}
+{{- .Values.agent.serviceAccount.name | default (include "meshca.agent.fullname" .) -}}
+{{- end -}}
+
+{{/* NS/SA the server trusts to ask for the certificates of workloads on the agent's node. */}}
+{{- define "meshca.agent.account" -}}
+{{- printf "%s/%s" .Release.Namespace (include "meshca.agent.serviceAccountName" .) -}}
+{{- end -}}
+
+{{/* Disjoint from the server's selector labels: the server's Service, NetworkPolicy and
+Deployment must never pick an agent pod. */}}
+{{- define "meshca.agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "meshca.agent.labels" -}}
+{{ include "meshca.agent.selectorLabels" . }}
+app.kubernetes.io/component: node-agent
+app.kubernetes.io/part-of: {{ .Chart.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "meshca.agent.image" -}}
+{{- $repository := .Values.agent.image.repository | default .Values.image.repository -}}
+{{- $tag := .Values.agent.image.tag | default .Values.image.tag | default .Chart.AppVersion -}}
+{{- printf "%s:%s" $repository $tag -}}
+{{- end -}}
+
+{{/* The audience of the agent's token for the server: one the server accepts. */}}
+{{- define "meshca.agent.tokenAudience" -}}
+{{- first .Values.tokens.audiences -}}
+{{- end -}}
+
+{{/* The ConfigMap holding root-cert.pem, the roots that verify the server. */}}
+{{- define "meshca.agent.serverCaConfigMap" -}}
+{{- .Values.agent.serverCaConfigMap | default "istio-ca-root-cert" -}}
+{{- end -}}
+
+{{/* The `meshca agent` arguments. */}}
+{{- define "meshca.agent.args" -}}
+{{- $dir := .Values.agent.socketDir -}}
+- {{ printf "--server=%s.%s.svc:15012" (include "meshca.fullname" .) .Release.Namespace | quote }}
+- --server-ca=/var/run/secrets/meshca/root-cert.pem
+- --token-file=/var/run/secrets/tokens/meshca-agent
+- {{ printf "--trust-domain=%v" .Values.trustDomain | quote }}
+- {{ printf "--attestor=%v" .Values.agent.attestor | quote }}
+{{- /* $(HOST_IP) is expanded by the kubelet from the container's environment. */}}
+- {{ printf "--kubelet-url=%v" (.Values.agent.kubelet.url | default "https://$(HOST_IP):10250/pods") | quote }}
+{{- if eq .Values.agent.kubelet.verify "ca" }}
+- --kubelet-ca=/etc/meshca/kubelet-ca/ca.crt
+{{- else }}
+- --kubelet-insecure
+{{- end }}
+- {{ printf "--socket=%s/agent.sock" $dir | quote }}
+- {{ printf "--sds-socket=%s/sds.sock" $dir | quote }}
+- {{ printf "--health-addr=0.0.0.0:%d" (int .Values.agent.healthPort) | quote }}
+{{- with .Values.agent.svidTtl }}
+- {{ printf "--svid-ttl=%v" . | quote }}
+{{- end }}
+- {{ printf "--log-level=%v" .Values.agent.logLevel | quote }}
+{{- range .Values.agent.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Agent values that render but cannot work. */}}
+{{- define "meshca.agent.validate" -}}
+{{- $kubelet := .Values.agent.kubelet -}}
+{{- if and (eq $kubelet.verify "ca") (not (or $kubelet.caFile $kubelet.caConfigMap)) -}}
+{{- fail "meshca: agent.kubelet.verify ca needs agent.kubelet.caFile (the PEM CA of the kubelets' serving certificates, a file on every node) or agent.kubelet.caConfigMap (a ConfigMap with key ca.crt, e.g. kube-root-ca.crt)." -}}
+{{- end -}}
+{{- if and $kubelet.caFile $kubelet.caConfigMap -}}
+{{- fail "meshca: give agent.kubelet.caFile or agent.kubelet.caConfigMap, not both." -}}
+{{- end -}}
+{{- if and (eq $kubelet.verify "insecure") (or $kubelet.caFile $kubelet.caConfigMap) -}}
+{{- fail "meshca: agent.kubelet.caFile and agent.kubelet.caConfigMap are only read with agent.kubelet.verify ca; with verify insecure the kubelet's certificate is not checked. Set agent.kubelet.verify=ca, or drop the CA." -}}
+{{- end -}}
+{{- if and (not .Values.publishConfigMaps.enabled) (not .Values.agent.serverCaConfigMap) -}}
+{{- fail "meshca: the agent verifies the server with the trust bundle in ConfigMap istio-ca-root-cert, which meshca only publishes with publishConfigMaps.enabled. Turn it on, or name a ConfigMap of this namespace holding root-cert.pem in agent.serverCaConfigMap." -}}
+{{- end -}}
 {{- end -}}
