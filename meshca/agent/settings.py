@@ -17,6 +17,9 @@ DEFAULT_SOCKET = "/run/meshca/agent.sock"
 DEFAULT_SDS_SOCKET = "/run/meshca/sds.sock"
 DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/meshca-agent"
 DEFAULT_SERVER_CA = "/var/run/secrets/meshca/root-cert.pem"
+# The pod's standard token: its audience is the API server's, which is what the kubelet checks
+# (the token for meshca carries meshca's audience, and the kubelet would refuse it).
+DEFAULT_KUBELET_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 ATTESTORS = ("kubernetes", "unix")
 
 # Help groups, in the order `meshca agent --help` lists them.
@@ -72,6 +75,9 @@ class AgentSettings:
         metavar="NAME=uid:N[,gid:N]=spiffe://TD/ns/NS/sa/SA", group=ATTESTATION))
     kubelet_url: str = field(default="https://127.0.0.1:10250/pods", metadata=flag(
         "--kubelet-url", "the kubelet's pod list", group=ATTESTATION))
+    kubelet_token_file: Path = field(default=Path(DEFAULT_KUBELET_TOKEN_FILE), metadata=flag(
+        "--kubelet-token-file", "the agent's token for the kubelet, with the API server's "
+        "audience (re-read on every use)", parse=path, group=ATTESTATION))
     kubelet_ca: Path | None = field(default=None, metadata=flag(
         "--kubelet-ca", "PEM CA that verifies the kubelet's serving certificate",
         parse=off_or(path, blank_is_off=True), shown="the system's CA certificates",

@@ -52,7 +52,7 @@ def build_attestor(settings: AgentSettings) -> Attestor:
                     f"--workload {entry.name}: meshca's server signs only "
                     f"spiffe://{settings.trust_domain}/ns/<namespace>/sa/<service account> IDs")
         return UnixAttestor(entries)
-    pods = KubeletPods(token_from_file(settings.token_file), url=settings.kubelet_url,
+    pods = KubeletPods(token_from_file(settings.kubelet_token_file), url=settings.kubelet_url,
                        ca_file=settings.kubelet_ca, insecure=settings.kubelet_insecure,
                        timeout=KUBELET_TIMEOUT)
     return KubernetesAttestor(settings.trust_domain, ProcFs(settings.proc_root), pods)

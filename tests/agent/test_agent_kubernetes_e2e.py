@@ -40,7 +40,11 @@ def node(tmp_path: Path) -> Iterator[tuple[MeshcaProcess, FakeKubelet, AgentProc
         server = start_meshca(tmp_path / "data", *TRUSTED_AGENT)
         token = directory / "agent-token"
         token.write_text(server.token("kube-system", "meshca-agent", ttl_seconds=3600))
-        with FakeKubelet(token=token.read_text()) as kubelet:
+        # The kubelet checks a token of the API server's audience, not the one meshca accepts.
+        kubelet_token = directory / "kubelet-token"
+        kubelet_token.write_text(server.token("kube-system", "meshca-agent", ttl_seconds=3600,
+                                              audiences=["https://kubernetes.default.svc"]))
+        with FakeKubelet(token=kubelet_token.read_text()) as kubelet:
             kubelet.add_pod("shop", "cart-5d9f", POD_UID, service_account="cart",
                             containers=(CONTAINER,))
             prepare_proc(directory / "proc")
@@ -48,7 +52,8 @@ def node(tmp_path: Path) -> Iterator[tuple[MeshcaProcess, FakeKubelet, AgentProc
             agent = start_agent(
                 server, directory, "--attestor", "kubernetes", "--proc-root", str(directory / "proc"),
                 "--kubelet-url", kubelet.url, "--kubelet-ca", str(kubelet_ca),
-                "--attestation-wait", "1s", token_file=token)
+                "--kubelet-token-file", str(kubelet_token), "--attestation-wait", "1s",
+                token_file=token)
             yield server, kubelet, agent
     finally:
         cleanup(directory, agent, server)

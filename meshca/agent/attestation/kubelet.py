@@ -1,8 +1,9 @@
 """The kubelet's pod list (`GET /pods` on its authenticated port, 10250), as a `PodSource`.
 
-Authenticated with the agent's own service-account token (re-read on every call: a projected
-token rotates), verified against `--kubelet-ca` unless `--kubelet-insecure` says otherwise. The
-body is a v1 `PodList`. Plain `http.client`, so no redirect can carry the token elsewhere.
+Authenticated with the agent's token for the API server's audience (`--kubelet-token-file`,
+re-read on every call: a projected token rotates), verified against `--kubelet-ca` unless
+`--kubelet-insecure` says otherwise. The body is a v1 `PodList`. Plain `http.client`, so no
+redirect can carry the token elsewhere.
 Every failure is a DependencyError whose message names the kubelet, never the token.
 """
 
