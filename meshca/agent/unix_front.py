@@ -1,5 +1,5 @@
-"""The Workload API's public Unix socket, with each caller's kernel credentials bound to its
-connection.
+"""The agent's public Unix sockets (the Workload API's and SDS's), each serving gRPC with every
+caller's kernel credentials bound to its connection.
 
 grpc does not expose SO_PEERCRED, so the agent accepts the Unix connection itself (the same
 `TlsListener`, in plaintext mode, with its connection limits), reads the credentials from the
@@ -18,17 +18,26 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
 from meshca.agent.ports import PeerCredentials
+from meshca.core.connection_limits import ConnectionLimits
 from meshca.transport.tls_front import ConnectionPeers, PrivateSocketDir, relay_connection
-from meshca.transport.tls_listener import Connection, TlsPeer
+from meshca.transport.tls_listener import Connection, TlsListener, TlsPeer
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
 
-# Each relayed Workload API connection's kernel credentials, by the name grpc reports.
+# Each relayed connection's kernel credentials, by the name grpc reports.
 PeerRegistry = ConnectionPeers[PeerCredentials]
+
+# Workload API and SDS streams are idle between renewals; the listener must not close them for
+# that.
+DEFAULT_LIMITS = ConnectionLimits(idle_timeout=24 * 3600.0, max_connections=4096,
+                                  max_connections_per_source=4096)
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
@@ -76,3 +85,44 @@ def bind_public_socket(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class UnixGrpcServer:
+    """A gRPC server reached only through the public Unix socket `socket_path`: the agent
+    accepts there, records each caller's credentials in `peers`, and relays to the gRPC
+    server's socket in a private directory. `register` adds the servicers, given the server and
+    the table they look callers up in."""
+
+    def __init__(self, name: str, socket_path: str,
+                 register: Callable[[grpc.aio.Server, PeerRegistry], None],
+                 limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
+        self.name = name
+        self.socket_path = socket_path
+        self.peers = PeerRegistry()
+        self.relay: UnixRelay | None = None
+        self._register = register
+        self._limits = limits
+        self._sockets: PrivateSocketDir | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._listener: TlsListener | None = None
+
+    async def start(self) -> None:
+        self._sockets = PrivateSocketDir()
+        self._grpc = grpc.aio.server()
+        self._register(self._grpc, self.peers)
+        if self._grpc.add_insecure_port(f"unix:{self._sockets.upstream}") == 0:
+            raise OSError(f"cannot listen on {self._sockets.upstream}")
+        await self._grpc.start()
+        self.relay = UnixRelay(self._sockets, self.peers)
+        self._listener = TlsListener(self.name, None, self.relay, self._limits)
+        await self._listener.start(bind_public_socket(self.socket_path))
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._sockets is not None:
+            self._sockets.remove()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)

@@ -13,36 +13,26 @@ default descriptor pool, and the second import fails.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshca.agent.callers import attest_caller, refuse
+from meshca.agent.metrics import AgentMetrics
 from meshca.agent.ports import Identity, WorkloadIdentities, X509State, X509Svid, X509Svids
-from meshca.agent.unix_front import PeerRegistry, UnixRelay, bind_public_socket
+from meshca.agent.unix_front import DEFAULT_LIMITS, PeerRegistry, UnixGrpcServer, UnixRelay
 from meshca.core.connection_limits import ConnectionLimits
-from meshca.errors import PermissionDenied, Unavailable
+from meshca.errors import Unavailable
 from meshca.gen.spiffe.workload import workload_pb2 as pb
 from meshca.gen.spiffe.workload import workload_pb2_grpc as pb_grpc
-from meshca.transport.tls_front import PrivateSocketDir
-from meshca.transport.tls_listener import TlsListener
-
-log = logging.getLogger(__name__)
 
 SECURITY_HEADER = "workload.spiffe.io"
-# Workload API streams are idle between renewals; the listener must not close them for that.
-DEFAULT_LIMITS = ConnectionLimits(idle_timeout=24 * 3600.0, max_connections=4096,
-                                  max_connections_per_source=4096)
-
-
-async def _refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")
+__all__ = ["DEFAULT_LIMITS", "WorkloadApi", "WorkloadApiServer", "x509_bundles_response",
+           "x509_svid_response"]
 
 
 def _der(certificates: tuple[x509.Certificate, ...]) -> bytes:
@@ -76,65 +66,72 @@ def x509_bundles_response(state: X509State) -> Any:
 
 class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     def __init__(self, peers: PeerRegistry, identities: WorkloadIdentities,
-                 svids: X509Svids) -> None:
+                 svids: X509Svids, *, metrics: AgentMetrics | None = None) -> None:
         self._peers = peers
         self._identities = identities
         self._svids = svids
+        self._metrics = metrics
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Identity:
         metadata = dict(context.invocation_metadata() or ())
         if metadata.get(SECURITY_HEADER) != "true":
-            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                          f"security header missing: send metadata '{SECURITY_HEADER}: true'")
-        peer = self._peers.get(context.peer())
-        if peer is None:  # not a connection the agent accepted: fail closed
-            await _refuse(context, grpc.StatusCode.PERMISSION_DENIED, "caller not attested")
-        try:
-            identity = await self._identities.attest(peer)
-        except PermissionDenied as exc:
-            log.info("attestation of pid %d refused: %s", peer.pid, exc)
-            identity = None
-        except Unavailable as exc:
-            await _refuse(context, grpc.StatusCode.UNAVAILABLE, f"cannot attest now: {exc}")
-        if identity is None:
-            await _refuse(context, grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
-        return identity
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"security header missing: send metadata '{SECURITY_HEADER}: true'")
+        return await attest_caller(self._peers, self._identities, context)
 
     async def _states(self, identity: Identity,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[X509State]:
         try:
             async for state in self._svids.watch(identity):
                 if not state.svids:
-                    await _refuse(context, grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
+                    await refuse(context, grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
                 yield state
         except Unavailable as exc:
-            await _refuse(context, grpc.StatusCode.UNAVAILABLE, f"no SVID to serve: {exc}")
+            await refuse(context, grpc.StatusCode.UNAVAILABLE, f"no SVID to serve: {exc}")
+
+    @contextmanager
+    def _stream(self, api: str) -> Iterator[None]:
+        if self._metrics is not None:
+            self._metrics.streams.labels(api).inc()
+        try:
+            yield
+        finally:
+            if self._metrics is not None:
+                self._metrics.streams.labels(api).dec()
+
+    def _served(self, api: str) -> None:
+        if self._metrics is not None:
+            self._metrics.svids_served.labels(api).inc()
 
     async def FetchX509SVID(self, request: Any, context: grpc.aio.ServicerContext,  # noqa: N802
                             ) -> AsyncIterator[Any]:
         identity = await self._caller(context)
-        async for state in self._states(identity, context):
-            yield x509_svid_response(state)
+        with self._stream("workload_x509_svid"):
+            async for state in self._states(identity, context):
+                yield x509_svid_response(state)
+                self._served("workload_x509_svid")
 
     async def FetchX509Bundles(self, request: Any, context: grpc.aio.ServicerContext,  # noqa: N802
                                ) -> AsyncIterator[Any]:
         identity = await self._caller(context)
-        async for state in self._states(identity, context):
-            yield x509_bundles_response(state)
+        with self._stream("workload_x509_bundles"):
+            async for state in self._states(identity, context):
+                yield x509_bundles_response(state)
+                self._served("workload_x509_bundles")
 
     async def FetchJWTSVID(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self._caller(context)
-        await _refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not served yet")
+        await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not served yet")
 
     async def FetchJWTBundles(self, request: Any, context: grpc.aio.ServicerContext,  # noqa: N802
                               ) -> AsyncIterator[Any]:
         await self._caller(context)
-        await _refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT bundles are not served yet")
+        await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT bundles are not served yet")
         yield  # pragma: no cover - makes this a (server-streaming) generator
 
     async def ValidateJWTSVID(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self._caller(context)
-        await _refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not validated yet")
+        await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not validated yet")
 
 
 class WorkloadApiServer:
@@ -142,35 +139,22 @@ class WorkloadApiServer:
     private one."""
 
     def __init__(self, socket_path: str, identities: WorkloadIdentities, svids: X509Svids,
-                 limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
+                 limits: ConnectionLimits = DEFAULT_LIMITS, *,
+                 metrics: AgentMetrics | None = None) -> None:
+        def register(server: grpc.aio.Server, peers: PeerRegistry) -> None:
+            pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(
+                WorkloadApi(peers, identities, svids, metrics=metrics), server)
+
+        self._server = UnixGrpcServer("workload-api", socket_path, register, limits)
         self.socket_path = socket_path
-        self.peers = PeerRegistry()
-        self._identities = identities
-        self._svids = svids
-        self._limits = limits
-        self._sockets: PrivateSocketDir | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._listener: TlsListener | None = None
-        self.relay: UnixRelay | None = None
+        self.peers = self._server.peers
+
+    @property
+    def relay(self) -> UnixRelay | None:
+        return self._server.relay
 
     async def start(self) -> None:
-        self._sockets = PrivateSocketDir()
-        self._grpc = grpc.aio.server()
-        pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-            WorkloadApi(self.peers, self._identities, self._svids), self._grpc)
-        if self._grpc.add_insecure_port(f"unix:{self._sockets.upstream}") == 0:
-            raise OSError(f"cannot listen on {self._sockets.upstream}")
-        await self._grpc.start()
-        self.relay = UnixRelay(self._sockets, self.peers)
-        self._listener = TlsListener("workload-api", None, self.relay, self._limits)
-        await self._listener.start(bind_public_socket(self.socket_path))
+        await self._server.start()
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._listener is not None:
-            await self._listener.stop()
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
-        if self._sockets is not None:
-            self._sockets.remove()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        await self._server.stop(grace)
