@@ -29,6 +29,8 @@ class AgentMetrics:
         self.server_errors = Counter(
             "meshca_agent_server_errors", "failed calls to the meshca server, by call and gRPC "
             "status or error kind", ["call", "code"], registry=r)
+        self.sds_rejections = Counter(
+            "meshca_agent_sds_rejections", "SDS responses Envoy rejected (NACK)", registry=r)
         self.bundle_updates = Counter(
             "meshca_agent_bundle_updates", "trust bundle changes seen", registry=r)
         self.svids_cached = Gauge(

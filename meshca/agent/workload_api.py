@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshca.agent.callers import attest_caller, refuse
 from meshca.agent.metrics import AgentMetrics
 from meshca.agent.ports import Identity, WorkloadIdentities, X509State, X509Svid, X509Svids
-from meshca.agent.unix_front import DEFAULT_LIMITS, PeerRegistry, UnixGrpcServer, UnixRelay
+from meshca.agent.unix_front import DEFAULT_LIMITS, PeerRegistry, UnixGrpcServer
 from meshca.core.connection_limits import ConnectionLimits
 from meshca.errors import Unavailable
 from meshca.gen.spiffe.workload import workload_pb2 as pb
@@ -134,7 +134,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not validated yet")
 
 
-class WorkloadApiServer:
+class WorkloadApiServer(UnixGrpcServer):
     """The Workload API on the public Unix socket `socket_path`, relayed to a gRPC server on a
     private one."""
 
@@ -145,16 +145,4 @@ class WorkloadApiServer:
             pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(
                 WorkloadApi(peers, identities, svids, metrics=metrics), server)
 
-        self._server = UnixGrpcServer("workload-api", socket_path, register, limits)
-        self.socket_path = socket_path
-        self.peers = self._server.peers
-
-    @property
-    def relay(self) -> UnixRelay | None:
-        return self._server.relay
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self, grace: float = 1.0) -> None:
-        await self._server.stop(grace)
+        super().__init__("workload-api", socket_path, register, limits)
