@@ -16,8 +16,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from meshca.agent.bundles import FileBundleSource, HttpBundleSource
 from meshca.agent.keys import make_key
@@ -25,8 +28,11 @@ from meshca.agent.metrics import AgentMetrics
 from meshca.agent.ports import Identity
 from meshca.agent.server_signer import GrpcSigner
 from meshca.agent.svid_cache import SvidCache
+from meshca.core import templates
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import PermissionDenied, Unavailable
+from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from tests.fakes.agent_server import FakeSigner, fake_authority
 from tests.support import MeshcaProcess, start_meshca
 
 AGENT = ("kube-system", "meshca-agent")
@@ -234,3 +240,102 @@ def test_cache_rides_out_a_stopped_server_and_resumes(tmp_path: Path,
                for m in messages), messages
     assert any(m.startswith(f"meshca server answered again: SVID for {WEB}")
                for m in messages), messages
+
+
+# ---- what goes on the wire, and every status code, against an in-process server -------------
+
+class ScriptedCa(ca_pb2_grpc.IstioCertificateServiceServicer):
+    """Records each request; answers with `chain`, or aborts with `code`, or stalls."""
+
+    def __init__(self, chain: list[str]) -> None:
+        self.chain = chain
+        self.code: grpc.StatusCode | None = None
+        self.stall = 0.0
+        self.seen: list[tuple[Any, dict[str, str]]] = []
+
+    async def CreateCertificate(self, request: Any,
+                                context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        self.seen.append((request, {k: str(v) for k, v in context.invocation_metadata() or ()}))
+        if self.stall:
+            await asyncio.sleep(self.stall)
+        if self.code is not None:
+            await context.abort(self.code, f"scripted {self.code.name}")
+        return ca_pb2.IstioCertificateResponse(cert_chain=self.chain)
+
+
+def tls_for_localhost(tmp_path: Path) -> tuple[bytes, bytes, Path]:
+    """(server chain PEM, server key PEM, CA file) from the fake CA."""
+    authority = fake_authority(11)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = authority.sign(templates.server_tls(
+        public_key=key.public_key(), dns_names=["localhost"], ip_addresses=[],
+        spiffe_id=SpiffeId.parse("spiffe://cluster.local/ns/meshca/sa/meshca"),
+        issuer=authority.certificate, serial=x509.random_serial_number(),
+        not_before=now - timedelta(minutes=1), not_after=now + timedelta(hours=1)))
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (cert, authority.certificate))
+    ca = tmp_path / "scripted-ca.pem"
+    ca.write_bytes(authority.chain[0].public_bytes(Encoding.PEM))
+    key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return chain, key_pem, ca
+
+
+REFUSED = ["UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION"]
+RETRIED = ["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNKNOWN", "INTERNAL",
+           "ABORTED"]
+
+
+def test_wire_details_and_status_codes(tmp_path: Path) -> None:
+    token = write_secret(tmp_path / "token", "agent-token-1\n")
+    chain_pem, key_pem, ca = tls_for_localhost(tmp_path)
+    signing = FakeSigner()
+
+    async def scenario() -> None:
+        key = make_key("ec-p256", WEB)
+        good = await signing.sign(WEB, key.csr_pem)
+        ca_answer = ScriptedCa([c.public_bytes(Encoding.PEM).decode() for c in good])
+        grpc_server = grpc.aio.server()
+        ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(ca_answer, grpc_server)
+        port = grpc_server.add_secure_port(
+            "127.0.0.1:0", grpc.ssl_server_credentials([(key_pem, chain_pem)]))
+        await grpc_server.start()
+        metrics = AgentMetrics()
+        signer = GrpcSigner(f"127.0.0.1:{port}", server_ca=ca, server_name="localhost",
+                            token_file=token, cluster_id="east",
+                            timeout=timedelta(seconds=1), metrics=metrics)
+        try:
+            assert await signer.sign(WEB, key.csr_pem, timedelta(seconds=90)) == good
+            request, metadata = ca_answer.seen[-1]
+            assert request.csr == key.csr_pem
+            assert request.validity_duration == 90
+            assert dict(request.metadata) == {"ImpersonatedIdentity": WEB.uri}
+            assert metadata["authorization"] == "Bearer agent-token-1"
+            assert metadata["clusterid"] == "east"
+            write_secret(token, "agent-token-2")  # rotated by the kubelet
+            await signer.sign(WEB, key.csr_pem)
+            assert ca_answer.seen[-1][0].validity_duration == 0
+            assert ca_answer.seen[-1][1]["authorization"] == "Bearer agent-token-2"
+            # A chain for another key is not served.
+            with pytest.raises(PermissionDenied, match="another key"):
+                await signer.sign(WEB, make_key("ec-p256", WEB).csr_pem)
+            for name in REFUSED + RETRIED:
+                ca_answer.code = getattr(grpc.StatusCode, name)
+                expected = PermissionDenied if name in REFUSED else Unavailable
+                with pytest.raises(expected, match=name) as caught:
+                    await signer.sign(WEB, key.csr_pem)
+                assert "agent-token" not in str(caught.value)
+                assert metrics.registry.get_sample_value(
+                    "meshca_agent_server_errors_total",
+                    {"call": "sign", "code": name.lower()}) == 1, name
+            # A server slower than the deadline is one that cannot answer now.
+            ca_answer.code, ca_answer.stall = None, 3.0
+            with pytest.raises(Unavailable, match="DEADLINE_EXCEEDED"):
+                await signer.sign(WEB, key.csr_pem)
+            # The channel is dialled afresh and works again.
+            ca_answer.stall = 0.0
+            assert await signer.sign(WEB, key.csr_pem) == good
+        finally:
+            await signer.close()
+            await grpc_server.stop(0)
+
+    run(scenario)
