@@ -71,6 +71,7 @@ class _Entry:
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # replaced on every notify
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # the renewal loop's doorbell
     task: asyncio.Task[None] | None = None
+    closed: bool = False  # dropped for good (stop, a failed loop): its watchers must end
 
 
 class SvidCache:
@@ -143,6 +144,7 @@ class SvidCache:
         entries = list(self._entries.values())
         self._entries.clear()
         for entry in entries:
+            entry.closed = True
             self._notify(entry)
         self._update_gauges()
         if self._metrics is not None:
@@ -175,8 +177,8 @@ class SvidCache:
             sent: tuple[int, int] | None = None
             while True:
                 changed = entry.changed
-                if not self._running:
-                    raise Unavailable("the agent is stopping")
+                if entry.closed:
+                    raise Unavailable(f"no SVID for {spiffe_id} any more")
                 key = (entry.version, self._bundle_version)
                 if key != sent and self._valid(entry):
                     sent = key
@@ -208,8 +210,8 @@ class SvidCache:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._first_wait
         while not self._valid(entry):
-            if not self._running:
-                raise Unavailable("the agent is stopping")
+            if entry.closed:
+                raise Unavailable(f"no SVID for {entry.spiffe_id} any more")
             changed = entry.changed
             error, retry_in = entry.error, self._seconds_until(entry.retry_at)
             if error is not None and not entry.attempting:
@@ -235,6 +237,16 @@ class SvidCache:
     # ---- one identity's renewal loop -------------------------------------------------------
 
     async def _run(self, entry: _Entry) -> None:
+        try:
+            await self._renew_forever(entry)
+        except Exception:
+            # A bug must not leave streams waiting on an identity nothing renews any more.
+            log.exception("the renewal loop of %s failed; dropping it", entry.spiffe_id)
+            entry.closed = True
+            self._drop(entry)
+            self._notify(entry)
+
+    async def _renew_forever(self, entry: _Entry) -> None:
         while True:
             now = self._now()
             if entry.not_after is not None and entry.not_after <= now:
@@ -332,6 +344,7 @@ class SvidCache:
                   self._idle_lifetime)
         if self._entries.get(entry.spiffe_id) is entry:
             del self._entries[entry.spiffe_id]
+        entry.closed = True
         self._update_bundle()
         self._update_gauges()
 

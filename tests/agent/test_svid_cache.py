@@ -334,6 +334,25 @@ def test_first_signing_that_keeps_failing_does_not_hang_the_caller() -> None:
     run(scenario)
 
 
+def test_a_surprise_from_the_signer_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        signer = FakeSigner(ttl=timedelta(minutes=5))
+        signer.fail_with = RuntimeError("a bug")
+        cache, metrics = make_cache(signer, rng=FixedRandom(0.25))
+        await cache.start()
+        stream = cache.watch(Identity(WEB))
+        pending = asyncio.ensure_future(next_state(stream))
+        await until(lambda: signer.calls >= 1)
+        signer.fail_with = None
+        check_state(await pending, WEB)
+        assert renewals(metrics, "unavailable") == 1
+        await closing(stream)
+        await cache.stop()
+
+    run(scenario)
+    assert any(r.exc_info and "failed unexpectedly" in r.getMessage() for r in caplog.records)
+
+
 def test_a_refused_first_signing_reaches_the_watcher_and_is_not_hammered() -> None:
     async def scenario() -> None:
         signer = FakeSigner()

@@ -39,7 +39,7 @@ class FakeSigner:
                  ttl: timedelta = timedelta(seconds=4)) -> None:
         self.authority = authority or fake_authority()
         self.ttl = ttl
-        self.fail_with: MeshcaError | None = None
+        self.fail_with: Exception | None = None  # a MeshcaError, or a surprise
         self.sign_as: SpiffeId | None = None  # sign for this identity instead (a bad server)
         self.delay = 0.0  # seconds each call takes
         self.calls = 0
