@@ -64,7 +64,8 @@ class X509Svids(Protocol):
     def watch(self, identity: Identity) -> AsyncIterator[X509State]:
         """The identity's current state at once, then again after every change (renewal,
         bundle change), until the caller stops iterating. Raises `meshca.errors.Unavailable`
-        when there is nothing valid to serve."""
+        when there is nothing valid to serve, `meshca.errors.PermissionDenied` when the server
+        refuses to sign for the identity."""
         ...
 
 

@@ -26,7 +26,7 @@ from meshca.agent.metrics import AgentMetrics
 from meshca.agent.ports import Identity, WorkloadIdentities, X509State, X509Svid, X509Svids
 from meshca.agent.unix_front import DEFAULT_LIMITS, PeerRegistry, UnixGrpcServer
 from meshca.core.connection_limits import ConnectionLimits
-from meshca.errors import Unavailable
+from meshca.errors import PermissionDenied, Unavailable
 from meshca.gen.spiffe.workload import workload_pb2 as pb
 from meshca.gen.spiffe.workload import workload_pb2_grpc as pb_grpc
 
@@ -88,6 +88,8 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
                 yield state
         except Unavailable as exc:
             await refuse(context, grpc.StatusCode.UNAVAILABLE, f"no SVID to serve: {exc}")
+        except PermissionDenied as exc:  # the server refused to sign for this identity
+            await refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"no SVID issued: {exc}")
 
     @contextmanager
     def _stream(self, api: str) -> Iterator[None]:
