@@ -27,7 +27,7 @@ from meshca.agent.sds_secrets import SECRET_TYPE, secrets_for
 from meshca.agent.unix_front import DEFAULT_LIMITS, PeerRegistry, UnixGrpcServer
 from meshca.agent.xds_session import RequestKind, SotwSession, discovery_response
 from meshca.core.connection_limits import ConnectionLimits
-from meshca.errors import Unavailable
+from meshca.errors import PermissionDenied, Unavailable
 
 log = logging.getLogger(__name__)
 API = "sds"  # the metrics' `api` label
@@ -74,6 +74,9 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ign
                     return
                 if isinstance(event, Unavailable):
                     await refuse(context, grpc.StatusCode.UNAVAILABLE, f"no SVID to serve: {event}")
+                if isinstance(event, PermissionDenied):  # the server refused this identity
+                    await refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                                 f"no SVID issued: {event}")
                 if isinstance(event, X509State):
                     if not event.svids:
                         await refuse(context, grpc.StatusCode.PERMISSION_DENIED,
@@ -113,7 +116,7 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ign
         try:
             async for state in watch:
                 await events.put(state)
-        except Unavailable as exc:
+        except (Unavailable, PermissionDenied) as exc:
             await events.put(exc)
         finally:
             await _close(watch)
@@ -126,6 +129,8 @@ class SecretDiscovery(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ign
             state = await anext(watch)
         except (Unavailable, StopAsyncIteration) as exc:
             await refuse(context, grpc.StatusCode.UNAVAILABLE, f"no SVID to serve: {exc}")
+        except PermissionDenied as exc:
+            await refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"no SVID issued: {exc}")
         finally:
             await _close(watch)
         if not state.svids:

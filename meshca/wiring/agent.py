@@ -61,7 +61,8 @@ def build_attestor(settings: AgentSettings) -> Attestor:
 def build_bundles(settings: AgentSettings) -> BundleSource:
     if settings.bundle_url:
         return HttpBundleSource(settings.bundle_url, settings.server_ca,
-                                timeout=settings.server_timeout.total_seconds())
+                                settings.server_timeout, trust_domain=settings.trust_domain,
+                                server_name=settings.server_name)
     return FileBundleSource(settings.server_ca, settings.trust_domain)
 
 
@@ -74,15 +75,12 @@ class Agent:
         identities = AttestedIdentities(
             build_attestor(settings), settings.attestor,
             wait=settings.attestation_wait.total_seconds(), metrics=self.metrics)
-        signer = GrpcSigner(
-            settings.server, settings.server_ca, settings.token_file,
-            server_name=settings.verified_server_name, cluster_id=settings.cluster_id,
-            timeout=settings.server_timeout.total_seconds(), key_type=settings.svid_key_type,
-            metrics=self.metrics)
+        self.signer = GrpcSigner.from_settings(settings, self.metrics)
         self.svids = SvidCache(
-            signer, build_bundles(settings), trust_domain=settings.trust_domain,
+            self.signer, build_bundles(settings), trust_domain=settings.trust_domain,
             key_type=settings.svid_key_type, ttl=settings.svid_ttl, retry_max=settings.retry_max,
-            idle_lifetime=settings.idle_svid_lifetime, metrics=self.metrics)
+            idle_lifetime=settings.idle_svid_lifetime, first_wait=settings.server_timeout,
+            metrics=self.metrics)
         limits = ConnectionLimits(idle_timeout=STREAM_IDLE_SECONDS,
                                   max_connections=settings.max_connections,
                                   max_connections_per_source=settings.max_connections_per_uid)
@@ -125,6 +123,7 @@ class Agent:
             await self.sds.stop()
         await self.workload_api.stop()
         await self.svids.stop()
+        await self.signer.close()
         if self.health is not None:
             await self.health.stop()
 
