@@ -70,9 +70,11 @@ def roots_of(pem: bytes) -> set[bytes]:
 
 
 def workload(agent: AgentProcess, mode: str, gid: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.agent.spiffe_workload", mode],
-                            cwd=REPO, env=workload_env(agent), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **run_as_gid(gid))  # type: ignore[call-overload]
+    process: subprocess.Popen[str] = subprocess.Popen(
+        [sys.executable, "-m", "tests.agent.spiffe_workload", mode], cwd=REPO,
+        env=workload_env(agent), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        **run_as_gid(gid))  # type: ignore[call-overload]
+    return process
 
 
 def first_line(process: subprocess.Popen[str], timeout: float = 30.0) -> dict[str, Any]:
@@ -147,7 +149,9 @@ def test_two_workloads_with_different_identities_complete_mutual_tls(
                 seen.append(str(names.get_values_for_type(x509.UniformResourceIdentifier)[0]))
                 return seen[-1] == DB
 
-            connection = dial(f"127.0.0.1:{hello['port']}", source, ClientTlsMode.MTLS, authorize)
+            # The client always presents its SVID (the server's MTLS mode demands it); TLS is the
+            # client's mode that verifies the server against the SPIFFE bundle, not the system's.
+            connection = dial(f"127.0.0.1:{hello['port']}", source, ClientTlsMode.TLS, authorize)
             try:
                 answer = json.loads(connection.recv(4096).decode().splitlines()[0])
             finally:
@@ -178,7 +182,7 @@ def test_a_call_without_the_security_header_is_invalid_argument(
         world: tuple[MeshcaProcess, AgentProcess]) -> None:
     _, agent = world
     with grpc.insecure_channel(f"unix:{agent.socket}") as channel:
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.RpcError) as refused:
             next(iter(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), timeout=10)))
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -304,7 +308,7 @@ def test_server_down_longer_than_a_renewal_period_keeps_the_cached_svid_then_ren
                               "--grpc-addr", f"127.0.0.1:{grpc_port}")
 
         def renewed() -> x509.Certificate | None:
-            with client(agent) as api:  # type: ignore[union-attr]
+            with client(agent) as api:
                 leaf = api.fetch_x509_svid().leaf
             return leaf if leaf.serial_number != before.leaf.serial_number else None
 
