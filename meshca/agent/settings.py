@@ -58,7 +58,7 @@ class AgentSettings:
         group=SERVER))
     bundle_url: str | None = field(default=None, metadata=flag(
         "--bundle-url", "the server's /v1/bundle (https://HOST:PORT/v1/bundle), followed at its "
-        "spiffe_refresh_hint", shown="the root at the end of each signed chain", group=SERVER))
+        "spiffe_refresh_hint", shown="--server-ca, re-read every 30s", group=SERVER))
     server_timeout: timedelta = field(default=timedelta(seconds=10), metadata=flag(
         "--server-timeout", "deadline of one call to the server", parse=duration, group=SERVER))
     retry_max: timedelta = field(default=timedelta(seconds=60), metadata=flag(
