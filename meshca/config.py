@@ -49,7 +49,10 @@ AUTHZ = "authorization policies and ext_authz"
 KEYS = "key storage"
 LIMITS = "limits"
 RATES = "issuance rate limits, audit and retention"
-GROUPS = (SERVER, CA, TOKENS, ADMIN, AUTHZ, KEYS, LIMITS, RATES)
+JWT = "JWT-SVIDs"
+FEDERATION = "federation"
+GROUPS = (SERVER, CA, TOKENS, ADMIN, AUTHZ, KEYS, LIMITS, RATES, JWT, FEDERATION)
+JWT_KEY_TYPES = ("ES256", "ES384", "RS256")
 _KEY_TYPES = tuple(k.value for k in KeyType)
 
 
@@ -321,8 +324,43 @@ class Settings:
         "--max-renewal-age", "renewal with a client certificate is refused once the "
         "identity's last service-account token check is older than this", parse=duration,
         group=RATES))
+    # JWT-SVIDs (issue 15): signing keys are CA generations of kind `jwt`.
+    jwt_key_type: str = field(default="ES256", metadata=flag(
+        "--jwt-key-type", "algorithm of the JWT-SVID signing keys meshca creates",
+        choices=JWT_KEY_TYPES, group=JWT))
+    jwt_default_ttl: timedelta = field(default=timedelta(minutes=5), metadata=flag(
+        "--jwt-default-ttl", "lifetime of a JWT-SVID whose request asks for none",
+        parse=duration, group=JWT))
+    jwt_max_ttl: timedelta = field(default=timedelta(hours=1), metadata=flag(
+        "--jwt-max-ttl", "longest lifetime a JWT-SVID request may ask for", parse=duration,
+        group=JWT))
+    # Federation (issue 15): this trust domain's bundle endpoint, and the trust domains it
+    # trusts. Parsed further by the federation package.
+    federation_addr: str | None = field(default=None, metadata=flag(
+        "--federation-addr", "SPIFFE bundle endpoint (HTTPS, GET /) on HOST:PORT",
+        parse=off_or(text, blank_is_off=True), shown="off", group=FEDERATION))
+    federation_profile: str = field(default="https_spiffe", metadata=flag(
+        "--federation-profile", "how the bundle endpoint authenticates: meshca's own SVID "
+        "(https_spiffe) or a Web-PKI certificate (https_web, with --federation-cert/-key)",
+        choices=("https_spiffe", "https_web"), group=FEDERATION))
+    federation_cert: Path | None = field(default=None, metadata=flag(
+        "--federation-cert", "https_web: the endpoint's certificate chain (PEM)", parse=path,
+        group=FEDERATION))
+    federation_key: Path | None = field(default=None, metadata=flag(
+        "--federation-key", "https_web: the endpoint's private key (PEM, 0600)", parse=path,
+        group=FEDERATION))
+    federate_with: tuple[str, ...] = field(default=(), metadata=flag(
+        "--federate-with", "trust another trust domain's SVIDs, fetching its bundle from URL "
+        "(repeatable)", repeatable=True,
+        metavar="TD=URL[,profile=https_web|https_spiffe,endpoint-spiffe-id=ID,bundle=FILE]",
+        group=FEDERATION))
+    istio_include_federated: bool = field(default=False, metadata=switch(
+        "--istio-include-federated", "append federated roots to the trust bundle in "
+        "CreateCertificate responses (Istio's multi-trust-domain set-up)", group=FEDERATION))
 
     def __post_init__(self) -> None:
+        if self.jwt_default_ttl > self.jwt_max_ttl:
+            raise ValueError("--jwt-default-ttl must not exceed --jwt-max-ttl")
         if self.default_ttl > self.max_ttl:
             raise ValueError("--default-ttl must not exceed --max-ttl")
         if not 0 < self.rotation_prepare_at < self.rotation_activate_at < 1:
