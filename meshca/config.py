@@ -238,8 +238,8 @@ class Settings:
     vault_transit_mount: str = field(default="transit", metadata=flag(
         "--vault-transit-mount", "mount of the Transit secrets engine", group=KEYS))
     vault_transit_intermediate: bool = field(default=False, metadata=switch(
-        "--vault-transit-intermediate", "also keep intermediate keys in Transit (every "
-        "issuance then calls Vault)", group=KEYS))
+        "--vault-transit-intermediate", "also keep intermediate and JWT-SVID keys in Transit "
+        "(every issuance and every JWT-SVID then calls Vault)", group=KEYS))
     vault_kv_mount: str = field(default="secret", metadata=flag(
         "--vault-kv-mount", "mount of the KV v2 secrets engine", group=KEYS))
     vault_kv_prefix: str = field(default="meshca/ca-keys", metadata=flag(
@@ -428,7 +428,9 @@ class Settings:
         return RotationPolicy(prepare_at=self.rotation_prepare_at,
                               activate_at=self.rotation_activate_at, skew=self.rotation_skew,
                               refresh_hint=self.bundle_refresh_hint,
-                              publish_lead=self.bundle_publish_lead)
+                              publish_lead=self.bundle_publish_lead,
+                              # A process may sign with a JWT key until its next CA reload.
+                              token_ttl=self.jwt_max_ttl + self.ca_reload_interval)
 
     @property
     def connection_limits(self) -> ConnectionLimits:

@@ -1,4 +1,5 @@
-"""CA lifecycle: when to prepare, activate, withdraw and prune root and intermediate generations.
+"""CA lifecycle: when to prepare, activate, withdraw and prune root, intermediate and JWT
+signing-key generations.
 
 Pure decisions, no I/O: every function takes a snapshot of the generations and `now`, and
 says what to do. The rotator applies the actions to its journal (the `ca_generations` table),
@@ -41,8 +42,17 @@ Invariants (the service must keep them; `next_step` never breaks them):
 6. A prepared generation that reached its own activation point unused is stale: it is
    withdrawn and a fresh one prepared, so an activated generation always has life left.
 
+7. A JWT-SVID signing key (kind `jwt`) is not a certificate and has no parent, but is
+   published like a root: in the bundle (as a `jwt-svid` key) from the moment it is prepared,
+   activated only after `publish_lead` (waived at bootstrap, on taint and on expiry, as for
+   roots), at most one active. It lives as long as an intermediate. A retired JWT key stays in
+   the bundle until every token it can have signed has expired plus `skew`: tokens never
+   outlive their key's notAfter nor are longer than `token_ttl`, so that is the earlier of
+   notAfter and retirement + `token_ttl`. A tainted JWT key leaves the bundle at once.
+
 `next_step` handles roots before intermediates: while roots need an action it returns only
 root actions (and prunes), so intermediate decisions always see the roots as they now are.
+JWT keys depend on nothing else; their actions come once the X.509 chain needs none.
 """
 
 from __future__ import annotations
@@ -60,6 +70,12 @@ _SECOND = timedelta(seconds=1)  # certificates count in whole seconds
 class Kind(enum.StrEnum):
     ROOT = "root"
     INTERMEDIATE = "intermediate"
+    JWT = "jwt"  # a JWT-SVID signing key
+
+
+# Kinds published in the bundle from the moment they are prepared (roots as x509-svid keys,
+# JWT keys as jwt-svid keys): activation waits for publish_lead, retirement keeps them a while.
+PUBLISHED_KINDS = frozenset({Kind.ROOT, Kind.JWT})
 
 
 class State(enum.StrEnum):
@@ -112,6 +128,9 @@ class RotationPolicy:
     activating a root, so the lead only binds operators and emergencies.
     `skew`: how long a retired root outlives the last certificate under it (clocks that lag).
     `refresh_hint`: how often peers should refetch the bundle (`spiffe_refresh_hint`).
+    `token_ttl`: the longest a JWT-SVID signed by a key that just retired may still be valid
+    (the longest JWT-SVID, plus how long another process may keep signing with the key
+    before it notices the retirement).
     """
 
     prepare_at: float = 1 / 2
@@ -119,13 +138,14 @@ class RotationPolicy:
     skew: timedelta = timedelta(hours=1)
     refresh_hint: timedelta = timedelta(minutes=5)
     publish_lead: timedelta = timedelta(days=1)
+    token_ttl: timedelta = timedelta(hours=1)
 
     def __post_init__(self) -> None:
         for name in ("prepare_at", "activate_at"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name} must be a number")
-        for name in ("skew", "refresh_hint", "publish_lead"):
+        for name in ("skew", "refresh_hint", "publish_lead", "token_ttl"):
             if not isinstance(getattr(self, name), timedelta):
                 raise TypeError(f"{name} must be a timedelta")
         if not 0 < self.prepare_at < self.activate_at < 1:
@@ -134,6 +154,8 @@ class RotationPolicy:
             raise ValueError("skew must not be negative")
         if self.refresh_hint <= timedelta(0):
             raise ValueError("refresh_hint must be positive")
+        if self.token_ttl <= timedelta(0):
+            raise ValueError("token_ttl must be positive")
         if self.publish_lead < 2 * self.refresh_hint:
             raise ValueError("publish_lead must be at least two refresh hints")
 
@@ -143,12 +165,14 @@ DEFAULT_POLICY = RotationPolicy()
 
 @dataclass(frozen=True, slots=True)
 class Generation:
-    """What the rotation decisions need to know about one root or intermediate.
+    """What the rotation decisions need to know about one root, intermediate or JWT key.
 
     `prepared_at`: when it was created; for a root, when it entered the published bundle
     (`publish_lead` counts from it, so publish in the same tick that prepares it).
     `last_leaf_expiry`: the latest notAfter of the leaves signed under it (for a root: through
     any of its intermediates); None if it never signed one.
+    `retired_at`: when it became retired (JWT keys: bounds the tokens it signed); None if not
+    retired, or not recorded.
     """
 
     id: int
@@ -159,17 +183,20 @@ class Generation:
     prepared_at: datetime
     parent_id: int | None = None
     last_leaf_expiry: datetime | None = None
+    retired_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, Kind) or not isinstance(self.state, State):
             raise TypeError("kind and state must be rotation.Kind and rotation.State values")
-        for moment in (self.not_before, self.not_after, self.prepared_at, self.last_leaf_expiry):
+        for moment in (self.not_before, self.not_after, self.prepared_at, self.last_leaf_expiry,
+                       self.retired_at):
             if moment is not None:
                 _check_aware(moment)
         if self.not_after <= self.not_before:
             raise ValueError(f"generation {self.id}: not_after must follow not_before")
-        if (self.kind is Kind.ROOT) != (self.parent_id is None):
-            raise ValueError(f"generation {self.id}: a root has no parent, an intermediate has one")
+        if (self.kind is Kind.INTERMEDIATE) != (self.parent_id is not None):
+            raise ValueError(f"generation {self.id}: a root has no parent, an intermediate has "
+                             "one, a JWT key none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +216,7 @@ class Activate:
     kind: Kind
     retires: int | None
     reason: Reason
-    lead_waived: bool = False  # a root signing before it was published for publish_lead
+    lead_waived: bool = False  # a root or JWT key signing before publish_lead has passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +230,11 @@ class Withdraw:
 
 @dataclass(frozen=True, slots=True)
 class Prune:
-    """Take a published root out of the bundle (it stays in the journal)."""
+    """Take a published root or JWT key out of the bundle (it stays in the journal)."""
 
     generation_id: int
     reason: Reason
+    kind: Kind = Kind.ROOT
 
 
 Action = Prepare | Activate | Withdraw | Prune
@@ -265,15 +293,17 @@ def next_step(policy: RotationPolicy, generations: Iterable[Generation], now: da
               published: Collection[int] | None = None) -> list[Action]:
     """The actions due now, in the order to apply them; [] when nothing is due.
 
-    `generations`: every root and intermediate in the journal. `published`: the root ids in the
-    bundle the service last published; those that must leave yield `Prune` (omit it to get
-    lifecycle actions only).
+    `generations`: every generation in the journal. `published`: the root and JWT key ids in
+    the bundle the service last published; those that must leave yield `Prune` (omit it to
+    get lifecycle actions only).
     """
     _check_aware(now)
     snapshot = _validated(generations)
-    actions: list[Action] = _root_actions(policy, snapshot, now)
+    actions: list[Action] = _published_kind_actions(policy, snapshot, now, Kind.ROOT)
     if not actions:
         actions = _intermediate_actions(policy, snapshot, now)
+    if not actions:  # the X.509 chain first: at bootstrap, certificates before tokens
+        actions = _published_kind_actions(policy, snapshot, now, Kind.JWT)
     if published is not None:
         actions += _prunes(policy, snapshot, now, published)
     return actions
@@ -287,9 +317,9 @@ def next_check(policy: RotationPolicy, generations: Iterable[Generation],
     snapshot = _validated(generations)
     moments: list[datetime] = []
     root = _active(snapshot, Kind.ROOT)
-    for kind in (Kind.ROOT, Kind.INTERMEDIATE):
+    for kind in (Kind.ROOT, Kind.INTERMEDIATE, Kind.JWT):
         active = _active(snapshot, kind)
-        parent = None if kind is Kind.ROOT else root
+        parent = root if kind is Kind.INTERMEDIATE else None
         candidates = _candidates(policy, snapshot, kind, parent, now)
         for p in _prepared(snapshot, kind):
             moments.append(activate_time(policy, p.not_before, p.not_after))  # goes stale
@@ -300,13 +330,16 @@ def next_check(policy: RotationPolicy, generations: Iterable[Generation],
             moments.append(prepare_time(policy, active.not_before, active.not_after))
             continue
         due = activate_time(policy, active.not_before, active.not_after)
-        if kind is Kind.ROOT:
+        if kind in PUBLISHED_KINDS:
             due = max(due, candidates[0].prepared_at + policy.publish_lead)
         moments.append(due)
     for g in snapshot.values():
-        if (g.kind is Kind.ROOT and g.state is State.RETIRED and g.last_leaf_expiry is not None
-                and _in_bundle(policy, snapshot, g, now)):
+        if g.state is not State.RETIRED or not _in_bundle(policy, snapshot, g, now):
+            continue
+        if g.kind is Kind.ROOT and g.last_leaf_expiry is not None:
             moments.append(g.last_leaf_expiry + policy.skew + _SECOND)
+        elif g.kind is Kind.JWT:
+            moments.append(_last_token_expiry(policy, g) + policy.skew + _SECOND)
     later = [m for m in moments if m > now]
     return min(later) if later else None
 
@@ -319,6 +352,21 @@ def bundle_roots(generations: Iterable[Generation], now: datetime,
     snapshot = _validated(generations)
     return tuple(g for g in sorted(snapshot.values(), key=lambda g: g.id)
                  if g.kind is Kind.ROOT and _in_bundle(policy, snapshot, g, now))
+
+
+def bundle_jwt_keys(generations: Iterable[Generation], now: datetime,
+                    policy: RotationPolicy = DEFAULT_POLICY) -> tuple[Generation, ...]:
+    """The JWT keys validators must know now, by id: prepared and active keys; retired keys
+    until every token they can have signed expired (+ skew); never a tainted key."""
+    _check_aware(now)
+    snapshot = _validated(generations)
+    return tuple(g for g in sorted(snapshot.values(), key=lambda g: g.id)
+                 if g.kind is Kind.JWT and _in_bundle(policy, snapshot, g, now))
+
+
+def jwt_signing_generation(generations: Iterable[Generation]) -> Generation | None:
+    """The one JWT key allowed to sign JWT-SVIDs now; None means none can be minted."""
+    return _active(_validated(generations), Kind.JWT)
 
 
 def bundle_changed(old_roots: Iterable[int | Generation], new_roots: Iterable[int | Generation]) -> bool:
@@ -349,8 +397,8 @@ def generations_under(generations: Iterable[Generation], generation_id: int) -> 
 def manual_prepare(generations: Iterable[Generation], kind: Kind) -> Prepare:
     """An operator's `ca:prepare`: a new generation of `kind` (an intermediate under the active root)."""
     snapshot = _validated(generations)
-    if kind is Kind.ROOT:
-        return Prepare(Kind.ROOT, None, Reason.SCHEDULED)
+    if kind is not Kind.INTERMEDIATE:
+        return Prepare(kind, None, Reason.SCHEDULED)
     root = _active(snapshot, Kind.ROOT)
     if root is None:
         raise ValueError("no active root to sign an intermediate")
@@ -361,53 +409,54 @@ def manual_activate(policy: RotationPolicy, generations: Iterable[Generation], k
                     now: datetime, *, waive_lead: bool = False) -> Activate:
     """An operator's `ca:activate`: the oldest usable prepared generation of `kind`, now.
 
-    A root published for less than `publish_lead` is refused unless `waive_lead` (peers that
-    have not refreshed their bundle would reject what it signs)."""
+    A root or JWT key published for less than `publish_lead` is refused unless `waive_lead`
+    (peers that have not refreshed their bundle would reject what it signs)."""
     _check_aware(now)
     snapshot = _validated(generations)
     root = _active(snapshot, Kind.ROOT)
-    parent = None if kind is Kind.ROOT else root
+    parent = root if kind is Kind.INTERMEDIATE else None
     if kind is Kind.INTERMEDIATE and root is None:
         raise ValueError("no active root: activate a root first")
     candidates = _candidates(policy, snapshot, kind, parent, now)
     if not candidates:
         raise ValueError(f"no prepared {kind} generation can be activated")
     chosen = candidates[0]
-    early = kind is Kind.ROOT and not _published_long_enough(policy, chosen, now)
+    early = kind in PUBLISHED_KINDS and not _published_long_enough(policy, chosen, now)
     if early and not waive_lead:
         ready = chosen.prepared_at + policy.publish_lead
-        raise ValueError(f"root generation {chosen.id} is published only from {ready.isoformat()}")
+        raise ValueError(f"{kind} generation {chosen.id} is published only from {ready.isoformat()}")
     active = _active(snapshot, kind)
     return Activate(chosen.id, kind, active.id if active else None, Reason.SCHEDULED, early)
 
 
 # ---- internals ----------------------------------------------------------------------------
 
-def _root_actions(policy: RotationPolicy, snapshot: dict[int, Generation],
-                  now: datetime) -> list[Action]:
-    actions: list[Action] = [Withdraw(p.id, Kind.ROOT, Reason.STALE)
-                             for p in _prepared(snapshot, Kind.ROOT) if _stale(policy, p, now)]
-    candidates = _candidates(policy, snapshot, Kind.ROOT, None, now)
-    active = _active(snapshot, Kind.ROOT)
+def _published_kind_actions(policy: RotationPolicy, snapshot: dict[int, Generation],
+                            now: datetime, kind: Kind) -> list[Action]:
+    """Roots and JWT keys: parentless, published ahead, activated after publish_lead."""
+    actions: list[Action] = [Withdraw(p.id, kind, Reason.STALE)
+                             for p in _prepared(snapshot, kind) if _stale(policy, p, now)]
+    candidates = _candidates(policy, snapshot, kind, None, now)
+    active = _active(snapshot, kind)
     best = candidates[0] if candidates else None
     if active is None:
-        reason = _replacement_reason(snapshot, Kind.ROOT)
+        reason = _replacement_reason(snapshot, kind)
         if best is None:
-            return [*actions, Prepare(Kind.ROOT, None, reason)]
+            return [*actions, Prepare(kind, None, reason)]
         waived = reason is Reason.BOOTSTRAP or not _published_long_enough(policy, best, now)
-        return [*actions, Activate(best.id, Kind.ROOT, None, reason, waived)]
+        return [*actions, Activate(best.id, kind, None, reason, waived)]
     if now >= active.not_after:
         if best is None:
-            return [*actions, Prepare(Kind.ROOT, None, Reason.EXPIRED)]
+            return [*actions, Prepare(kind, None, Reason.EXPIRED)]
         waived = not _published_long_enough(policy, best, now)
-        return [*actions, Activate(best.id, Kind.ROOT, active.id, Reason.EXPIRED, waived)]
+        return [*actions, Activate(best.id, kind, active.id, Reason.EXPIRED, waived)]
     if best is None:
         if should_prepare(policy, active.not_before, active.not_after, now):
-            actions.append(Prepare(Kind.ROOT, None, Reason.SCHEDULED))
+            actions.append(Prepare(kind, None, Reason.SCHEDULED))
         return actions
     if (should_activate(policy, active.not_before, active.not_after, now)
             and _published_long_enough(policy, best, now)):
-        actions.append(Activate(best.id, Kind.ROOT, active.id, Reason.SCHEDULED))
+        actions.append(Activate(best.id, kind, active.id, Reason.SCHEDULED))
     return actions
 
 
@@ -446,13 +495,14 @@ def _intermediate_actions(policy: RotationPolicy, snapshot: dict[int, Generation
 def _prunes(policy: RotationPolicy, snapshot: dict[int, Generation], now: datetime,
             published: Collection[int]) -> list[Action]:
     keep = {g.id for g in snapshot.values()
-            if g.kind is Kind.ROOT and _in_bundle(policy, snapshot, g, now)}
+            if g.kind in PUBLISHED_KINDS and _in_bundle(policy, snapshot, g, now)}
     prunes: list[Action] = []
-    for root_id in sorted(set(published) - keep):
-        root = snapshot.get(root_id)
-        if root is None or root.kind is not Kind.ROOT:
-            raise ValueError(f"published root {root_id} is not a root in the snapshot")
-        prunes.append(Prune(root_id, Reason.TAINTED if root.state is State.TAINTED else Reason.OUTLIVED))
+    for gid in sorted(set(published) - keep):
+        found = snapshot.get(gid)
+        if found is None or found.kind not in PUBLISHED_KINDS:
+            raise ValueError(f"published generation {gid} is not a root or JWT key in the snapshot")
+        reason = Reason.TAINTED if found.state is State.TAINTED else Reason.OUTLIVED
+        prunes.append(Prune(gid, reason, found.kind))
     return prunes
 
 
@@ -462,16 +512,26 @@ def _in_bundle(policy: RotationPolicy, snapshot: dict[int, Generation], root: Ge
         return True
     if root.state is State.TAINTED:
         return False
+    if root.kind is Kind.JWT:
+        return now <= _last_token_expiry(policy, root) + policy.skew
     if any(g.parent_id == root.id and g.state is State.ACTIVE for g in snapshot.values()):
         return True
     return root.last_leaf_expiry is not None and now <= root.last_leaf_expiry + policy.skew
+
+
+def _last_token_expiry(policy: RotationPolicy, key: Generation) -> datetime:
+    """The latest `exp` a retired JWT key can have signed: tokens never outlive the key, nor
+    last longer than token_ttl after it retired (notAfter if its retirement was not recorded)."""
+    if key.retired_at is None:
+        return key.not_after
+    return min(key.not_after, key.retired_at + policy.token_ttl)
 
 
 def _candidates(policy: RotationPolicy, snapshot: dict[int, Generation], kind: Kind,
                 parent: Generation | None, now: datetime) -> list[Generation]:
     """Prepared generations that may be activated, oldest first."""
     return [p for p in _prepared(snapshot, kind)
-            if not _stale(policy, p, now) and (kind is Kind.ROOT or (
+            if not _stale(policy, p, now) and (kind is not Kind.INTERMEDIATE or (
                 parent is not None and p.parent_id == parent.id))]
 
 

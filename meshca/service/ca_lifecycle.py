@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshca.core import rotation
 from meshca.core.bundle import certificate_pem
 from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
+from meshca.core.jwt_svid import new_kid
 from meshca.core.keys import KeyType, SigningKey
 from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, State, Withdraw
@@ -38,6 +40,7 @@ class LifecycleProfile:
     organization: str
     root_ttl: timedelta
     intermediate_ttl: timedelta
+    jwt_key_type: KeyType = KeyType.EC_P256  # --jwt-key-type; a JWT key lives intermediate_ttl
 
 
 class CaLifecycle:
@@ -95,24 +98,48 @@ class CaLifecycle:
                 self._journal.prune(lease, now, gid)
         return None
 
+    def _new_key(self, kind: Kind, name: str, key_type: KeyType,
+                 ) -> tuple[Signer, SigningKey | None, str | None]:
+        """(signer, local key or None, remote location or None). A key in Vault Transit is
+        created there (and confirmed) before anything names it; a local key is stored (sealed)
+        by the caller before the journal row that names it is committed."""
+        if self._keys.creates_remotely(kind.value):
+            remote = self._keys.remote
+            assert remote is not None
+            created = remote.create(name, key_type)
+            return created, None, str(created.location)
+        key = key_type.generate()
+        return LocalSigner(key), key, None
+
+    def _prepare_jwt(self, number: int, lease: Lease | None, audit: AuditEntry | None) -> int:
+        """A JWT-SVID signing key: no certificate; the row keeps its kid (as serial) and its
+        public key (PEM), and it lives as long as an intermediate."""
+        now = self._clock.now()
+        profile = self._profile
+        kid = new_kid()
+        name = f"jwt-{format_serial(x509.random_serial_number())}"
+        own, key, location = self._new_key(Kind.JWT, name, profile.jwt_key_type)
+        if location is None:
+            assert key is not None
+            location = self._keys.keys.put(name, key)
+        backdate = min(_BACKDATE, profile.intermediate_ttl / 100)
+        public_pem = own.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        return self._journal.add(lease, now, NewGeneration(
+            kind=Kind.JWT, parent_id=None, subject=f"JWT-SVID key g{number}", serial=kid,
+            key_type=profile.jwt_key_type.value, key_location=location,
+            not_before=now - backdate, not_after=now + profile.intermediate_ttl,
+            certificate_pem=public_pem.decode("ascii"),
+        ), audit=audit)
+
     def _prepare(self, kind: Kind, parent_id: int | None, number: int, lease: Lease | None,
                  audit: AuditEntry | None) -> int:
+        if kind is Kind.JWT:
+            return self._prepare_jwt(number, lease, audit)
         now = self._clock.now()
         profile = self._profile
         serial = x509.random_serial_number()
         name = f"{kind.value}-{format_serial(serial)}"
-        # A key in Vault Transit is created there (and confirmed) before anything names it;
-        # a local key is stored (sealed) before the journal row that names it is committed.
-        key: SigningKey | None = None
-        if self._keys.creates_remotely(kind.value):
-            remote = self._keys.remote
-            assert remote is not None
-            created = remote.create(name, profile.key_type)
-            own: Signer = created
-            location: str | None = str(created.location)
-        else:
-            key = profile.key_type.generate()
-            own, location = LocalSigner(key), None
+        own, key, location = self._new_key(kind, name, profile.key_type)
         public = own.public_key
         subject = ca_subject(profile.organization, kind.value, number, serial)
         trust_domain = SpiffeId.for_trust_domain(profile.trust_domain)

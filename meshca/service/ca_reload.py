@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 from meshca.core.authority import SigningAuthority
+from meshca.core.jwt_svid import JwtKeySet
 from meshca.core.remote_signing import SignerUnavailable
 from meshca.errors import MeshcaError
 from meshca.service.ca_source import CaSource
@@ -43,6 +44,11 @@ class CaReloader:
     @property
     def current(self) -> SigningAuthority:
         return self._loaded.authority
+
+    @property
+    def jwt_keys(self) -> JwtKeySet:
+        """The JWT-SVID key that signs, and the JWT keys in the bundle (loaded with the CA)."""
+        return self._loaded.jwt
 
     @property
     def sequence(self) -> int:

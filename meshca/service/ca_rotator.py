@@ -47,8 +47,8 @@ def event_labels(action: Action, manual: bool) -> tuple[str, str, str]:
             event, kind_name = "activate", kind.value
         case Withdraw(kind=kind, reason=reason):
             event, kind_name = "withdraw", kind.value
-        case Prune(reason=reason):
-            event, kind_name = "prune", Kind.ROOT.value
+        case Prune(kind=kind, reason=reason):
+            event, kind_name = "prune", kind.value
     return event, kind_name, "manual" if manual else reason.value
 
 

@@ -13,12 +13,15 @@ import time
 from datetime import timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
-from meshca.core.remote_signing import LocalSigner, SignerUnavailable
+from meshca.core.jwt_svid import JwtKey, JwtKeySet, JwtSigningKey
+from meshca.core.remote_signing import LocalSigner, SignerUnavailable, SigningPublicKey
+from meshca.core.rotation import Kind
 from meshca.errors import CaUnavailable
 from meshca.service.ca_lifecycle import CaLifecycle
 from meshca.service.ca_ports import CaJournal, KeyBackend, Leases
@@ -74,8 +77,9 @@ def load_signing_authority(journal: CaJournal, keys: KeyBackend) -> SigningAutho
     if signing is None:
         raise CaUnavailable("no signing CA generation yet")
     intermediate = journal.row(signing.id)
+    root_ids = {g.id for g in generations if g.kind is Kind.ROOT} & published
     roots = tuple(x509.load_pem_x509_certificate(journal.row(root_id).certificate_pem.encode())
-                  for root_id in sorted(published))
+                  for root_id in sorted(root_ids))
     signer = keys.signer(intermediate.key_location)
     local = signer.private_key if isinstance(signer, LocalSigner) else None
     return SigningAuthority(
@@ -86,3 +90,27 @@ def load_signing_authority(journal: CaJournal, keys: KeyBackend) -> SigningAutho
         chain=(),
         bundle=TrustBundle(roots),
     )
+
+
+def load_jwt_keys(journal: CaJournal, keys: KeyBackend) -> JwtKeySet:
+    """The active JWT-SVID key with its signer, and every JWT key published in the bundle."""
+    generations, published = journal.snapshot()
+    jwt_ids = sorted(g.id for g in generations if g.kind is Kind.JWT and g.id in published)
+    found = {gid: _jwt_key(journal, gid) for gid in jwt_ids}
+    active = rotation.jwt_signing_generation(generations)
+    signing = None
+    if active is not None:
+        key = found.get(active.id) or _jwt_key(journal, active.id)
+        signing = JwtSigningKey(key, keys.signer(journal.row(active.id).key_location))
+        if signing.signer.public_key.public_numbers() != key.public_key.public_numbers():
+            raise CaUnavailable(f"JWT key generation {active.id}: its key does not match the "
+                                "public key on record")
+    return JwtKeySet(signing, tuple(found.values()))
+
+
+def _jwt_key(journal: CaJournal, generation_id: int) -> JwtKey:
+    row = journal.row(generation_id)
+    public = load_pem_public_key(row.certificate_pem.encode())
+    if not isinstance(public, SigningPublicKey):
+        raise CaUnavailable(f"JWT key generation {generation_id}: not an EC or RSA public key")
+    return JwtKey(generation_id, row.serial, public, row.not_after)

@@ -16,16 +16,18 @@ from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import certificate_pem
 from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
+from meshca.core.jwt_svid import EMPTY_KEY_SET, JwtKeySet
 from meshca.core.keys import KeyType
 from meshca.errors import CaUnavailable
 from meshca.service.ca_ports import CaJournal, KeyBackend, PluggedCa, PluggedCaFiles
-from meshca.service.ca_setup import load_signing_authority
+from meshca.service.ca_setup import load_jwt_keys, load_signing_authority
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedCa:
     authority: SigningAuthority
     sequence: int  # spiffe_sequence of the bundle in `authority` (or older, never newer)
+    jwt: JwtKeySet = EMPTY_KEY_SET  # JWT-SVID keys (none with a plugged-in CA)
 
 
 class CaSource(Protocol):
@@ -45,8 +47,9 @@ class JournalCaSource:
         return self._journal.version()
 
     def load(self) -> LoadedCa:
-        sequence = self._journal.version()[0]  # read first: the roots loaded next are as new
-        return LoadedCa(load_signing_authority(self._journal, self._keys), sequence)
+        sequence = self._journal.version()[0]  # read first: the keys loaded next are as new
+        return LoadedCa(load_signing_authority(self._journal, self._keys), sequence,
+                        load_jwt_keys(self._journal, self._keys))
 
 
 class PluggedCaSource:

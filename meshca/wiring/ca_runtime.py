@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from meshca.config import Settings
 from meshca.core.clock import Clock
+from meshca.core.jwt_svid import KEY_TYPES
 from meshca.infra.cacerts import PluggedCaError, PluggedCaWatcher, load_plugged_ca
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.lease import SqlLeases
@@ -31,7 +32,8 @@ def lifecycle_for(settings: Settings, engine: Engine, clock: Clock,
     profile = LifecycleProfile(
         key_type=settings.ca_key_type, trust_domain=settings.trust_domain,
         organization=settings.ca_organization, root_ttl=settings.root_ttl,
-        intermediate_ttl=settings.intermediate_ttl)
+        intermediate_ttl=settings.intermediate_ttl,
+        jwt_key_type=KEY_TYPES[settings.jwt_key_type])
     return CaLifecycle(SqlCaJournal(engine), keys, profile,
                        settings.rotation_policy, clock)
 

@@ -52,7 +52,7 @@ class KeyBackend:
     keys: KeyStore  # where new keys meshca generates go: sealed files, or KV v2
     files: FileKeyStore  # sealed files: still read in Vault modes (generations from before a migration)
     remote: RemoteKeys | None  # vault-transit only
-    remote_kinds: frozenset[str]  # CA kinds ("root", "intermediate") whose keys live in `remote`
+    remote_kinds: frozenset[str]  # CA kinds ("root", "intermediate", "jwt") whose keys live in `remote`
     session: VaultSession | None
     health: VaultHealth | None
 
@@ -95,7 +95,10 @@ def open_key_backend(settings: KeystoreSettings, data_dir: Path, *,
     if settings.keystore == "vault-kv":
         store = KvKeyStore(session, settings.vault_kv_mount, settings.vault_kv_prefix)
         return KeyBackend("vault-kv", kek, store, files, None, frozenset(), session, session.health)
-    kinds = frozenset({"root", "intermediate"} if settings.vault_transit_intermediate else {"root"})
+    # Keys that sign on the hot path (the intermediate, the JWT-SVID key: a Vault call per
+    # certificate or token) live in Transit only when the operator asks for it.
+    kinds = frozenset({"root", "intermediate", "jwt"} if settings.vault_transit_intermediate
+                      else {"root"})
     return KeyBackend("vault-transit", kek, files, files, TransitKeys(session, settings.vault_transit_mount),
                       kinds, session, session.health)
 

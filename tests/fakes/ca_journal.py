@@ -9,7 +9,7 @@ import dataclasses
 import threading
 from datetime import datetime
 
-from meshca.core.rotation import Generation, Kind, State, transition
+from meshca.core.rotation import PUBLISHED_KINDS, Generation, Kind, State, transition
 from meshca.errors import LostLease, NotFound, StoreUnavailable
 from meshca.service.ca_ports import PLUGGED, CaGeneration, Lease, NewGeneration
 from meshca.service.ports import AuditEntry
@@ -21,6 +21,7 @@ class _Row:
     generation: CaGeneration
     created_at: datetime
     pruned_at: datetime | None = None
+    retired_at: datetime | None = None
 
 
 class FakeCaJournal:
@@ -57,11 +58,11 @@ class FakeCaJournal:
                            not_before=g.not_before, not_after=g.not_after,
                            prepared_at=r.created_at, parent_id=g.parent_id,
                            last_leaf_expiry=by_root.get(g.id) if g.kind == "root"
-                           else self._leaf_expiry.get(g.id))
+                           else self._leaf_expiry.get(g.id), retired_at=r.retired_at)
                 for r in rows for g in (r.generation,)
             ]
-            published = {r.generation.id for r in rows if r.generation.kind == "root"
-                          and r.pruned_at is None and r.generation.state != "tainted"}
+            published = {r.generation.id for r in rows if r.generation.kind in PUBLISHED_KINDS
+                         and r.pruned_at is None and r.generation.state != "tainted"}
             return generations, published
 
     def add(self, lease: Lease | None, now: datetime, generation: NewGeneration, *,
@@ -76,7 +77,7 @@ class FakeCaJournal:
                 serial=g.serial, key_type=g.key_type, key_location=g.key_location,
                 not_before=g.not_before, not_after=g.not_after, state=State.PREPARED.value,
                 certificate_pem=g.certificate_pem), created_at=now)
-            if g.kind is Kind.ROOT:
+            if g.kind in PUBLISHED_KINDS:
                 self._sequence += 1
             self._audit(audit)
             return gid
@@ -97,7 +98,9 @@ class FakeCaJournal:
                     raise NotFound(f"CA generation {gid}")
                 transition(State(row.generation.state), state)  # ValueError: nothing changes
                 row.generation = dataclasses.replace(row.generation, state=state.value)
-                bundle_changed |= row.generation.kind == "root" and state is State.TAINTED
+                if state is State.RETIRED:
+                    row.retired_at = now
+                bundle_changed |= row.generation.kind in PUBLISHED_KINDS and state is State.TAINTED
             self._rows = staged
             if bundle_changed:
                 self._sequence += 1

@@ -54,7 +54,7 @@ def test_refresh_loads_only_when_the_journal_moved() -> None:
     ca.journal.bump_sequence(FakeClock().now())  # e.g. another replica published a root
     again = reloader.refresh()
     assert again is not None and again is reloader.current and again is not first
-    assert reloader.sequence == 2
+    assert reloader.sequence == 3  # root and JWT key published at bootstrap, then the bump
 
 
 def test_a_watched_file_counts_as_a_change(tmp_path: Path) -> None:

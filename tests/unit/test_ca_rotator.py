@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from meshca.core import rotation
 from meshca.core.keys import KeyType
@@ -69,14 +70,15 @@ def names(actions: list[rotation.Action]) -> list[str]:
 
 def test_a_pass_bootstraps_a_signing_chain_and_gives_the_lease_back(ca: Setup) -> None:
     later = ca.rotator.tick()
-    assert sum(ca.rotator.events.values()) == 4
+    assert sum(ca.rotator.events.values()) == 6  # root, intermediate, JWT key: prepare, activate
     assert ca.rotator.events[("prepare", "root", "bootstrap")] == 1
+    assert ca.rotator.events[("activate", "jwt", "bootstrap")] == 1
     assert ca.leases.current(ROTATOR_LEASE) is None  # released after the pass
     authority = load_signing_authority(ca.journal, ca.keys)
     root = ca.generations(Kind.ROOT, State.ACTIVE)[0]
     assert authority.bundle.roots[0].serial_number == int(ca.journal.row(root.id).serial, 16)
     assert ca.clock.now() < later <= ca.clock.now() + timedelta(seconds=60)  # max_sleep cap
-    assert ca.rotator.tick() and sum(ca.rotator.events.values()) == 4  # nothing more due
+    assert ca.rotator.tick() and sum(ca.rotator.events.values()) == 6  # nothing more due
 
 
 def test_a_pass_does_nothing_while_another_replica_holds_the_lease(ca: Setup) -> None:
@@ -280,9 +282,12 @@ def test_keys_are_stored_before_the_row_that_names_them(ca: Setup) -> None:
         ca.lifecycle.run_due(None)
     assert ca.journal.snapshot()[0] == []  # no row without its key
     ca.keys.memory.on_put = lambda _: None
-    assert names(ca.lifecycle.run_due(None)) == ["Prepare", "Activate", "Prepare", "Activate"]
+    assert names(ca.lifecycle.run_due(None)) == ["Prepare", "Activate"] * 3
     for g in ca.journal.all():
         key = ca.keys.memory.load(g.key_location)
+        if g.kind == "jwt":  # a JWT key's row holds its public key, not a certificate
+            assert key.public_key() == load_pem_public_key(g.certificate_pem.encode())
+            continue
         cert = x509.load_pem_x509_certificate(g.certificate_pem.encode())
         assert key.public_key() == cert.public_key()
 
@@ -293,5 +298,6 @@ def test_the_journal_source_reports_no_signer_before_bootstrap(ca: Setup) -> Non
         source.load()
     ca.lifecycle.run_due(None)
     loaded = source.load()
-    assert loaded.sequence == ca.journal.version()[0] == 1
+    assert loaded.sequence == ca.journal.version()[0] == 2  # the root, then the JWT key
+    assert loaded.jwt.signing is not None and len(loaded.jwt.published) == 1
     assert source.version() == ca.journal.version()

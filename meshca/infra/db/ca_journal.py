@@ -1,4 +1,4 @@
-"""The CA journal: every root and intermediate generation and its state, as rows.
+"""The CA journal: every root, intermediate and JWT key generation and its state, as rows.
 
 Each transition is one transaction. When a lease is given, the transaction first checks that
 it is still held (`holds`), so a rotator that lost its lease cannot write: exactly one
@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from meshca.core.rotation import Generation, Kind, State, transition
+from meshca.core.rotation import PUBLISHED_KINDS, Generation, Kind, State, transition
 from meshca.errors import LostLease, NotFound
 from meshca.infra.db.audit import append_audit
 from meshca.infra.db.ca_repository import generation_from_row
@@ -34,7 +34,7 @@ class SqlCaJournal:
 
     @translated(_STORE)
     def snapshot(self) -> tuple[list[Generation], set[int]]:
-        """Every generation, and the ids of the roots currently published in the bundle."""
+        """Every generation, and the ids of the roots and JWT keys published in the bundle."""
         t = ca_generations.c
         leaves = (select(issued_certificates.c.issuer_generation_id,
                          func.max(issued_certificates.c.not_after))
@@ -56,17 +56,19 @@ class SqlCaJournal:
                 prepared_at=row["created_at"], parent_id=row["parent_id"],
                 last_leaf_expiry=by_root.get(int(row["id"])) if row["kind"] == "root"
                 else last_leaf.get(int(row["id"])),
+                retired_at=row["retired_at"],
             )
             for row in rows
         ]
-        published = {int(r["id"]) for r in rows
-                     if r["kind"] == "root" and r["pruned_at"] is None and r["state"] != "tainted"}
+        published = {int(r["id"]) for r in rows if r["kind"] in PUBLISHED_KINDS
+                     and r["pruned_at"] is None and r["state"] != "tainted"}
         return generations, published
 
     @translated(_STORE)
     def add(self, lease: Lease | None, now: datetime, generation: NewGeneration, *,
             audit: AuditEntry | None = None) -> int:
-        """A new generation, prepared. A root enters the bundle with it (sequence bumped)."""
+        """A new generation, prepared. A root or JWT key enters the bundle with it (sequence
+        bumped)."""
         g = generation
         with self._engine.begin() as connection:
             _fence(connection, lease, now)
@@ -75,7 +77,7 @@ class SqlCaJournal:
                 key_type=g.key_type, key_location=g.key_location, not_before=g.not_before,
                 not_after=g.not_after, state=State.PREPARED.value,
                 certificate_pem=g.certificate_pem, created_at=now))
-            if g.kind is Kind.ROOT:
+            if g.kind in PUBLISHED_KINDS:
                 _bump_sequence(connection, now)
             if audit is not None:
                 append_audit(connection, audit)
@@ -99,9 +101,12 @@ class SqlCaJournal:
                 if row is None:
                     raise NotFound(f"CA generation {gid}")
                 transition(State(row[0]), state)  # raises ValueError on an illegal move
+                values: dict[str, object] = {"state": state.value}
+                if state is State.RETIRED:
+                    values["retired_at"] = now
                 connection.execute(update(ca_generations).where(ca_generations.c.id == gid)
-                                   .values(state=state.value))
-                bundle_changed |= row[1] == "root" and state is State.TAINTED
+                                   .values(**values))
+                bundle_changed |= row[1] in PUBLISHED_KINDS and state is State.TAINTED
             if bundle_changed:
                 _bump_sequence(connection, now)
             if audit is not None:

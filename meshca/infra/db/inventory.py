@@ -177,6 +177,8 @@ class SqlInventory:
             blocked = connection.execute(select(blocked_identities.c.spiffe_id)).scalars()
             revoked = connection.execute(select(t.serial).where(
                 t.revoked_at.is_not(None), t.not_after > _utc(now))).scalars()
+            # A JWT key's row holds a public key, not a certificate: it issues no certificates.
             issuers = connection.execute(select(g.certificate_pem).where(
-                or_(g.state == "tainted", g.parent_id.in_(tainted))).order_by(g.id)).scalars()
+                or_(g.state == "tainted", g.parent_id.in_(tainted)), g.kind != "jwt")
+                .order_by(g.id)).scalars()
             return DeniedIdentities(frozenset(blocked), frozenset(revoked), tuple(issuers))

@@ -49,7 +49,9 @@ ca_generations = Table(
     "ca_generations",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("kind", String(16), nullable=False),  # root | intermediate
+    # root | intermediate | jwt (a JWT-SVID key: serial is its kid, certificate_pem its
+    # public key) | plugged
+    Column("kind", String(16), nullable=False),
     Column("parent_id", Integer, ForeignKey("ca_generations.id"), nullable=True),
     Column("subject", Text, nullable=False),
     Column("serial", String(40), nullable=False, unique=True),
@@ -60,8 +62,9 @@ ca_generations = Table(
     Column("state", String(16), nullable=False),  # prepared | active | retired | tainted
     Column("certificate_pem", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
-    # A root leaves the published bundle at pruned_at (it stays in the journal).
+    # A root or JWT key leaves the published bundle at pruned_at (it stays in the journal).
     Column("pruned_at", UtcDateTime, nullable=True),
+    Column("retired_at", UtcDateTime, nullable=True),  # 0007: bounds a JWT key's tokens
 )
 
 bundle_state = Table(
