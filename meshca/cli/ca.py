@@ -50,10 +50,14 @@ def _generation(text: str) -> int:
     return int(text)
 
 
+KINDS = ("root", "intermediate", "jwt")
+
+
 def add_ca_parser(commands: SubParsers) -> None:
     common = common_options()
     ca = commands.add_parser(
-        "ca", help="the CA's roots and intermediates: status, prepare, activate, taint",
+        "ca", help="the CA's roots, intermediates and JWT-SVID keys: status, prepare, "
+        "activate, taint",
         description="Inspect and steer the CA lifecycle of a running meshca.")
     actions = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
 
@@ -61,14 +65,16 @@ def add_ca_parser(commands: SubParsers) -> None:
         return leaf(actions, common, name, handler, text)
 
     action("status", ca_status, "every generation, its state, and how meshca rotates them")
-    prepare = action("prepare", _prepare, "prepare the next root or intermediate now (a new root "
-                     "is published in the trust bundle at once; nothing signs until activated)")
-    prepare.add_argument("kind", choices=("root", "intermediate"))
+    prepare = action("prepare", _prepare, "prepare the next root, intermediate or JWT-SVID key "
+                     "now (a new root or JWT key is published in the trust bundle at once; "
+                     "nothing signs until activated)")
+    prepare.add_argument("kind", choices=KINDS)
     activate = action("activate", _activate, "activate the oldest usable prepared generation now")
-    activate.add_argument("kind", choices=("root", "intermediate"))
+    activate.add_argument("kind", choices=KINDS)
     activate.add_argument("--waive-publish-lead", action="store_true",
-                          help="activate a root published for less than the publish lead "
-                               "(peers that have not refreshed their bundle will reject its leaves)")
+                          help="activate a root or JWT key published for less than the publish "
+                               "lead (peers that have not refreshed their bundle will reject what "
+                               "it signs)")
     taint = action("taint", _taint, "mark a generation's key compromised and rotate away at once")
     taint.add_argument("generation", type=_generation, metavar="ID")
     taint.add_argument("--reason", default="", help="why, for the audit log")

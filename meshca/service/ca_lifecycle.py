@@ -125,7 +125,7 @@ class CaLifecycle:
         backdate = min(_BACKDATE, profile.intermediate_ttl / 100)
         public_pem = own.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
         return self._journal.add(lease, now, NewGeneration(
-            kind=Kind.JWT, parent_id=None, subject=f"JWT-SVID key g{number}", serial=kid,
+            kind=Kind.JWT, parent_id=None, subject=f"CN=JWT-SVID key g{number}", serial=kid,
             key_type=profile.jwt_key_type.value, key_location=location,
             not_before=now - backdate, not_after=now + profile.intermediate_ttl,
             certificate_pem=public_pem.decode("ascii"),

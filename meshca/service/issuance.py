@@ -101,10 +101,12 @@ class IssuanceService:
         self._rate_limits = rate_limits or IssuanceRateLimits(None, None)
         self._max_renewal_age = max_renewal_age
 
-    async def authenticate(self, request: CertificateRequest) -> Caller:
+    async def authenticate(self, request: CertificateRequest, *,
+                           action: str = "CreateCertificate") -> Caller:
         """A bearer token when one is sent; otherwise a verified client certificate (renewal).
 
-        A trusted node agent may name another workload in `ImpersonatedIdentity`.
+        A trusted node agent may name another workload in `ImpersonatedIdentity`; each
+        impersonation is audited as `<action>.impersonate`.
         """
         impersonated = request.metadata.get(IMPERSONATED_IDENTITY)
         if not request.authorization and request.peer_certificate is not None:
@@ -126,7 +128,7 @@ class IssuanceService:
         target = await self._workloads.impersonate(account, request.cluster_id, namespace, name)
         target_id = self._spiffe_id(namespace, name)
         self._audit.append(AuditEntry(
-            at=self._clock.now(), actor=identity.uri, action="CreateCertificate.impersonate",
+            at=self._clock.now(), actor=identity.uri, action=f"{action}.impersonate",
             target=target_id.uri, outcome="ok", detail=f"node {account.node_name or '(unbound)'}",
         ))
         return Caller(target, target_id)

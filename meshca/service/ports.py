@@ -59,6 +59,13 @@ class CertificateLog(Protocol):
         ...
 
 
+class BlockedIdentities(Protocol):
+    async def is_blocked(self, spiffe_id: str) -> bool:
+        """Whether an administrator blocked this identity (a read; StoreUnavailable when the
+        database cannot answer)."""
+        ...
+
+
 class AuditSink(Protocol):
     def append(self, entry: AuditEntry) -> None:
         """Queue an audit entry; written with the next batch, never blocking the caller."""

@@ -72,6 +72,8 @@ _AUTHZ_REFRESH = _L.take(len(REFRESH_OUTCOMES))
 _AUTHZ_STATE_AT = _L.take(1)
 _RATE_LIMITED = _L.take(len(RATE_LIMITS))
 _REFUSED = _L.take(len(REFUSAL_TRANSPORTS) * len(REFUSAL_REASONS))
+_JWT_MINTED = _L.take(1)
+_JWT_ERR = _L.take(len(ERRORS))
 ROW_WIDTH = _L.width
 
 
@@ -138,6 +140,12 @@ class CaMetrics:
         self._slots[self._base + _AUTHZ_STATE_AT] = -1.0 if wall_time is None else wall_time
     def rate_limited(self, limit: str) -> None:
         self._slots[self._base + _RATE_LIMITED + RATE_LIMITS.index(limit)] += 1
+
+    def jwt_minted(self) -> None:
+        self._slots[self._base + _JWT_MINTED] += 1
+
+    def jwt_refused(self, code: grpc.StatusCode) -> None:
+        self._slots[self._base + _JWT_ERR + ERRORS.index(code.name.lower())] += 1
 
     def refused(self, transport: str, reason: str) -> None:
         """Every refused request (each one, not the audit log's summaries)."""
@@ -207,6 +215,10 @@ class CaMetricsCollector(Collector):
         yield _counter("meshca_refused_requests", "Refused requests, each one counted (the audit "
                        "log summarises them), by transport and reason.",
                        [s for s in refusals if s[1]])
+        yield _counter("meshca_jwt_svids_minted", "JWT-SVIDs minted (MintJWTSVID).",
+                       [({}, self._total(_JWT_MINTED))])
+        yield _counter("meshca_jwt_svid_errors", "MintJWTSVID requests that ended without a "
+                       "token, by error.", self._labelled(_JWT_ERR, "error", ERRORS))
         yield from self._ext_authz()
 
     def _ext_authz(self) -> Iterator[Metric]:

@@ -19,14 +19,18 @@ from meshca.config import Settings
 from meshca.core.clock import SystemClock
 from meshca.core.lifetime import LifetimePolicy
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from meshca.gen.meshca.v1 import svid_pb2, svid_pb2_grpc
+from meshca.infra.db.blocked import SqlBlockedIdentities
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.records import SqlCertificateLog
 from meshca.infra.supervision import WorkerEnd
 from meshca.service.ca_reload import CaReloader
 from meshca.service.issuance import IssuanceService
+from meshca.service.jwt_minting import JwtLifetimes, SvidService
 from meshca.service.policy_store import PolicyStore
 from meshca.service.refusal_summary import RefusalSummary
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
+from meshca.transport.grpc.svid_service import SvidServicer
 from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import GrpcRelay, PeerCertificates, PrivateSocketDir, server_ssl_context
@@ -41,6 +45,7 @@ from meshca.wiring.startup import database_url
 
 log = logging.getLogger("meshca")
 CA_SERVICE = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"].full_name
+SVID_SERVICE = svid_pb2.DESCRIPTOR.services_by_name["SvidService"].full_name
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
@@ -99,6 +104,7 @@ async def start_worker(
         reloader.run(stopping, settings.ca_reload_interval.total_seconds())))
     refusals, flusher = grpc_refusals(settings, metrics, records, stopping)
     tasks.append(flusher)
+    rate_limits = issuance_rate_limits(settings)
     issuance = IssuanceService(
         trust_domain=settings.trust_domain,
         workloads=auth.workloads,
@@ -108,8 +114,16 @@ async def start_worker(
         audit=records,
         clock=clock,
         refusals=refusals,
-        rate_limits=issuance_rate_limits(settings),
+        rate_limits=rate_limits,
         max_renewal_age=settings.max_renewal_age,
+    )
+    svids = SvidService(
+        issuance=issuance, keys=lambda: reloader.jwt_keys, authority=lambda: reloader.current,
+        sequence=lambda: reloader.sequence,
+        refresh_hint_seconds=int(settings.bundle_refresh_hint.total_seconds()),
+        blocked=SqlBlockedIdentities(engine),
+        lifetimes=JwtLifetimes(settings.jwt_default_ttl, settings.jwt_max_ttl), clock=clock,
+        rate_limits=rate_limits,
     )
     server = grpc.aio.server(
         options=[
@@ -126,10 +140,11 @@ async def start_worker(
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
         IstioCertificateServicer(issuance, metrics, peers), server
     )
+    svid_pb2_grpc.add_SvidServiceServicer_to_server(SvidServicer(svids, metrics, peers), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (CA_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (CA_SERVICE, SVID_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
         server,
     )
@@ -153,7 +168,7 @@ async def start_worker(
     policies, ext_authz = await start_authorization(settings, engine, stopping, tasks,
                                                     metrics=metrics, reloader=reloader,
                                                     kek=keys.kek)
-    for service in ("", CA_SERVICE):
+    for service in ("", CA_SERVICE, SVID_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
                   stopping, cleanup, sockets, refusals)

@@ -14,6 +14,7 @@ from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
+from meshca.core.jwt_svid import JwtKey
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, Withdraw
 from meshca.errors import Conflict
 from meshca.service.admin.audit import audit_entry
@@ -26,13 +27,14 @@ PLUGGED = ("the CA is plugged in (--ca-dir): meshca rotates nothing it does not 
            "the files in the directory instead")
 _ROTATION_NOTE = ("meshca prepares each generation's successor at prepare_at of its life and "
                   "activates it at activate_at; retired roots leave the bundle after their last "
-                  "certificate expires (+ skew)")
+                  "certificate expires (+ skew), retired JWT keys after the last JWT-SVID they "
+                  "can have signed expires (+ skew)")
 Snapshot = tuple[list[rotation.Generation], set[int]]
 
 
 class JournalView(Protocol):
     def snapshot(self) -> Snapshot:
-        """Every generation, and the ids of the roots published in the bundle."""
+        """Every generation, and the ids of the roots and JWT keys published in the bundle."""
         ...
 
 
@@ -63,8 +65,8 @@ class GenerationView:
     not_before: datetime
     not_after: datetime
     state: str
-    signing: bool  # the intermediate that signs new certificates
-    in_bundle: bool  # a root published in the trust bundle
+    signing: bool  # the intermediate that signs new certificates, the JWT key that signs tokens
+    in_bundle: bool  # a root or JWT key published in the trust bundle
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,17 +200,18 @@ class CaAdmin:
         rows = self._generations.all()
         if journal is not None:
             generations, in_bundle = journal
-            chosen = rotation.signing_generation(generations)
-            signing = chosen.id if chosen else None
+            signers = (rotation.signing_generation(generations),
+                       rotation.jwt_signing_generation(generations))
+            signing = {g.id for g in signers if g is not None}
         else:
             authority = self._authority()
-            signing = authority.generation_id if authority else None
+            signing = {authority.generation_id} if authority else set()
             in_bundle = set()
         return tuple(
             GenerationView(id=g.id, kind=g.kind, parent_id=g.parent_id, subject=g.subject,
                            serial=g.serial, key_type=g.key_type, key_location=g.key_location,
                            not_before=g.not_before, not_after=g.not_after, state=g.state,
-                           signing=g.id == signing, in_bundle=g.id in in_bundle)
+                           signing=g.id in signing, in_bundle=g.id in in_bundle)
             for g in rows)
 
 
@@ -229,10 +232,12 @@ class TrustBundleView:
     """The trust bundle this process serves (public)."""
 
     def __init__(self, authority: Callable[[], SigningAuthority | None],
-                 sequence: Callable[[], int], refresh_hint_seconds: int) -> None:
+                 sequence: Callable[[], int], refresh_hint_seconds: int,
+                 jwt_keys: Callable[[], tuple[JwtKey, ...]] = lambda: ()) -> None:
         self._authority = authority
         self.sequence = sequence
         self.refresh_hint_seconds = refresh_hint_seconds
+        self.jwt_keys = jwt_keys  # the published JWT-SVID keys (the JSON form carries them)
 
     def current(self) -> TrustBundle | None:
         """None until the CA is loaded."""

@@ -36,8 +36,9 @@ class CaGenerationOut(BaseModel):
     not_before: datetime
     not_after: datetime
     state: str
-    signing: bool = Field(description="true for the intermediate that signs new certificates")
-    in_bundle: bool = Field(description="a root that is published in the trust bundle")
+    signing: bool = Field(description="true for the intermediate that signs new certificates "
+                          "and for the JWT key that signs new JWT-SVIDs")
+    in_bundle: bool = Field(description="a root or JWT key that is published in the trust bundle")
 
 
 class RotationOut(BaseModel):
@@ -68,13 +69,14 @@ class CaOut(BaseModel):
 
 
 class CaKindIn(BaseModel):
-    kind: Literal["root", "intermediate"]
+    kind: Literal["root", "intermediate", "jwt"] = Field(
+        description="jwt: a JWT-SVID signing key (published in the bundle, like a root)")
 
 
 class CaActivateIn(CaKindIn):
     waive_publish_lead: bool = Field(
-        default=False, description="activate a root published for less than the publish lead "
-        "(peers that have not refreshed their bundle will reject what it signs)")
+        default=False, description="activate a root or JWT key published for less than the "
+        "publish lead (peers that have not refreshed their bundle will reject what it signs)")
 
 
 class TaintIn(BaseModel):
@@ -186,10 +188,32 @@ class RsaX509SvidKey(BaseModel):
     x5c: list[str] = Field(min_length=1, max_length=1, description="the root, base64 DER")
 
 
-class SpiffeBundleOut(BaseModel):
-    """A SPIFFE bundle (JWK Set): one `x509-svid` key per root."""
+class EcJwtSvidKey(BaseModel):
+    use: Literal["jwt-svid"]
+    kid: str = Field(description="the `kid` header of the JWT-SVIDs this key signs")
+    kty: Literal["EC"]
+    crv: Literal["P-256", "P-384", "P-521"]
+    x: str
+    y: str
 
-    keys: list[Annotated[EcX509SvidKey | RsaX509SvidKey, Field(discriminator="kty")]]
+
+class RsaJwtSvidKey(BaseModel):
+    use: Literal["jwt-svid"]
+    kid: str = Field(description="the `kid` header of the JWT-SVIDs this key signs")
+    kty: Literal["RSA"]
+    n: str
+    e: str
+
+
+X509SvidKey = Annotated[EcX509SvidKey | RsaX509SvidKey, Field(discriminator="kty")]
+JwtSvidKey = Annotated[EcJwtSvidKey | RsaJwtSvidKey, Field(discriminator="kty")]
+
+
+class SpiffeBundleOut(BaseModel):
+    """A SPIFFE bundle (JWK Set): one `x509-svid` key per root, one `jwt-svid` key per
+    published JWT-SVID signing key."""
+
+    keys: list[Annotated[X509SvidKey | JwtSvidKey, Field(union_mode="left_to_right")]]
     spiffe_sequence: int
     spiffe_refresh_hint: int = Field(description="seconds")
 

@@ -25,11 +25,13 @@ _CONTENT: dict[int | str, dict[str, Any]] = {
 
 @router.get("/v1/bundle", response_class=Response, responses=_CONTENT)
 def bundle(request: Request, trust: Bundle) -> Response:
-    """Every root peers must trust. `Accept: application/x-pem-file` for PEM; JSON (the SPIFFE
-    bundle format, with `spiffe_sequence` and `spiffe_refresh_hint`) otherwise."""
+    """Every root peers must trust. `Accept: application/x-pem-file` for PEM (roots only);
+    JSON (the SPIFFE bundle format: `x509-svid` roots and `jwt-svid` keys with their `kid`,
+    `spiffe_sequence` and `spiffe_refresh_hint`) otherwise."""
     current = trust.current()
     if current is None:
         return problem(503, "the CA is not loaded yet", request)
     if PEM in request.headers.get("accept", ""):
         return Response(current.pem, media_type=PEM)
-    return JSONResponse(spiffe_jwks(current, trust.sequence(), trust.refresh_hint_seconds))
+    return JSONResponse(spiffe_jwks(current, trust.sequence(), trust.refresh_hint_seconds,
+                                    trust.jwt_keys()))
