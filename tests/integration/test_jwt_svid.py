@@ -350,3 +350,4 @@ def test_other_key_types(tmp_path: Path, key_type: str, kty: str, alg: str) -> N
         assert validate(minted.token, bundle, AUD)["sub"] == minted.spiffe_id
     finally:
         server.stop()
+
