@@ -93,12 +93,12 @@ def jwt_generations(server: MeshcaProcess) -> list[dict[str, Any]]:
 
 
 def code_of(error: grpc.RpcError) -> grpc.StatusCode:
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
     return code
 
 
 def details_of(error: grpc.RpcError) -> str:
-    return str(error.details() or "")  # type: ignore[attr-defined]
+    return str(error.details() or "")
 
 
 def segment(value: dict[str, Any]) -> str:
@@ -295,7 +295,7 @@ def test_ca_status_and_the_ca_command_show_and_drive_jwt_keys(env: Env) -> None:
 
     def signs_with_new_key() -> bool:
         token = env.mint(env.token("web")).token
-        return jwt.get_unverified_header(token)["kid"] == new["serial"]
+        return bool(jwt.get_unverified_header(token)["kid"] == new["serial"])
     eventually(signs_with_new_key, "the activated JWT key signing")
     states = {g["id"]: g["state"] for g in jwt_generations(server)}
     assert states[active["id"]] == "retired" and states[new_id] == "active"
@@ -318,8 +318,8 @@ def test_taint_removes_the_key_from_the_bundle_and_replaces_it(env: Env) -> None
 
     def fresh_key_signs() -> bool:
         fresh = env.mint(env.token("web")).token
-        return jwt.get_unverified_header(fresh)["kid"] != active["serial"] and \
-            validate(fresh, env.bundle(), AUD)["sub"] == spiffe(NS, "web")
+        return bool(jwt.get_unverified_header(fresh)["kid"] != active["serial"]
+                    and validate(fresh, env.bundle(), AUD)["sub"] == spiffe(NS, "web"))
     eventually(fresh_key_signs, "a replacement JWT key signing")
     states = {g["id"]: g["state"] for g in jwt_generations(env.server)}
     assert states[active["id"]] == "tainted"
