@@ -74,17 +74,19 @@ def test_bootstrap_makes_a_signing_chain(engine: Engine, tmp_path: Path) -> None
     clock = Clock()
     lifecycle, journal = _lifecycle(engine, tmp_path, clock)
     done = lifecycle.run_due(None)
-    assert [type(a).__name__ for a in done] == ["Prepare", "Activate", "Prepare", "Activate"]
+    assert [type(a).__name__ for a in done] == ["Prepare", "Activate"] * 3  # root, inter., JWT key
     generations, published = journal.snapshot()
     signing = rotation.signing_generation(generations)
     assert signing is not None
     root = next(g for g in generations if g.kind is Kind.ROOT)
-    assert published == {root.id}
+    key = next(g for g in generations if g.kind is Kind.JWT)
+    assert published == {root.id, key.id}
+    assert rotation.jwt_signing_generation(generations) == key
     inter = x509.load_pem_x509_certificate(journal.row(signing.id).certificate_pem.encode())
     inter.verify_directly_issued_by(
         x509.load_pem_x509_certificate(journal.row(root.id).certificate_pem.encode()))
     assert lifecycle.run_due(None) == []  # settled
-    assert SqlCaRepository(engine).bundle_sequence() == 1
+    assert SqlCaRepository(engine).bundle_sequence() == 2  # the root, then the JWT key
 
 
 def test_two_years_of_rotations_keep_every_invariant(engine: Engine, tmp_path: Path) -> None:
@@ -123,13 +125,16 @@ def test_two_years_of_rotations_keep_every_invariant(engine: Engine, tmp_path: P
         for expiry, root_id in leaf_roots[-8:]:  # every leaf still valid is trusted
             if expiry > clock.current and root_id not in tainted:
                 assert root_id in published, f"root {root_id} left while a leaf under it lives"
-        assert len(published) <= 3
+        kinds = {g.id: g.kind for g in generations}
+        assert sum(kinds[i] is Kind.ROOT for i in published) <= 3
+        assert sum(kinds[i] is Kind.JWT for i in published) <= 3  # retired, active, prepared
         assert SqlCaRepository(engine).bundle_sequence() >= sequence
         sequence = SqlCaRepository(engine).bundle_sequence()
     roots = {g.id for g in journal.snapshot()[0] if g.kind is Kind.ROOT}
     assert len(roots) >= 3  # yearly rotation plus the taint
     assert events["Activate:intermediate"] >= 100  # weekly, over two years
     assert events["Prune:root"] >= 1
+    assert events["Activate:jwt"] >= 100 and events["Prune:jwt"] >= 100
 
 
 def test_a_rotator_that_lost_its_lease_cannot_write(engine: Engine, tmp_path: Path) -> None:
