@@ -65,7 +65,7 @@ class GenerationView:
     not_before: datetime
     not_after: datetime
     state: str
-    signing: bool  # the intermediate that signs new certificates, the JWT key that signs tokens
+    signing: bool  # the intermediate that signs new certificates (a JWT key: while active)
     in_bundle: bool  # a root or JWT key published in the trust bundle
 
 
@@ -200,9 +200,8 @@ class CaAdmin:
         rows = self._generations.all()
         if journal is not None:
             generations, in_bundle = journal
-            signers = (rotation.signing_generation(generations),
-                       rotation.jwt_signing_generation(generations))
-            signing = {g.id for g in signers if g is not None}
+            chosen = rotation.signing_generation(generations)  # a JWT key signs while active
+            signing = {chosen.id} if chosen else set()
         else:
             authority = self._authority()
             signing = {authority.generation_id} if authority else set()

@@ -37,7 +37,7 @@ class CaGenerationOut(BaseModel):
     not_after: datetime
     state: str
     signing: bool = Field(description="true for the intermediate that signs new certificates "
-                          "and for the JWT key that signs new JWT-SVIDs")
+                          "(the active JWT key signs new JWT-SVIDs)")
     in_bundle: bool = Field(description="a root or JWT key that is published in the trust bundle")
 
 
