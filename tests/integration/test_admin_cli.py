@@ -98,7 +98,7 @@ def test_ca_shows_root_and_signing_intermediate(server: MeshcaProcess, workdir: 
     for generation in expected["generations"]:
         assert generation["serial"] in human
     assert "meshca root g1" in human and "meshca intermediate g1" in human
-    assert "2 CA generations" in human
+    assert "3 CA generations" in human and "JWT-SVID key g1" in human  # root, inter., JWT
     signing = next(line for line in human.splitlines() if "intermediate g1" in line)
     assert signing.rstrip().endswith("yes")
     assert "T" not in signing.split("meshca intermediate g1")[1], "times are shortened"
