@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshca.core.bundle import TrustBundle
-from meshca.core.jwt_svid import JwtKey, public_jwk
+from meshca.core.jwt_signing import JwtKey, public_jwk
 
 
 def spiffe_jwks(bundle: TrustBundle, sequence: int, refresh_hint_seconds: int,

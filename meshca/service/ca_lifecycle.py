@@ -19,7 +19,7 @@ from meshca.core import rotation
 from meshca.core.bundle import certificate_pem
 from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
-from meshca.core.jwt_svid import new_kid
+from meshca.core.jwt_signing import new_kid
 from meshca.core.keys import KeyType, SigningKey
 from meshca.core.remote_signing import LocalSigner, Signer, sign_certificate
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, State, Withdraw

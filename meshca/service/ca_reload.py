@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 from meshca.core.authority import SigningAuthority
-from meshca.core.jwt_svid import JwtKeySet
+from meshca.core.jwt_signing import JwtKeySet
 from meshca.core.remote_signing import SignerUnavailable
 from meshca.errors import MeshcaError
 from meshca.service.ca_source import CaSource

@@ -19,7 +19,7 @@ from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
-from meshca.core.jwt_svid import JwtKey, JwtKeySet, JwtSigningKey
+from meshca.core.jwt_signing import JwtKey, JwtKeySet, JwtSigningKey
 from meshca.core.remote_signing import LocalSigner, SignerUnavailable, SigningPublicKey
 from meshca.core.rotation import Kind
 from meshca.errors import CaUnavailable

@@ -16,7 +16,7 @@ from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import certificate_pem
 from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
-from meshca.core.jwt_svid import EMPTY_KEY_SET, JwtKeySet
+from meshca.core.jwt_signing import EMPTY_KEY_SET, JwtKeySet
 from meshca.core.keys import KeyType
 from meshca.errors import CaUnavailable
 from meshca.service.ca_ports import CaJournal, KeyBackend, PluggedCa, PluggedCaFiles

@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from meshca.core import jwt_svid
+from meshca.core import jwt_signing
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
-from meshca.core.jwt_svid import JwtKeySet, MintedJwt
+from meshca.core.jwt_signing import JwtKeySet, MintedJwt
 from meshca.core.remote_signing import LocalSigner, SignerUnavailable
 from meshca.core.spiffe_bundle import spiffe_jwks
 from meshca.errors import AuthenticationError, CaUnavailable, PermissionDenied, RateLimited
@@ -104,8 +104,8 @@ class SvidService:
             self._rate_limits.check_source(source)  # before any token is looked at
             caller = await self._authenticate(call, request.spiffe_id, MINT)
             self._rate_limits.check_identity(caller.spiffe_id.uri)
-            audience = jwt_svid.check_audience(request.audience)
-            ttl = jwt_svid.token_lifetime(timedelta(seconds=request.ttl_seconds),
+            audience = jwt_signing.check_audience(request.audience)
+            ttl = jwt_signing.token_lifetime(timedelta(seconds=request.ttl_seconds),
                                           self._lifetimes.default, self._lifetimes.maximum)
             if await self._blocked.is_blocked(caller.spiffe_id.uri):
                 raise PermissionDenied("identity is blocked by an administrator")
@@ -147,9 +147,9 @@ class SvidService:
         now = self._clock.now()
         try:
             if isinstance(signing.signer, LocalSigner):
-                return jwt_svid.mint(signing, subject, audience, ttl, now)
+                return jwt_signing.mint(signing, subject, audience, ttl, now)
             # A network call (Vault Transit): off the event loop.
-            return await asyncio.to_thread(jwt_svid.mint, signing, subject, audience, ttl, now)
+            return await asyncio.to_thread(jwt_signing.mint, signing, subject, audience, ttl, now)
         except SignerUnavailable as exc:
             raise CaUnavailable("the JWT signing key's service (Vault) is unavailable") from exc
         except ValueError as exc:  # the loaded key expired: the rotator has not replaced it

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from meshca.config import Settings
 from meshca.core.clock import Clock
-from meshca.core.jwt_svid import KEY_TYPES
+from meshca.core.jwt_signing import KEY_TYPES
 from meshca.infra.cacerts import PluggedCaError, PluggedCaWatcher, load_plugged_ca
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.lease import SqlLeases

@@ -12,8 +12,8 @@ import jwt
 import pytest
 from sqlalchemy import select
 
-from meshca.core import jwt_svid
-from meshca.core.jwt_svid import JwtKey, JwtSigningKey
+from meshca.core import jwt_signing
+from meshca.core.jwt_signing import JwtKey, JwtSigningKey
 from meshca.gen.meshca.v1 import svid_pb2, svid_pb2_grpc
 from meshca.infra.db.engine import open_engine
 from meshca.infra.db.schema import ca_generations
@@ -35,12 +35,12 @@ def fake() -> Iterator[FakeVault]:
 @pytest.mark.parametrize("alg", ["ES256", "ES384", "RS256"])
 def test_transit_signed_jwt_svids_validate(fake: FakeVault, alg: str) -> None:
     session = VaultSession(VaultConnection(fake.addr, fake.ca_cert), TokenAuth(token=fake.root_token))
-    created = TransitKeys(session).create(f"jwt-{secrets.token_hex(4)}", jwt_svid.KEY_TYPES[alg])
+    created = TransitKeys(session).create(f"jwt-{secrets.token_hex(4)}", jwt_signing.KEY_TYPES[alg])
     signer = TransitKeys(session).signer(str(created.location))  # as a reload opens it
     now = datetime.now(UTC)
-    key = JwtSigningKey(JwtKey(1, jwt_svid.new_kid(), signer.public_key, now + timedelta(days=1)),
+    key = JwtSigningKey(JwtKey(1, jwt_signing.new_kid(), signer.public_key, now + timedelta(days=1)),
                         signer)
-    minted = jwt_svid.mint(key, "spiffe://cluster.local/ns/a/sa/b", ["aud"], timedelta(minutes=5), now)
+    minted = jwt_signing.mint(key, "spiffe://cluster.local/ns/a/sa/b", ["aud"], timedelta(minutes=5), now)
     assert jwt.get_unverified_header(minted.token)["alg"] == alg
     assert validate(minted.token, {"keys": [key.key.jwk()]}, "aud")["sub"] == \
         "spiffe://cluster.local/ns/a/sa/b"

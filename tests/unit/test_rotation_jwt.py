@@ -11,8 +11,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshca.core import jwt_svid, rotation
-from meshca.core.jwt_svid import JwtKey, JwtSigningKey
+from meshca.core import jwt_signing, rotation
+from meshca.core.jwt_signing import JwtKey, JwtSigningKey
 from meshca.core.remote_signing import LocalSigner
 from meshca.core.rotation import (
     Activate,
@@ -149,7 +149,7 @@ class Sim:
                 self.gens[gid] = Generation(gid, kind, P, now, now + ttl, now, parent)
                 if kind is JWT:
                     self.keys[gid] = ec.generate_private_key(ec.SECP256R1())
-                    self.kids[gid] = jwt_svid.new_kid()
+                    self.kids[gid] = jwt_signing.new_kid()
                     self.published.add(gid)
                 elif kind is ROOT:
                     self.published.add(gid)
@@ -196,7 +196,7 @@ def simulate(policy: RotationPolicy, days: int, ttl: timedelta) -> tuple[Sim, li
         sim.tick(now)
         signing = sim.signing()
         for lifetime in (ttl, timedelta(minutes=5)):
-            minted = jwt_svid.mint(signing, "spiffe://td/ns/a/sa/b", ["aud"], lifetime, now)
+            minted = jwt_signing.mint(signing, "spiffe://td/ns/a/sa/b", ["aud"], lifetime, now)
             held.append((minted.token, minted.expires_at))
         kids.add(signing.key.kid)
         bundle = sim.bundle()

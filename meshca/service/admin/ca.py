@@ -14,7 +14,7 @@ from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
-from meshca.core.jwt_svid import JwtKey
+from meshca.core.jwt_signing import JwtKey
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, Withdraw
 from meshca.errors import Conflict
 from meshca.service.admin.audit import audit_entry

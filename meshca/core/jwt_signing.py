@@ -1,4 +1,5 @@
-"""JWT-SVIDs (SPIFFE JWT-SVID spec): the signing key's JWK and kid, request checks, minting.
+"""Minting JWT-SVIDs (SPIFFE JWT-SVID spec): the signing key's JWK and kid, request checks.
+(Validation is core/jwt_svid.py's.)
 
 Pure: the key signs through `remote_signing.Signer`, so a Vault Transit key mints exactly like
 a local one. Signers return what X.509 wants (DER ECDSA-Sig-Value for EC keys); JWS wants the

@@ -1,4 +1,4 @@
-"""JWT-SVID minting (core/jwt_svid.py): header and claims, exp bounded by the key, audience and
+"""JWT-SVID minting (core/jwt_signing.py): header and claims, exp bounded by the key, audience and
 lifetime rules, and a signer that answers as X.509 wants (DER) turned into a valid JWS."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from meshca.core import jwt_svid
-from meshca.core.jwt_svid import JwtKey, JwtSigningKey
+from meshca.core import jwt_signing
+from meshca.core.jwt_signing import JwtKey, JwtSigningKey
 from meshca.core.keys import KeyType
 from meshca.core.remote_signing import LocalSigner, SignatureRejected, SigningPublicKey, hash_for
 from meshca.errors import InvalidRequest
@@ -42,14 +42,14 @@ class RemoteLike:
 def signing_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, *, remote: bool = False,
                 not_after: datetime = NOW + timedelta(days=7)) -> JwtSigningKey:
     signer = RemoteLike(key) if remote else LocalSigner(key)
-    return JwtSigningKey(JwtKey(7, jwt_svid.new_kid(), key.public_key(), not_after), signer)
+    return JwtSigningKey(JwtKey(7, jwt_signing.new_kid(), key.public_key(), not_after), signer)
 
 
 @pytest.mark.parametrize("alg", ["ES256", "ES384", "RS256"])
 @pytest.mark.parametrize("remote", [False, True])
 def test_minted_tokens_validate_with_the_bundle_key(alg: str, remote: bool) -> None:
-    key = signing_key(jwt_svid.KEY_TYPES[alg].generate(), remote=remote)
-    minted = jwt_svid.mint(key, SUB, ["a", "b"], timedelta(minutes=5), NOW)
+    key = signing_key(jwt_signing.KEY_TYPES[alg].generate(), remote=remote)
+    minted = jwt_signing.mint(key, SUB, ["a", "b"], timedelta(minutes=5), NOW)
     header = jwt.get_unverified_header(minted.token)
     assert header == {"alg": alg, "kid": key.key.kid, "typ": "JWT"}
     claims = validate(minted.token, {"keys": [key.key.jwk()]}, "b", now=NOW.timestamp())
@@ -61,10 +61,10 @@ def test_minted_tokens_validate_with_the_bundle_key(alg: str, remote: bool) -> N
 def test_exp_never_passes_the_key_not_after() -> None:
     end = NOW + timedelta(seconds=90, microseconds=500)
     key = signing_key(KeyType.EC_P256.generate(), not_after=end)
-    minted = jwt_svid.mint(key, SUB, ["a"], timedelta(hours=1), NOW)
+    minted = jwt_signing.mint(key, SUB, ["a"], timedelta(hours=1), NOW)
     assert minted.expires_at == NOW + timedelta(seconds=90)
     with pytest.raises(ValueError, match="expired"):
-        jwt_svid.mint(key, SUB, ["a"], timedelta(minutes=1), end)
+        jwt_signing.mint(key, SUB, ["a"], timedelta(minutes=1), end)
 
 
 def test_a_remote_signature_that_does_not_verify_is_never_used() -> None:
@@ -72,16 +72,16 @@ def test_a_remote_signature_that_does_not_verify_is_never_used() -> None:
     key = JwtSigningKey(JwtKey(1, "k", private.public_key(), NOW + timedelta(days=1)),
                         RemoteLike(private, wrong=True))
     with pytest.raises(SignatureRejected):
-        jwt_svid.mint(key, SUB, ["a"], timedelta(minutes=1), NOW)
+        jwt_signing.mint(key, SUB, ["a"], timedelta(minutes=1), NOW)
 
 
 def test_jwks_of_each_key_type() -> None:
     ec_key = ec.generate_private_key(ec.SECP384R1()).public_key()
-    jwk = jwt_svid.public_jwk(ec_key)
+    jwk = jwt_signing.public_jwk(ec_key)
     assert jwk["kty"] == "EC" and jwk["crv"] == "P-384" and len(jwt.utils.base64url_decode(jwk["x"])) == 48
     rsa_key = rsa.generate_private_key(65537, 2048).public_key()
-    assert jwt_svid.public_jwk(rsa_key)["e"] == "AQAB"
-    assert len(jwt_svid.new_kid()) == 22 and jwt_svid.new_kid() != jwt_svid.new_kid()
+    assert jwt_signing.public_jwk(rsa_key)["e"] == "AQAB"
+    assert len(jwt_signing.new_kid()) == 22 and jwt_signing.new_kid() != jwt_signing.new_kid()
 
 
 @pytest.mark.parametrize(("audience", "words"), [
@@ -90,18 +90,18 @@ def test_jwks_of_each_key_type() -> None:
 ])
 def test_bad_audiences(audience: list[str], words: str) -> None:
     with pytest.raises(InvalidRequest, match=words):
-        jwt_svid.check_audience(audience)
+        jwt_signing.check_audience(audience)
 
 
 def test_audience_duplicates_collapse() -> None:
-    assert jwt_svid.check_audience(["a", "b", "a"]) == ("a", "b")
+    assert jwt_signing.check_audience(["a", "b", "a"]) == ("a", "b")
 
 
 def test_lifetimes() -> None:
     five, hour = timedelta(minutes=5), timedelta(hours=1)
-    assert jwt_svid.token_lifetime(timedelta(0), five, hour) == five
-    assert jwt_svid.token_lifetime(hour, five, hour) == hour
+    assert jwt_signing.token_lifetime(timedelta(0), five, hour) == five
+    assert jwt_signing.token_lifetime(hour, five, hour) == hour
     with pytest.raises(InvalidRequest, match="exceeds"):
-        jwt_svid.token_lifetime(hour + timedelta(seconds=1), five, hour)
+        jwt_signing.token_lifetime(hour + timedelta(seconds=1), five, hour)
     with pytest.raises(InvalidRequest, match="negative"):
-        jwt_svid.token_lifetime(timedelta(seconds=-1), five, hour)
+        jwt_signing.token_lifetime(timedelta(seconds=-1), five, hour)
