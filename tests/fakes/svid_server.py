@@ -10,7 +10,8 @@ lands and beside it afterwards (tests drive failures a real server will not make
   trust domain's bundle, `federated_raw` puts any bytes there.
 - Every call must carry `authorization: Bearer <token>` with `token`; otherwise UNAUTHENTICATED.
   `fail_with` makes every call fail with that status; `unimplemented` makes SvidService answer
-  UNIMPLEMENTED (an older server). `mints`, `bundle_calls` and `signs` count calls.
+  UNIMPLEMENTED (an older server); `sub_override` mints for another subject (a bad server).
+  `mints`, `bundle_calls` and `signs` count calls.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class FakeSvidServer(svid_pb2_grpc.SvidServiceServicer,
         self.sequence = 1
         self.fail_with: grpc.StatusCode | None = None
         self.unimplemented = False
+        self.sub_override: str | None = None  # mint for this subject instead (a bad server)
         self.mints = self.bundle_calls = self.signs = 0
         self.minted: list[tuple[str, tuple[str, ...], int]] = []  # (spiffe_id, aud, ttl)
         self._lock = threading.Lock()
@@ -195,7 +197,7 @@ class FakeSvidServer(svid_pb2_grpc.SvidServiceServicer,
         if not request.spiffe_id.startswith(f"spiffe://{self.trust_domain}/"):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a workload of this domain")
         ttl = timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else None
-        token = self.mint(request.spiffe_id, list(request.audience), ttl)
+        token = self.mint(self.sub_override or request.spiffe_id, list(request.audience), ttl)
         claims = json.loads(core_jwt.b64url_decode(token.split(".")[1]))
         return svid_pb2.MintJWTSVIDResponse(token=token, spiffe_id=request.spiffe_id,
                                             expires_at=claims["exp"])
