@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import jwt as pyjwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import JwtSource, TrustDomain, WorkloadApiClient
 from spiffe.bundle.jwt_bundle.jwt_bundle_set import JwtBundleSet
 
@@ -69,8 +70,9 @@ def test_a_jwt_svid_from_the_agent_validates_independently(
     own = bundles.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
     assert own is not None
     kid = pyjwt.get_unverified_header(svid.token)["kid"]
-    claims = pyjwt.decode(svid.token, own.get_jwt_authority(kid), algorithms=["ES256"],
-                          audience="db")
+    key = own.get_jwt_authority(kid)
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    claims = pyjwt.decode(svid.token, key, algorithms=["ES256"], audience="db")
     assert claims["sub"] == WEB
     assert str(client.validate_jwt_svid(svid.token, "db").spiffe_id) == WEB
     assert svid.token not in agent.log_text()
