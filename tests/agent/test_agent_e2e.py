@@ -187,9 +187,8 @@ def test_a_call_without_the_security_header_is_invalid_argument(
             next(iter(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), timeout=10)))
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as jwt:
-            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]), timeout=10,
-                              metadata=(("workload.spiffe.io", "true"),))
-        assert jwt.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]), timeout=10)
+        assert jwt.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_health_readiness_and_metrics(world: tuple[MeshcaProcess, AgentProcess]) -> None:
