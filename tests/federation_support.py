@@ -102,7 +102,7 @@ class ForeignEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 endpoint.requests += 1
                 if endpoint.mode == "down":
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from tests.federation_support import ForeignEndpoint, Ca, bundle_document, issue, make_ca
+from tests.federation_support import Ca, ForeignEndpoint, bundle_document, issue, make_ca
 from tests.support import AdminClient, MeshcaProcess, admin_token, csr_pem, ec_key, start_meshca, uri
 
 T = TypeVar("T")
@@ -85,8 +86,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 
 def _roots(pem: bytes) -> set[bytes]:
-    return {c.fingerprint(c.signature_hash_algorithm) for c in  # type: ignore[arg-type]
-            x509.load_pem_x509_certificates(pem)}
+    return {c.fingerprint(hashes.SHA256()) for c in x509.load_pem_x509_certificates(pem)}
 
 
 def _bundle_of(admin: AdminClient, token: str, td: str) -> dict[str, Any] | None:
@@ -122,7 +122,9 @@ def test_the_endpoint_serves_the_bundle_with_the_profile_s_certificate(pair: Pai
     connection.request("GET", "/")
     response = connection.getresponse()
     body = response.read()
-    peer = connection.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert isinstance(connection.sock, ssl.SSLSocket)
+    peer = connection.sock.getpeercert(binary_form=True)
+    assert peer is not None
     connection.close()
     assert response.status == 200
     assert response.getheader("content-type") == "application/json"
@@ -215,9 +217,12 @@ def test_duplicate_and_roles(pair: Pair) -> None:
     listed = pair.a_admin.get("/v1/federation", token=pair.a_token).json()["items"]
     assert {"b.test", "d.test"} <= {item["trust_domain"] for item in listed}
     # Unreachable: no bundle, reported by /readyz without making the server unready.
-    ready = eventually(lambda: (r := pair.a_admin.get("/readyz")).status == 200 and any(
-        "d.test" in w for w in r.json()["warnings"]) and r, "a /readyz warning for d.test")
-    assert ready.json()["status"] == "ready"
+    def warned() -> dict[str, Any] | None:
+        response = pair.a_admin.get("/readyz")
+        assert response.status == 200  # reported, never unready for it
+        body: dict[str, Any] = response.json()
+        return body if any("d.test" in w for w in body["warnings"]) else None
+    assert eventually(warned, "a /readyz warning for d.test")["status"] == "ready"
     assert pair.a_admin.request("DELETE", "/v1/federation/d.test",
                                 token=pair.a_token).status == 200
     assert pair.a_admin.request("DELETE", "/v1/federation/d.test",
@@ -284,7 +289,6 @@ def _admin_mtls_checks(pair: Pair, c_root: Ca) -> None:
     """a.test's admin API trusts b.test's and c.test's roots for TLS; only b.test's roots
     vouch for b.test IDs, and only a mapped ID gets a role."""
     key = ec_key()
-    from cryptography.hazmat.primitives import serialization
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
     b_chain = pair.b.create_certificate(
