@@ -22,6 +22,7 @@ from meshca.transport.rest.models import (
 from meshca.transport.rest.problems import problem, problem_responses
 
 router = APIRouter(tags=["federation"])
+_NOT_JSON = {400: "the body is not JSON"}
 _TrustDomain = Annotated[str, Path(max_length=255, pattern=r"^[a-z0-9._-]+$")]
 
 
@@ -86,7 +87,7 @@ def get_federation(admin: Federation, trust_domain: _TrustDomain) -> FederationO
 
 
 @router.post("/v1/federation", response_model=FederationOut, status_code=201,
-             responses=problem_responses(409, 422))
+             responses=problem_responses(400, 409, 422, meanings=_NOT_JSON))
 def create_federation(request: Request, response: Response, admin: Federation, actor: Actor,
                       body: FederationIn) -> Any:
     """Federate with another trust domain (409 if a relationship with it exists)."""
@@ -97,7 +98,7 @@ def create_federation(request: Request, response: Response, admin: Federation, a
 
 
 @router.put("/v1/federation/{trust_domain}", response_model=FederationOut,
-            responses=problem_responses(409, 422))
+            responses=problem_responses(400, 409, 422, meanings=_NOT_JSON))
 def put_federation(request: Request, response: Response, admin: Federation, actor: Actor,
                    trust_domain: _TrustDomain, body: FederationIn) -> Any:
     """Create or replace; the last good bundle is kept and fetched again at once."""
