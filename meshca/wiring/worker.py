@@ -23,6 +23,7 @@ from meshca.infra.db.engine import open_engine
 from meshca.infra.db.records import SqlCertificateLog
 from meshca.infra.supervision import WorkerEnd
 from meshca.service.ca_reload import CaReloader
+from meshca.service.federation_snapshot import FederationSnapshot
 from meshca.service.issuance import IssuanceService
 from meshca.service.policy_store import PolicyStore
 from meshca.service.refusal_summary import RefusalSummary
@@ -34,6 +35,7 @@ from meshca.transport.tls_listener import TlsListener
 from meshca.wiring.authn import TokenAuthentication, build_token_authentication
 from meshca.wiring.authz import start_authorization
 from meshca.wiring.ca_runtime import reloader_for, serving_file
+from meshca.wiring.federation import federation_snapshot
 from meshca.wiring.keys import open_process_keys
 from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import flush_grpc, grpc_refusals, issuance_rate_limits
@@ -61,6 +63,7 @@ class Worker:
     dispose: contextlib.ExitStack
     sockets: PrivateSocketDir
     refusals: RefusalSummary
+    federation: FederationSnapshot  # the federated bundles, re-read every reload interval
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -99,6 +102,7 @@ async def start_worker(
         reloader.run(stopping, settings.ca_reload_interval.total_seconds())))
     refusals, flusher = grpc_refusals(settings, metrics, records, stopping)
     tasks.append(flusher)
+    federation = federation_snapshot(settings, engine, stopping, tasks)
     issuance = IssuanceService(
         trust_domain=settings.trust_domain,
         workloads=auth.workloads,
@@ -110,6 +114,7 @@ async def start_worker(
         refusals=refusals,
         rate_limits=issuance_rate_limits(settings),
         max_renewal_age=settings.max_renewal_age,
+        federated_roots=federation.roots_pem if settings.istio_include_federated else None,
     )
     server = grpc.aio.server(
         options=[
@@ -156,7 +161,7 @@ async def start_worker(
     for service in ("", CA_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
-                  stopping, cleanup, sockets, refusals)
+                  stopping, cleanup, sockets, refusals, federation)
 
 
 def child_main(end: WorkerEnd, settings: Settings, host: str, port: int,

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, Withdraw
+from meshca.core.spiffe_bundle import spiffe_jwks
 from meshca.errors import Conflict
 from meshca.service.admin.audit import audit_entry
 from meshca.service.admin_ports import AuditLog, CaGenerations
@@ -238,3 +239,11 @@ class TrustBundleView:
         """None until the CA is loaded."""
         authority = self._authority()
         return authority.bundle if authority is not None else None
+
+    def document(self) -> dict[str, Any] | None:
+        """The SPIFFE bundle (JWK Set) of this trust domain: what `/v1/bundle` answers in JSON
+        and the federation bundle endpoint serves. None until the CA is loaded."""
+        current = self.current()
+        if current is None:
+            return None
+        return spiffe_jwks(current, self.sequence(), self.refresh_hint_seconds)
