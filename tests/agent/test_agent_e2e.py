@@ -233,6 +233,32 @@ def test_the_sds_socket_serves_envoy_the_same_identity(world: tuple[MeshcaProces
         roots_of(world[0].bundle_pem)
 
 
+def test_a_jwt_svid_from_the_agent_validates_with_py_spiffe_and_with_pyjwt_on_the_bundle(
+        world: tuple[MeshcaProcess, AgentProcess]) -> None:
+    import jwt as pyjwt
+
+    server, agent = world
+    audience = "spiffe://cluster.local/ns/shop/sa/cart"
+    with client(agent) as api:
+        svid = api.fetch_jwt_svid(audience={audience})
+        assert str(svid.spiffe_id) == WEB
+        checked = api.validate_jwt_svid(svid.token, audience)
+        assert str(checked.spiffe_id) == WEB
+        jwt_bundles = api.fetch_jwt_bundles()
+        with pytest.raises(Exception, match=r"(?i)audience"):
+            api.validate_jwt_svid(svid.token, "spiffe://cluster.local/ns/other/sa/x")
+    assert jwt_bundles.get_bundle_for_trust_domain(TrustDomain(TD)) is not None
+    # An independent validator with nothing but the keys of the server's public bundle.
+    document = AdminClient(server).get("/v1/bundle").json()
+    header = pyjwt.get_unverified_header(svid.token)
+    assert header["typ"] == "JWT" and header["alg"] != "none"
+    jwk = next(k for k in document["keys"] if k.get("use") == "jwt-svid" and k["kid"] == header["kid"])
+    claims = pyjwt.decode(svid.token, pyjwt.PyJWK(jwk, algorithm=header["alg"]).key,
+                          algorithms=[header["alg"]], audience=audience)
+    assert claims["sub"] == WEB
+    assert 0 < claims["exp"] - claims["iat"] <= 3600
+
+
 # ---- rotation, outages and restarts: a server and agent each -----------------------------------
 
 SHORT = ("--svid-ttl", "12s", "--retry-max", "1s")
