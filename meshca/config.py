@@ -13,6 +13,7 @@ from pathlib import Path
 
 from meshca.core.connection_limits import ConnectionLimits
 from meshca.core.durations import describe_duration
+from meshca.core.federation import ENTRY_SEPARATOR, FlagEntry, parse_flag_entry
 from meshca.core.flags import (
     duration,
     flag,
@@ -349,11 +350,21 @@ class Settings:
     federation_key: Path | None = field(default=None, metadata=flag(
         "--federation-key", "https_web: the endpoint's private key (PEM, 0600)", parse=path,
         group=FEDERATION))
-    federate_with: tuple[str, ...] = field(default=(), metadata=flag(
+    federate_with: tuple[FlagEntry, ...] = field(default=(), metadata=flag(
         "--federate-with", "trust another trust domain's SVIDs, fetching its bundle from URL "
-        "(repeatable)", repeatable=True,
-        metavar="TD=URL[,profile=https_web|https_spiffe,endpoint-spiffe-id=ID,bundle=FILE]",
+        "(repeatable; in the environment, separate values with ';')", parse=parse_flag_entry,
+        repeatable=True, env_separator=ENTRY_SEPARATOR,
+        metavar="TD=URL[,profile=https_web|https_spiffe,endpoint-spiffe-id=ID,bundle=FILE,ca=FILE]",
         group=FEDERATION))
+    federation_refresh_min: timedelta = field(default=timedelta(seconds=30), metadata=flag(
+        "--federation-refresh-min", "a foreign bundle is fetched no more often than this, "
+        "whatever its spiffe_refresh_hint says", parse=duration, group=FEDERATION))
+    federation_refresh_max: timedelta = field(default=timedelta(hours=1), metadata=flag(
+        "--federation-refresh-max", "a foreign bundle is fetched at least this often; also the "
+        "longest wait between retries of a failing endpoint", parse=duration, group=FEDERATION))
+    federation_fetch_timeout: timedelta = field(default=timedelta(seconds=10), metadata=flag(
+        "--federation-fetch-timeout", "how long one fetch of a foreign bundle may take",
+        parse=duration, group=FEDERATION))
     istio_include_federated: bool = field(default=False, metadata=switch(
         "--istio-include-federated", "append federated roots to the trust bundle in "
         "CreateCertificate responses (Istio's multi-trust-domain set-up)", group=FEDERATION))
@@ -411,6 +422,25 @@ class Settings:
             raise ValueError("--ext-authz-max-staleness must be longer than --ext-authz-refresh "
                              "(a few refreshes), or every check between two reads is denied")
         self._check_rates_and_retention()
+        self._check_federation()
+
+    def _check_federation(self) -> None:
+        if not timedelta(0) < self.federation_refresh_min <= self.federation_refresh_max:
+            raise ValueError("--federation-refresh-min must be positive and at most "
+                             "--federation-refresh-max")
+        if self.federation_fetch_timeout <= timedelta(0):
+            raise ValueError("--federation-fetch-timeout must be positive")
+        if self.federation_addr is not None:
+            split_host_port(self.federation_addr)
+            if self.federation_profile == "https_web" and (
+                    self.federation_cert is None or self.federation_key is None):
+                raise ValueError("--federation-profile https_web needs --federation-cert and "
+                                 "--federation-key")
+        names = [entry.trust_domain for entry in self.federate_with]
+        if len(set(names)) != len(names):
+            raise ValueError("--federate-with names a trust domain twice")
+        if self.trust_domain in names:
+            raise ValueError("--federate-with must not name this server's own trust domain")
 
     def _check_rates_and_retention(self) -> None:
         if min(self.audit_refusal_interval, self.audit_retention, self.retention_interval,

@@ -1,4 +1,6 @@
-"""Where the agent's trust bundle comes from: two `BundleSource`s.
+"""Where the agent's trust bundle comes from: the `BundleSource`s other than the server's
+GetBundles (meshca/agent/server_bundles.py, the default), and the SPIFFE bundle parser they
+share.
 
 - `HttpBundleSource`: the server's public `/v1/bundle` over HTTPS, in the SPIFFE bundle form
   (a JWK set; each X.509 root is a key with `use: "x509-svid"` and one base64 DER `x5c`),
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from meshca.agent.ports import TrustBundle
+from meshca.core.jwt_svid import JwtPublicKey, public_key_of
 from meshca.errors import ConfigurationError, Unavailable
 
 # A bundle holds a few roots (and JWT keys); a megabyte is far more than any real one.
@@ -101,18 +104,33 @@ def _read_bounded(response: http.client.HTTPResponse, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-def parse_spiffe_bundle(body: bytes, trust_domain: str, *, source: str = "bundle") -> TrustBundle:
-    """The X.509 roots, sequence and refresh hint of a SPIFFE bundle document."""
+def parse_spiffe_bundle(body: bytes, trust_domain: str, *, source: str = "bundle",
+                        require_roots: bool = True) -> TrustBundle:
+    """The X.509 roots, JWT-SVID keys, sequence and refresh hint of a SPIFFE bundle document.
+    A bundle without roots is refused unless `require_roots` is False (a federated trust
+    domain may publish only JWT keys). JWT keys this agent cannot use (no kid, an unknown key
+    type) are skipped: tokens they signed fail validation, nothing else does."""
     try:
         doc: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Unavailable(f"{source} is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise Unavailable(f"{source} is not a SPIFFE bundle (no 'keys' list)")
     roots: list[x509.Certificate] = []
+    jwt_keys: dict[str, JwtPublicKey] = {}
     for key in doc["keys"]:
-        if not isinstance(key, dict) or key.get("use") != "x509-svid":
-            continue  # JWT keys, or keys of a use this agent does not serve
+        if not isinstance(key, dict):
+            continue
+        if key.get("use") == "jwt-svid":
+            kid = key.get("kid")
+            try:
+                if isinstance(kid, str) and kid:
+                    jwt_keys[kid] = public_key_of(key)
+            except ValueError:
+                pass
+            continue
+        if key.get("use") != "x509-svid":
+            continue  # keys of a use this agent does not serve
         x5c = key.get("x5c")
         if not isinstance(x5c, list) or len(x5c) != 1 or not isinstance(x5c[0], str):
             raise Unavailable(f"{source} has an x509-svid key without exactly one x5c")
@@ -120,14 +138,15 @@ def parse_spiffe_bundle(body: bytes, trust_domain: str, *, source: str = "bundle
             roots.append(x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True)))
         except (ValueError, binascii.Error):
             raise Unavailable(f"{source} has an x5c that is not a DER certificate") from None
-    if not roots:
+    if not roots and require_roots:
         raise Unavailable(f"{source} holds no X.509 roots")
     hint = _number(doc.get("spiffe_refresh_hint"))
     sequence = doc.get("spiffe_sequence")
     return TrustBundle(
         trust_domain=trust_domain, roots=tuple(roots),
         refresh_hint=timedelta(seconds=min(hint, _DAY)) if hint is not None and hint > 0 else None,
-        sequence=sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None)
+        sequence=sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None,
+        jwt_keys=jwt_keys)
 
 
 def _number(value: object) -> float | None:

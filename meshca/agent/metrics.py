@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from meshca.core.jwt_svid import REASONS
+
 ATTESTATION_OUTCOMES = ("ok", "no_identity", "refused", "unavailable")
-SERVED_APIS = ("workload_x509_svid", "workload_x509_bundles", "sds")
+SERVED_APIS = ("workload_x509_svid", "workload_x509_bundles", "workload_jwt_svid",
+               "workload_jwt_bundles", "sds")
 RENEWAL_OUTCOMES = ("ok", "unavailable", "refused")
+JWT_VALIDATION_OUTCOMES = ("ok", *REASONS)
 
 
 class AgentMetrics:
@@ -29,6 +33,12 @@ class AgentMetrics:
         self.server_errors = Counter(
             "meshca_agent_server_errors", "failed calls to the meshca server, by call and gRPC "
             "status or error kind", ["call", "code"], registry=r)
+        self.jwt_mints = Counter(
+            "meshca_agent_jwt_svid_mints", "JWT-SVIDs asked of the server, by outcome",
+            ["outcome"], registry=r)
+        self.jwt_validations = Counter(
+            "meshca_agent_jwt_validations", "ValidateJWTSVID calls by outcome: ok, or why the "
+            "token was refused", ["outcome"], registry=r)
         self.sds_rejections = Counter(
             "meshca_agent_sds_rejections", "SDS responses Envoy rejected (NACK)", registry=r)
         self.bundle_updates = Counter(
@@ -50,3 +60,6 @@ class AgentMetrics:
             self.streams.labels(api)
         for outcome in RENEWAL_OUTCOMES:
             self.renewals.labels(outcome)
+            self.jwt_mints.labels(outcome)
+        for outcome in JWT_VALIDATION_OUTCOMES:
+            self.jwt_validations.labels(outcome)

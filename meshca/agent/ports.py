@@ -1,20 +1,23 @@
 """The agent's ports, in its own words.
 
-What the Workload API and SDS servicers need: attestation (who is behind a Unix connection)
-and the SVID cache (what that identity holds now, and when it changes). What the SVID cache
-needs: the meshca server that signs (`WorkloadSigner`) and the trust bundle it follows
-(`BundleSource`). The agent's wiring (meshca/wiring/agent.py) plugs concrete ones in.
+What the Workload API and SDS servicers need: attestation (who is behind a Unix connection),
+the SVID cache (what that identity holds now, and when it changes) and, for the JWT half,
+JWT-SVIDs and the JWT bundles (`JwtSvids`). What the caches need: the meshca server that signs
+(`WorkloadSigner`) and mints (`JwtMinter`), and the trust bundles it follows (`BundleSource`:
+the own trust domain's and the federated ones'). The agent's wiring (meshca/wiring/agent.py)
+plugs concrete ones in.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from cryptography import x509
 
+from meshca.core.jwt_svid import JwtPublicKey
 from meshca.core.spiffe import SpiffeId
 
 
@@ -84,16 +87,64 @@ class WorkloadSigner(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TrustBundle:
-    """The roots of one trust domain, and how soon to ask again."""
+    """The roots (and JWT-SVID keys) of one trust domain, and how soon to ask again."""
 
     trust_domain: str
     roots: tuple[x509.Certificate, ...]
     refresh_hint: timedelta | None = None  # spiffe_refresh_hint, when the source gives one
     sequence: int | None = None  # spiffe_sequence, when the source gives one
+    jwt_keys: Mapping[str, JwtPublicKey] = field(default_factory=dict)  # by kid
+    # The bundles of the trust domains this one federates with, by name, as the source gave
+    # them (their own `federated` empty). Never mixed into `roots` or `jwt_keys`.
+    federated: Mapping[str, TrustBundle] = field(default_factory=dict)
 
 
 class BundleSource(Protocol):
     async def fetch(self) -> TrustBundle:
         """The trust domain's current roots. Raises `meshca.errors.Unavailable` when it
         cannot answer now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvid:
+    token: str  # compact JWS; a bearer credential: never logged
+    spiffe_id: SpiffeId
+    expiry: datetime
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    hint: str = ""
+
+
+class JwtMinter(Protocol):
+    """The meshca server's MintJWTSVID, called with the agent's own token for a workload."""
+
+    async def mint(self, spiffe_id: SpiffeId, audience: tuple[str, ...],
+                   ttl: timedelta | None = None) -> JwtSvid:
+        """A JWT-SVID for `spiffe_id` with `aud` = `audience`. Raises `Unavailable` (worth
+        retrying) and `PermissionDenied` (the server refuses), as `WorkloadSigner.sign`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JwtBundleSet:
+    """JWT-SVID keys by trust domain name, then by kid: the own trust domain's and the
+    federated ones'."""
+
+    keys: Mapping[str, Mapping[str, JwtPublicKey]] = field(default_factory=dict)
+
+
+class JwtBundles(Protocol):
+    def jwt_bundles(self) -> JwtBundleSet:
+        """The JWT bundles held now."""
+        ...
+
+    def watch_jwt_bundles(self) -> AsyncIterator[JwtBundleSet]:
+        """The JWT bundles at once, then again after every change, until the caller stops."""
+        ...
+
+
+class JwtSvids(JwtBundles, Protocol):
+    async def fetch(self, identity: Identity, audience: tuple[str, ...]) -> JwtSvid:
+        """A JWT-SVID of `identity` for `audience` (non-empty). Raises `Unavailable` and
+        `PermissionDenied` as `X509Svids.watch`."""
         ...

@@ -21,6 +21,7 @@ DEFAULT_SERVER_CA = "/var/run/secrets/meshca/root-cert.pem"
 # (the token for meshca carries meshca's audience, and the kubelet would refuse it).
 DEFAULT_KUBELET_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 ATTESTORS = ("kubernetes", "unix")
+BUNDLE_SOURCES = ("server", "file", "url")
 
 # Help groups, in the order `meshca agent --help` lists them.
 SOCKETS = "workload sockets"
@@ -56,9 +57,15 @@ class AgentSettings:
     cluster_id: str | None = field(default=None, metadata=flag(
         "--cluster-id", "`clusterid` sent to the server", shown="the server's local cluster",
         group=SERVER))
+    bundle_source: str = field(default="server", metadata=flag(
+        "--bundle-source", "where the trust bundles come from: server (its GetBundles: the "
+        "trust domain's roots and JWT keys and the federated trust domains' bundles, followed "
+        "at the spiffe_refresh_hint), file (--server-ca, re-read every 30s: roots only) or url "
+        "(--bundle-url: roots and JWT keys, no federated bundles)", choices=BUNDLE_SOURCES,
+        group=SERVER))
     bundle_url: str | None = field(default=None, metadata=flag(
         "--bundle-url", "the server's /v1/bundle (https://HOST:PORT/v1/bundle), followed at its "
-        "spiffe_refresh_hint", shown="--server-ca, re-read every 30s", group=SERVER))
+        "spiffe_refresh_hint; implies --bundle-source url", group=SERVER))
     server_timeout: timedelta = field(default=timedelta(seconds=10), metadata=flag(
         "--server-timeout", "deadline of one call to the server", parse=duration, group=SERVER))
     retry_max: timedelta = field(default=timedelta(seconds=60), metadata=flag(
@@ -98,6 +105,10 @@ class AgentSettings:
     svid_key_type: str = field(default="ec-p256", metadata=flag(
         "--svid-key-type", "key type of workload SVIDs (made on this node, never sent)",
         choices=("ec-p256", "ec-p384", "rsa-2048"), group=SVIDS))
+    jwt_svid_ttl: timedelta | None = field(default=None, metadata=flag(
+        "--jwt-svid-ttl", "lifetime asked of the server for each JWT-SVID (served from the "
+        "cache until half of it has passed)", parse=off_or(duration),
+        shown="the server's --jwt-default-ttl", group=SVIDS))
     idle_svid_lifetime: timedelta = field(default=timedelta(minutes=10), metadata=flag(
         "--idle-svid-lifetime", "how long an identity no stream watches keeps being renewed",
         parse=duration, group=SVIDS))
@@ -129,6 +140,16 @@ class AgentSettings:
             raise ValueError(f"--server {self.server!r} is not HOST:PORT")
         if self.svid_ttl is not None and self.svid_ttl < timedelta(seconds=10):
             raise ValueError("--svid-ttl must be at least 10s")
+        if self.jwt_svid_ttl is not None and self.jwt_svid_ttl < timedelta(seconds=10):
+            raise ValueError("--jwt-svid-ttl must be at least 10s")
+        if self.bundle_url and self.bundle_source == "file":
+            raise ValueError("--bundle-url and --bundle-source file contradict each other")
+        if self.bundle_source == "url" and not self.bundle_url:
+            raise ValueError("--bundle-source url needs --bundle-url")
+
+    @property
+    def effective_bundle_source(self) -> str:
+        return "url" if self.bundle_url else self.bundle_source
 
     @property
     def verified_server_name(self) -> str:

@@ -16,6 +16,9 @@ renewed before it runs out, served with the trust bundle it verifies under.
   none), clamped to [1 s, 10 min]. What is served is the fetched roots plus the root at the end
   of every cached chain, so an SVID always verifies under the bundle it comes with; when that
   set changes every watcher of every identity gets a new state.
+- The federated trust domains' roots ride along by their own names (never in the own trust
+  domain's), and a change of them is a bundle change too. The JWT-SVID keys of the own and the
+  federated trust domains are the cache's `JwtBundles`, with watchers of their own.
 - An identity no stream has watched for `idle_lifetime` is dropped: no renewals for nobody.
 """
 
@@ -33,7 +36,15 @@ from cryptography import x509
 
 from meshca.agent.keys import KEY_TYPES, WorkloadKey, check_leaf, is_self_signed, new_key
 from meshca.agent.metrics import AgentMetrics
-from meshca.agent.ports import BundleSource, Identity, WorkloadSigner, X509State, X509Svid
+from meshca.agent.ports import (
+    BundleSource,
+    Identity,
+    JwtBundleSet,
+    TrustBundle,
+    WorkloadSigner,
+    X509State,
+    X509Svid,
+)
 from meshca.core.backoff import ExponentialBackoff
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import MeshcaError, PermissionDenied, Unavailable
@@ -75,7 +86,7 @@ class _Entry:
 
 
 class SvidCache:
-    """`X509Svids` over a `WorkloadSigner` and a `BundleSource`."""
+    """`X509Svids` and `JwtBundles` over a `WorkloadSigner` and a `BundleSource`."""
 
     def __init__(
         self,
@@ -111,7 +122,11 @@ class SvidCache:
         self._entries: dict[SpiffeId, _Entry] = {}
         self._fetched: tuple[x509.Certificate, ...] = ()
         self._served: tuple[x509.Certificate, ...] = ()
+        self._federated: dict[str, TrustBundle] = {}
+        self._served_federated: dict[str, tuple[x509.Certificate, ...]] = {}
         self._bundle_version = 0
+        self._jwt = JwtBundleSet({trust_domain: {}})
+        self._jwt_changed = asyncio.Event()  # replaced on every change
         self._bundle_backoff = ExponentialBackoff(1.0, self._retry_max, rng=self._rng)
         self._bundle_outage = False
         self._bundle_task: asyncio.Task[None] | None = None
@@ -146,6 +161,7 @@ class SvidCache:
         for entry in entries:
             entry.closed = True
             self._notify(entry)
+        self._notify_jwt()
         self._update_gauges()
         if self._metrics is not None:
             self._metrics.soonest_expiry.set_function(lambda: float("inf"))
@@ -228,7 +244,29 @@ class SvidCache:
 
     def _state(self, entry: _Entry) -> X509State:
         assert entry.svid is not None
-        return X509State(svids=(entry.svid,), bundles={self._trust_domain: self._served})
+        return X509State(svids=(entry.svid,),
+                         bundles={**self._served_federated, self._trust_domain: self._served})
+
+    # ---- JwtBundles ------------------------------------------------------------------------
+
+    def jwt_bundles(self) -> JwtBundleSet:
+        return self._jwt
+
+    async def watch_jwt_bundles(self) -> AsyncIterator[JwtBundleSet]:
+        sent: JwtBundleSet | None = None
+        while True:
+            if not self._running:
+                raise Unavailable("the SVID cache is not running")
+            changed = self._jwt_changed
+            if self._jwt is not sent:
+                sent = self._jwt
+                yield sent
+                continue
+            await changed.wait()
+
+    def _notify_jwt(self) -> None:
+        changed, self._jwt_changed = self._jwt_changed, asyncio.Event()
+        changed.set()
 
     def _valid(self, entry: _Entry) -> bool:
         return entry.svid is not None and entry.not_after is not None \
@@ -378,7 +416,10 @@ class SvidCache:
         self._bundle_outage = False
         self._bundle_backoff.reset()
         self._fetched = bundle.roots
+        self._federated = {td: b for td, b in bundle.federated.items()
+                           if td != self._trust_domain}
         self._update_bundle()
+        self._update_jwt(bundle)
         hint = bundle.refresh_hint or DEFAULT_BUNDLE_REFRESH
         return min(MAX_BUNDLE_REFRESH, max(MIN_BUNDLE_REFRESH, hint)).total_seconds()
 
@@ -386,15 +427,33 @@ class SvidCache:
         """Recompute the served roots; on a change, every watcher hears of it."""
         roots = tuple(dict.fromkeys((*self._fetched, *(
             r for e in self._entries.values() if e.svid is not None for r in e.roots))))
-        if roots == self._served:
+        federated = {td: b.roots for td, b in sorted(self._federated.items()) if b.roots}
+        if roots == self._served and federated == self._served_federated:
             return
-        self._served = roots
+        if federated != self._served_federated:
+            log.info("federated X.509 bundles now: %s", ", ".join(
+                f"{td} ({len(r)} roots)" for td, r in federated.items()) or "none")
+        if roots != self._served:
+            log.info("trust bundle for %s now holds %d roots", self._trust_domain, len(roots))
+        self._served, self._served_federated = roots, federated
         self._bundle_version += 1
         if self._metrics is not None:
             self._metrics.bundle_updates.inc()
-        log.info("trust bundle for %s now holds %d roots", self._trust_domain, len(roots))
         for entry in self._entries.values():
             self._notify(entry)
+
+    def _update_jwt(self, bundle: TrustBundle) -> None:
+        """The JWT bundles of the fetched bundle; on a change, every JWT watcher hears of it."""
+        keys = {td: dict(b.jwt_keys) for td, b in sorted(self._federated.items()) if b.jwt_keys}
+        keys[self._trust_domain] = dict(bundle.jwt_keys)
+        if keys == self._jwt.keys:
+            return
+        self._jwt = JwtBundleSet(keys)
+        if self._metrics is not None:
+            self._metrics.bundle_updates.inc()
+        log.info("JWT bundles now: %s", ", ".join(
+            f"{td} ({len(k)} keys)" for td, k in keys.items()))
+        self._notify_jwt()
 
     # ---- small helpers ---------------------------------------------------------------------
 

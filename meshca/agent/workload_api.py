@@ -4,7 +4,16 @@ agent's ports, and the server that serves it on a Unix socket.
 The spec's rules, in the order they are checked: a call without the metadata
 `workload.spiffe.io: true` is INVALID_ARGUMENT; a caller that cannot be attested, or has no
 identity (or no SVID), is PERMISSION_DENIED. The X.509 streams send the current state at once
-and again on every change, on the same stream. The JWT profile is not served yet.
+and again on every change, on the same stream; `federated_bundles` and `bundles` carry the
+federated trust domains' roots by their own names, never mixed into the own one's.
+
+The JWT profile (`jwt_svids`; without it, UNIMPLEMENTED): FetchJWTSVID needs an audience
+(INVALID_ARGUMENT) and, when it names a `spiffe_id`, one of the caller's identities
+(PERMISSION_DENIED); FetchJWTBundles streams the JWK Sets of the own and federated trust
+domains, again on every change; ValidateJWTSVID checks a token against the bundle of its
+subject's trust domain (meshca/core/jwt_svid.py) and answers INVALID_ARGUMENT, with the reason,
+for any token it does not accept. Map keys are trust domain SPIFFE IDs ("spiffe://td"), as the
+spec says for every bundle map.
 
 Never import this module in a process that also imports the PyPI `spiffe` package: both
 register the same unpackaged message names (the spec's proto has no package) in protobuf's
@@ -15,24 +24,37 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from google.protobuf import struct_pb2
 
 from meshca.agent.callers import attest_caller, refuse
+from meshca.agent.jwt_svids import check_audience
 from meshca.agent.metrics import AgentMetrics
-from meshca.agent.ports import Identity, WorkloadIdentities, X509State, X509Svid, X509Svids
+from meshca.agent.ports import (
+    Identity,
+    JwtBundleSet,
+    JwtSvids,
+    WorkloadIdentities,
+    X509State,
+    X509Svid,
+    X509Svids,
+)
 from meshca.agent.unix_front import DEFAULT_LIMITS, PeerRegistry, UnixGrpcServer
+from meshca.core import jwt_svid
 from meshca.core.connection_limits import ConnectionLimits
+from meshca.core.spiffe import SpiffeId
 from meshca.errors import PermissionDenied, Unavailable
 from meshca.gen.spiffe.workload import workload_pb2 as pb
 from meshca.gen.spiffe.workload import workload_pb2_grpc as pb_grpc
 
 SECURITY_HEADER = "workload.spiffe.io"
-__all__ = ["DEFAULT_LIMITS", "WorkloadApi", "WorkloadApiServer", "x509_bundles_response",
-           "x509_svid_response"]
+__all__ = ["DEFAULT_LIMITS", "WorkloadApi", "WorkloadApiServer", "jwt_bundles_response",
+           "x509_bundles_response", "x509_svid_response"]
 
 
 def _der(certificates: tuple[x509.Certificate, ...]) -> bytes:
@@ -64,19 +86,23 @@ def x509_bundles_response(state: X509State) -> Any:
         bundles={_bundle_key(td): _der(roots) for td, roots in state.bundles.items()})
 
 
+def jwt_bundles_response(bundles: JwtBundleSet) -> Any:
+    return pb.JWTBundlesResponse(bundles={
+        _bundle_key(td): jwt_svid.jwks_document(keys) for td, keys in bundles.keys.items()})
+
+
 class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     def __init__(self, peers: PeerRegistry, identities: WorkloadIdentities,
-                 svids: X509Svids, *, metrics: AgentMetrics | None = None) -> None:
+                 svids: X509Svids, *, jwt_svids: JwtSvids | None = None,
+                 metrics: AgentMetrics | None = None) -> None:
         self._peers = peers
         self._identities = identities
         self._svids = svids
+        self._jwt = jwt_svids
         self._metrics = metrics
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Identity:
-        metadata = dict(context.invocation_metadata() or ())
-        if metadata.get(SECURITY_HEADER) != "true":
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"security header missing: send metadata '{SECURITY_HEADER}: true'")
+        await self._caller_checked(context)
         return await attest_caller(self._peers, self._identities, context)
 
     async def _states(self, identity: Identity,
@@ -121,19 +147,79 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
                 yield x509_bundles_response(state)
                 self._served("workload_x509_bundles")
 
+    async def _jwt_caller(self, context: grpc.aio.ServicerContext) -> tuple[Identity, JwtSvids]:
+        identity = await self._caller(context)
+        if self._jwt is None:
+            await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not served")
+        return identity, self._jwt
+
     async def FetchJWTSVID(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._caller(context)
-        await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not served yet")
+        await self._caller_checked(context)
+        try:
+            audience = check_audience(tuple(request.audience))
+            wanted = SpiffeId.parse(request.spiffe_id) if request.spiffe_id else None
+        except ValueError as exc:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        identity, jwt = await self._jwt_caller(context)
+        if wanted is not None and wanted != identity.spiffe_id:
+            await refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                         f"the caller is not entitled to {wanted}")
+        try:
+            svid = await jwt.fetch(identity, audience)
+        except Unavailable as exc:
+            await refuse(context, grpc.StatusCode.UNAVAILABLE, f"no JWT-SVID to serve: {exc}")
+        except PermissionDenied as exc:
+            await refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"no JWT-SVID issued: {exc}")
+        self._served("workload_jwt_svid")
+        return pb.JWTSVIDResponse(svids=[pb.JWTSVID(
+            spiffe_id=svid.spiffe_id.uri, svid=svid.token, hint=svid.hint)])
 
     async def FetchJWTBundles(self, request: Any, context: grpc.aio.ServicerContext,  # noqa: N802
                               ) -> AsyncIterator[Any]:
-        await self._caller(context)
-        await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT bundles are not served yet")
-        yield  # pragma: no cover - makes this a (server-streaming) generator
+        _, jwt = await self._jwt_caller(context)
+        with self._stream("workload_jwt_bundles"):
+            try:
+                async for bundles in jwt.watch_jwt_bundles():
+                    yield jwt_bundles_response(bundles)
+                    self._served("workload_jwt_bundles")
+            except Unavailable as exc:
+                await refuse(context, grpc.StatusCode.UNAVAILABLE, f"no JWT bundles: {exc}")
 
     async def ValidateJWTSVID(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._caller(context)
-        await refuse(context, grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not validated yet")
+        await self._caller_checked(context)
+        if not request.audience:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "audience is required")
+        if not request.svid:
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "svid is required")
+        _, jwt = await self._jwt_caller(context)
+        keys = jwt.jwt_bundles().keys
+        try:
+            valid = jwt_svid.validate(request.svid, request.audience, keys.get,
+                                      now=datetime.now(UTC))
+        except jwt_svid.InvalidJwtSvid as exc:
+            self._validated(exc.reason)
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"JWT-SVID not valid: {exc}")
+        claims = struct_pb2.Struct()
+        try:
+            claims.update(valid.claims)
+        except (TypeError, ValueError):  # JSON always fits a Struct; be safe anyway
+            self._validated("malformed")
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "JWT-SVID not valid: claims do not fit a Struct")
+        self._validated("ok")
+        return pb.ValidateJWTSVIDResponse(spiffe_id=valid.spiffe_id.uri, claims=claims)
+
+    async def _caller_checked(self, context: grpc.aio.ServicerContext) -> None:
+        """The security header alone, before a request's arguments are looked at."""
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get(SECURITY_HEADER) != "true":
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"security header missing: send metadata '{SECURITY_HEADER}: true'")
+
+    def _validated(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.jwt_validations.labels(outcome).inc()
 
 
 class WorkloadApiServer(UnixGrpcServer):
@@ -142,9 +228,11 @@ class WorkloadApiServer(UnixGrpcServer):
 
     def __init__(self, socket_path: str, identities: WorkloadIdentities, svids: X509Svids,
                  limits: ConnectionLimits = DEFAULT_LIMITS, *,
+                 jwt_svids: JwtSvids | None = None,
                  metrics: AgentMetrics | None = None) -> None:
         def register(server: grpc.aio.Server, peers: PeerRegistry) -> None:
             pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(
-                WorkloadApi(peers, identities, svids, metrics=metrics), server)
+                WorkloadApi(peers, identities, svids, jwt_svids=jwt_svids, metrics=metrics),
+                server)
 
         super().__init__("workload-api", socket_path, register, limits)

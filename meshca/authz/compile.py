@@ -163,8 +163,11 @@ def _rule(rule: Rule, path: str, policy: AuthorizationPolicy, mesh: MeshConfig, 
                 if tcp and field_name in HTTP_ONLY_FIELDS:
                     continue
                 test = _field(field_name, values, policy, mesh)
+                expression = _fast_field(gen, field_name, values, policy, mesh, test)
+                if field_name in NAMESPACE_FIELDS and policy.action is not Action.DENY:
+                    test, expression = _local_only(test, expression, mesh, gen)
                 fields.append(FieldTest(f"{path}.{name}[{i}].{item}.{field_name}", test))
-                field_expressions.append(_fast_field(gen, field_name, values, policy, mesh, test))
+                field_expressions.append(expression)
             items.append(tuple(fields))
             item_expressions.append(all_of(field_expressions))
         lists.append(tuple(items))
@@ -175,8 +178,11 @@ def _rule(rule: Rule, path: str, policy: AuthorizationPolicy, mesh: MeshConfig, 
         if tcp and key_spec(c.key).http_only:
             continue
         test = _condition(c, policy, mesh)
+        expression = _fast_condition(gen, c, policy, mesh, test)
+        if c.key in NAMESPACE_KEYS and policy.action is not Action.DENY:
+            test, expression = _local_only(test, expression, mesh, gen)
         conditions.append(FieldTest(f"{path}.when[{i}]", test))
-        condition_expressions.append(_fast_condition(gen, c, policy, mesh, test))
+        condition_expressions.append(expression)
     compiled = CompiledRule(tuple(lists), tuple(conditions))
     # `mismatch` on a list with no items stops there and matches; validation forbids empty lists,
     # but the expression keeps that answer rather than assume it.
@@ -184,6 +190,28 @@ def _rule(rule: Rule, path: str, policy: AuthorizationPolicy, mesh: MeshConfig, 
         if not items_:
             return compiled, all_of(list_expressions[:position])
     return compiled, all_of(list_expressions + condition_expressions)
+
+
+# A principal's namespace and service account mean a namespace of this mesh only when the
+# principal is of this mesh's trust domain (or an alias): with federation, b.test/ns/web/sa/x
+# is not a workload of namespace `web` here. An ALLOW (or AUDIT, CUSTOM) policy matches a
+# foreign peer only where it names the peer's trust domain in `principals`; a DENY policy
+# still matches by namespace whatever the trust domain, so federation never opens a deny.
+NAMESPACE_FIELDS = frozenset({"namespaces", "notNamespaces", "serviceAccounts",
+                              "notServiceAccounts"})
+NAMESPACE_KEYS = frozenset({"source.namespace", "source.serviceAccount"})
+
+
+def _local_only(test: Test, expression: str, mesh: MeshConfig, gen: Expressions,
+                ) -> tuple[Test, str]:
+    domains = frozenset((mesh.trust_domain, *mesh.trust_domain_aliases))
+
+    def local(r: AuthzRequest) -> bool:
+        return (r.source_principal or "").partition("/")[0] in domains
+
+    known = gen.const(domains)
+    return ((lambda r: local(r) and test(r)),
+            f"((r.source_principal or '').partition('/')[0] in {known} and {expression})")
 
 
 def _fast_field(gen: Expressions, name: str, values: tuple[str, ...], policy: AuthorizationPolicy,

@@ -27,7 +27,8 @@ def env(name: str, default: str | None = None) -> str | None:
 class _FromEnv(str):
     """An environment variable's text standing as a flag's default. argparse passes a text
     default through the flag's type once parsing is done, so a bad variable is refused with
-    the same one-line error as a bad flag; a repeatable flag splits it at commas."""
+    the same one-line error as a bad flag; a repeatable flag splits it at commas (or at its
+    own `env_separator`)."""
 
     __slots__ = ()
 
@@ -66,7 +67,8 @@ def _converter(spec: Flag) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
             if spec.repeatable and isinstance(text, _FromEnv):
-                return tuple(one(item.strip()) for item in text.split(",") if item.strip())
+                items = text.split(spec.env_separator)
+                return tuple(one(item.strip()) for item in items if item.strip())
             return one(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None

@@ -37,6 +37,9 @@ class Flag:
     blank_is_value: bool = False  # an empty environment variable is a value, not "unset"
     metavar: str | None = None
     choices: tuple[str, ...] | None = None  # the texts allowed, checked before `parse`
+    # Between the values of a repeatable flag's variable; another character for values that
+    # hold commas themselves (`--federate-with TD=URL,profile=…`).
+    env_separator: str = ","
 
     @property
     def env(self) -> str:
@@ -46,14 +49,15 @@ class Flag:
 def flag(name: str, help: str, *, group: str, parse: Callable[[str], Any] | None = None,
          shown: str | None = None, repeatable: bool = False, metavar: str | None = None,
          choices: tuple[str, ...] | None = None,
-         blank_is_value: bool | None = None) -> Mapping[str, Flag]:
+         blank_is_value: bool | None = None, env_separator: str = ",") -> Mapping[str, Flag]:
     """Field metadata: `field(default=…, metadata=flag("--max-ttl", "…", parse=duration, …))`.
 
     An empty environment variable counts as unset, except for plain text settings (no parser),
     where "" is a value like any other (`--publish-configmaps ""`: every namespace).
     """
     blank = parse is None and choices is None if blank_is_value is None else blank_is_value
-    return {_KEY: Flag(name, help, group, parse, shown, repeatable, False, blank, metavar, choices)}
+    return {_KEY: Flag(name, help, group, parse, shown, repeatable, False, blank, metavar, choices,
+                       env_separator)}
 
 
 def switch(name: str, help: str, *, group: str) -> Mapping[str, Flag]:

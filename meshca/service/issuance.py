@@ -87,9 +87,12 @@ class IssuanceService:
         refusals: RefusalSummary | None = None,
         rate_limits: IssuanceRateLimits | None = None,
         max_renewal_age: timedelta = timedelta(days=7),
+        federated_roots: Callable[[], str] | None = None,
     ) -> None:
         """`refusals` summarises refused callers for the audit log (a new one when None);
-        renewal by certificate needs a token check of the identity within `max_renewal_age`."""
+        renewal by certificate needs a token check of the identity within `max_renewal_age`.
+        `federated_roots` (--istio-include-federated): PEM appended to the bundle element, as
+        Istio's multi-trust-domain set-up expects; the local roots always come first."""
         self._trust_domain = trust_domain
         self._workloads = workloads
         self._authority = authority
@@ -100,6 +103,7 @@ class IssuanceService:
         self.refusals = refusals or RefusalSummary()
         self._rate_limits = rate_limits or IssuanceRateLimits(None, None)
         self._max_renewal_age = max_renewal_age
+        self._federated_roots = federated_roots
 
     async def authenticate(self, request: CertificateRequest, *,
                            action: str = "CreateCertificate") -> Caller:
@@ -223,7 +227,10 @@ class IssuanceService:
             renewing_serial=caller.renewing_serial,
             token_checked_since=now - self._max_renewal_age if caller.renewing_serial else None,
         )
-        return IssuedChain((leaf_pem, *authority.chain_pem, authority.bundle.pem), serial, identity)
+        bundle = authority.bundle.pem
+        if self._federated_roots is not None:
+            bundle += self._federated_roots()
+        return IssuedChain((leaf_pem, *authority.chain_pem, bundle), serial, identity)
 
 
 def _refusal_reason(exc: Exception) -> str:

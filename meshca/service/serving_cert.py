@@ -25,9 +25,11 @@ class ServingCertificate:
 
 
 def issue_serving_certificate(
-    authority: SigningAuthority, names: list[str], trust_domain: str, clock: Clock
+    authority: SigningAuthority, names: list[str], trust_domain: str, clock: Clock,
+    spiffe_path: str = "/meshca",
 ) -> ServingCertificate:
-    """DNS names become DNS SANs and IP literals IP SANs; it never outlives its issuer."""
+    """DNS names become DNS SANs and IP literals IP SANs; it never outlives its issuer.
+    `spiffe_path`: its SPIFFE ID's path (the federation endpoint's is `/meshca/federation`)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = clock.now()
     ips = []
@@ -41,7 +43,7 @@ def issue_serving_certificate(
         public_key=key.public_key(),
         dns_names=dns,
         ip_addresses=ips,
-        spiffe_id=SpiffeId(trust_domain, "/meshca"),
+        spiffe_id=SpiffeId(trust_domain, spiffe_path),
         issuer=authority.certificate,
         serial=x509.random_serial_number(),
         not_before=now - timedelta(minutes=1),

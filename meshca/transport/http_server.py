@@ -32,8 +32,18 @@ def client_certificate(scope: Scope) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(chain[0]) if chain else None
 
 
+def trust_anchor(scope: Scope) -> bytes | None:
+    """DER of the root that vouched for this request's client certificate (the last of the
+    verified chain), when the listener knows it."""
+    tls = scope.get("extensions", {}).get("tls")
+    chain = tls.get("client_cert_chain") if tls else None
+    return ssl.PEM_cert_to_DER_cert(chain[-1]) if chain and len(chain) > 1 else None
+
+
 def _with_tls(app: ASGIApp, peer: TlsPeer) -> ASGIApp:
-    chain = [ssl.DER_cert_to_PEM_cert(peer.certificate)] if peer.certificate else []
+    # The verified chain, leaf first, root last (the ASGI extension's order).
+    chain = ([ssl.DER_cert_to_PEM_cert(der) for der in peer.chain] if peer.chain
+             else [ssl.DER_cert_to_PEM_cert(peer.certificate)] if peer.certificate else [])
 
     async def tagged(scope: Scope, receive: Receive, send: Send) -> None:
         extensions = scope.setdefault("extensions", {})

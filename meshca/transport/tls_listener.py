@@ -55,6 +55,10 @@ class TlsPeer:
 
     address: str  # "host:port" of the client
     certificate: bytes | None  # DER of the verified client certificate, if one was shown
+    # DER of the chain OpenSSL verified, the certificate first and the trusted root last
+    # (empty when none was shown): which root vouched for the certificate, when a listener
+    # trusts roots of several trust domains (federation).
+    chain: tuple[bytes, ...] = ()
 
 
 class Connection:
@@ -205,10 +209,11 @@ class TlsListener:
             return
         ssl_object = tls.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        chain = verified_chain(ssl_object) if der else ()
         connection.transport = tls
         connection.touch(loop.time())
-        self._attach(tls, TlsPeer(_address(tls), der or None), connection, holder.pending,
-                     holder.eof)
+        self._attach(tls, TlsPeer(_address(tls), der or None, chain), connection,
+                     holder.pending, holder.eof)
 
     def _attach(self, transport: asyncio.Transport, peer: TlsPeer, connection: Connection,
                 pending: list[bytes], eof: bool) -> None:
@@ -237,6 +242,21 @@ class TlsListener:
                 self._on_refused("idle-timeout")
                 connection.transport.abort()
                 connection.release()
+
+
+def verified_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The verified chain, DER, leaf first. Public in Python 3.13 (`get_verified_chain`); on
+    older versions the same call of the `_ssl` object underneath (there since 3.10)."""
+    getter = getattr(ssl_object, "get_verified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
+    if getter is None:
+        return ()
+    chain = getter() or []
+    return tuple(c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in chain)
+
+
+_ENCODING_DER = 2  # _ssl.ENCODING_DER
 
 
 def _address(transport: asyncio.BaseTransport) -> str:

@@ -34,6 +34,7 @@ from meshca.transport.rest.app import AdminLimits, create_app
 from meshca.transport.rest.dependencies import AdminServices
 from meshca.transport.tls_front import server_ssl_context
 from meshca.wiring.ca_runtime import SupervisorCa, serving_file
+from meshca.wiring.federation import SupervisorFederation, readiness_warnings
 from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import AdminRefusals
 from meshca.wiring.startup import database_url
@@ -76,7 +77,8 @@ def plugged_status(source: PluggedCaSource) -> Callable[[], PluggedStatus]:
 
 async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       service_account_tokens: TokenAuthenticator,
-                      policies: PolicyStore, metrics: CaMetrics, keys: KeyBackend) -> AdminServer:
+                      policies: PolicyStore, metrics: CaMetrics, keys: KeyBackend,
+                      federation: SupervisorFederation) -> AdminServer:
     engine = open_engine(database_url(settings))
     reloader = ca.reloader
     inventory, tokens = SqlInventory(engine), SqlAdminTokens(engine)
@@ -97,10 +99,12 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                                lambda: reloader.jwt_keys.published),
         audit=AuditTrail(audit_log),
         health=Readiness(lambda: reloader.current, SqlStoreProbe(engine),
-                         (lambda: vault.ready) if vault is not None else None),
+                         (lambda: vault.ready) if vault is not None else None,
+                         warnings=readiness_warnings(federation.snapshot)),
         # The in-process worker's policy set: a change made here is enforced here at once.
         authz=PolicyAdmin(policies, SqlPolicies(engine), policies.current.mesh, clock),
         clock=clock,
+        federation=federation.admin,
     )
     bootstrap_admin_token(settings, services.tokens)
     authenticator = AdminAuthenticator(
@@ -109,6 +113,9 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
         service_accounts=dict(settings.admin_service_accounts),
         spiffe_ids=dict(settings.admin_spiffe_ids),
         certificate_usable=inventory.usable,
+        own_trust_domain=settings.trust_domain,
+        local_roots=lambda: reloader.current.bundle.roots,
+        federated=federation.snapshot.snapshot,
     )
     refused = AdminRefusals(settings, engine, metrics)  # summarised, not a row per request
     app = create_app(services, authenticator, limits=admin_limits(settings), refused=refused)
@@ -116,12 +123,15 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
     password = keys.kek.tls_password()
     server = HttpServer(
         "admin", app,
-        lambda: server_ssl_context(serving, password, reloader.current.bundle.pem,
-                                   alpn=("http/1.1",)),
+        # Federated roots too: which trust domain's root vouched for a client certificate is
+        # checked per request (AdminAuthenticator), never by this merged list.
+        lambda: server_ssl_context(serving, password, reloader.current.bundle.pem
+                                   + federation.snapshot.roots_pem(), alpn=("http/1.1",)),
         settings.connection_limits, max_header_bytes=settings.max_header_bytes,
         on_refused=lambda reason: metrics.connection_refused("admin", reason),
     )
     reloader.add_listener(lambda _: server.reload())
+    federation.snapshot.add_listener(lambda _: server.reload())
     host, port = split_host_port(settings.admin_addr)
     sock = listen_socket(host, port, reuse_port=False)
     await server.start(sock)

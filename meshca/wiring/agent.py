@@ -20,9 +20,13 @@ from meshca.agent.attestation.unix import UnixAttestor, parse_entries
 from meshca.agent.bundles import FileBundleSource, HttpBundleSource
 from meshca.agent.health import HealthApp
 from meshca.agent.identities import AttestedIdentities, Attestor
+from meshca.agent.jwt_minter import GrpcJwtMinter
+from meshca.agent.jwt_svids import JwtSvidCache
 from meshca.agent.metrics import AgentMetrics
 from meshca.agent.ports import BundleSource
 from meshca.agent.sds import SdsServer
+from meshca.agent.server_bundles import GrpcBundleSource
+from meshca.agent.server_channel import ServerChannel
 from meshca.agent.server_signer import GrpcSigner
 from meshca.agent.settings import AgentSettings
 from meshca.agent.svid_cache import SvidCache
@@ -58,12 +62,17 @@ def build_attestor(settings: AgentSettings) -> Attestor:
     return KubernetesAttestor(settings.trust_domain, ProcFs(settings.proc_root), pods)
 
 
-def build_bundles(settings: AgentSettings) -> BundleSource:
-    if settings.bundle_url:
+def build_bundles(settings: AgentSettings, server: ServerChannel) -> BundleSource:
+    source = settings.effective_bundle_source
+    if source == "url":
+        assert settings.bundle_url is not None
         return HttpBundleSource(settings.bundle_url, settings.server_ca,
                                 settings.server_timeout, trust_domain=settings.trust_domain,
                                 server_name=settings.server_name)
-    return FileBundleSource(settings.server_ca, settings.trust_domain)
+    from_file = FileBundleSource(settings.server_ca, settings.trust_domain)
+    if source == "file":
+        return from_file
+    return GrpcBundleSource(server, settings.trust_domain, fallback=from_file)
 
 
 class Agent:
@@ -75,17 +84,23 @@ class Agent:
         identities = AttestedIdentities(
             build_attestor(settings), settings.attestor,
             wait=settings.attestation_wait.total_seconds(), metrics=self.metrics)
-        self.signer = GrpcSigner.from_settings(settings, self.metrics)
+        # One channel to the server for signing, minting and bundles.
+        self.server = ServerChannel.from_settings(settings, self.metrics)
+        self.signer = GrpcSigner.from_channel(self.server)
         self.svids = SvidCache(
-            self.signer, build_bundles(settings), trust_domain=settings.trust_domain,
+            self.signer, build_bundles(settings, self.server), trust_domain=settings.trust_domain,
             key_type=settings.svid_key_type, ttl=settings.svid_ttl, retry_max=settings.retry_max,
             idle_lifetime=settings.idle_svid_lifetime, first_wait=settings.server_timeout,
             metrics=self.metrics)
         limits = ConnectionLimits(idle_timeout=STREAM_IDLE_SECONDS,
                                   max_connections=settings.max_connections,
                                   max_connections_per_source=settings.max_connections_per_uid)
+        self.jwt_svids = JwtSvidCache(
+            GrpcJwtMinter(self.server), self.svids, trust_domain=settings.trust_domain,
+            ttl=settings.jwt_svid_ttl, metrics=self.metrics)
         self.workload_api = WorkloadApiServer(str(settings.socket), identities, self.svids,
-                                              limits, metrics=self.metrics)
+                                              limits, jwt_svids=self.jwt_svids,
+                                              metrics=self.metrics)
         self.sds = None if settings.sds_socket is None else SdsServer(
             str(settings.sds_socket), identities, self.svids, limits, metrics=self.metrics)
         self.health: HttpServer | None = None
@@ -98,7 +113,7 @@ class Agent:
             reasons.append("the workload sockets are not listening yet")
         if not self.svids.ready():
             reasons.append("the trust bundle is not known yet (is the meshca server reachable, "
-                           "and --server-ca or --bundle-url right?)")
+                           "and --server-ca, --bundle-source or --bundle-url right?)")
         return reasons
 
     async def start(self) -> None:
@@ -122,8 +137,9 @@ class Agent:
         if self.sds is not None:
             await self.sds.stop()
         await self.workload_api.stop()
+        await self.jwt_svids.stop()
         await self.svids.stop()
-        await self.signer.close()
+        await self.server.close()
         if self.health is not None:
             await self.health.stop()
 

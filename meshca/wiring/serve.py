@@ -19,9 +19,11 @@ from prometheus_client import CollectorRegistry
 from meshca.config import ENDPOINTS_FILE, Settings, split_host_port
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import SystemClock
+from meshca.errors import ConfigurationError, InvalidRequest
 from meshca.infra.db.ca_repository import SqlCaRepository
 from meshca.infra.db.engine import open_engine
 from meshca.infra.supervision import WorkerLink, all_ready, worker_entry
+from meshca.service.admin.ca import TrustBundleView
 from meshca.transport.ca_metrics import CaStateCollector
 from meshca.transport.http_server import HttpServer
 from meshca.transport.listen import listen_socket
@@ -29,6 +31,7 @@ from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.transport.metrics_http import MetricsApp
 from meshca.wiring.admin import start_admin
 from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
+from meshca.wiring.federation import start_bundle_endpoint, start_federation
 from meshca.wiring.keys import open_process_keys
 from meshca.wiring.limits import start_retention
 from meshca.wiring.publishing import start_publishing
@@ -135,14 +138,28 @@ async def _start(settings: Settings, stop: asyncio.Event,
     ca_tasks += start_publishing(settings, ca, worker_metrics, engine, stop)
     ca_tasks += start_retention(settings, engine, clock, stop, registry)
     check()
+    # The in-process worker's snapshot serves the supervisor too (admin mTLS, metrics).
+    try:
+        federation = await start_federation(settings, engine, clock, stop, registry,
+                                            worker.federation)
+    except InvalidRequest as exc:  # a --federate-with entry that cannot be used
+        raise ConfigurationError(f"--federate-with: {exc}") from None
+    running.push_async_callback(federation.stop)
     admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
-                              worker_metrics, keys)
+                              worker_metrics, keys, federation)
     running.push_async_callback(admin.stop)
+    check()
+    await start_bundle_endpoint(
+        settings, federation,
+        TrustBundleView(lambda: ca.reloader.current, lambda: ca.reloader.sequence,
+                        int(settings.bundle_refresh_hint.total_seconds()),
+                        lambda: ca.reloader.jwt_keys.published),
+        clock, keys.kek, lambda: ca.reloader.current, ca.reloader.add_listener, worker_metrics)
     check()
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
                  "metrics": f"{metrics_host}:{metrics_sock.getsockname()[1]}", "pid": os.getpid(),
-                 "ext_authz": settings.ext_authz_addr}
+                 "ext_authz": settings.ext_authz_addr, "federation": federation.endpoint_address}
     # Replaced atomically: whoever polls for the file never reads half of it.
     written = settings.data_dir / f"{ENDPOINTS_FILE}.tmp"
     written.write_text(json.dumps(endpoints))

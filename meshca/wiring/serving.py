@@ -21,8 +21,9 @@ from meshca.service.serving_cert import issue_serving_certificate
 
 class ServingCertKeeper:
     def __init__(self, path: Path, names: list[str], trust_domain: str, clock: Clock,
-                 kek: KeyEncryptionKey) -> None:
+                 kek: KeyEncryptionKey, *, spiffe_path: str = "/meshca") -> None:
         self._path = path
+        self._spiffe_path = spiffe_path
         self._kek = kek
         self._names = names
         self._trust_domain = trust_domain
@@ -40,7 +41,8 @@ class ServingCertKeeper:
         if (self._issuer == authority.generation_id and self._renew_at is not None
                 and now < self._renew_at):
             return False
-        serving = issue_serving_certificate(authority, self._names, self._trust_domain, self._clock)
+        serving = issue_serving_certificate(authority, self._names, self._trust_domain, self._clock,
+                                            self._spiffe_path)
         # The key is encrypted under the KEK; TLS contexts open it with `kek.tls_password()`.
         write_private_file(self._path, encrypted_tls_key_pem(self._kek, serving.key)
                            + serving.chain_pem.encode())

@@ -25,6 +25,7 @@ from meshca.infra.db.engine import open_engine
 from meshca.infra.db.records import SqlCertificateLog
 from meshca.infra.supervision import WorkerEnd
 from meshca.service.ca_reload import CaReloader
+from meshca.service.federation_snapshot import FederationSnapshot
 from meshca.service.issuance import IssuanceService
 from meshca.service.jwt_minting import JwtLifetimes, SvidService
 from meshca.service.policy_store import PolicyStore
@@ -38,6 +39,7 @@ from meshca.transport.tls_listener import TlsListener
 from meshca.wiring.authn import TokenAuthentication, build_token_authentication
 from meshca.wiring.authz import start_authorization
 from meshca.wiring.ca_runtime import reloader_for, serving_file
+from meshca.wiring.federation import federation_snapshot
 from meshca.wiring.keys import open_process_keys
 from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.limits import flush_grpc, grpc_refusals, issuance_rate_limits
@@ -66,6 +68,7 @@ class Worker:
     dispose: contextlib.ExitStack
     sockets: PrivateSocketDir
     refusals: RefusalSummary
+    federation: FederationSnapshot  # the federated bundles, re-read every reload interval
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -104,6 +107,7 @@ async def start_worker(
         reloader.run(stopping, settings.ca_reload_interval.total_seconds())))
     refusals, flusher = grpc_refusals(settings, metrics, records, stopping)
     tasks.append(flusher)
+    federation = federation_snapshot(settings, engine, stopping, tasks)
     rate_limits = issuance_rate_limits(settings)
     issuance = IssuanceService(
         trust_domain=settings.trust_domain,
@@ -116,6 +120,7 @@ async def start_worker(
         refusals=refusals,
         rate_limits=rate_limits,
         max_renewal_age=settings.max_renewal_age,
+        federated_roots=federation.roots_pem if settings.istio_include_federated else None,
     )
     svids = SvidService(
         issuance=issuance, keys=lambda: reloader.jwt_keys, authority=lambda: reloader.current,
@@ -123,7 +128,7 @@ async def start_worker(
         refresh_hint_seconds=int(settings.bundle_refresh_hint.total_seconds()),
         blocked=SqlBlockedIdentities(engine),
         lifetimes=JwtLifetimes(settings.jwt_default_ttl, settings.jwt_max_ttl), clock=clock,
-        rate_limits=rate_limits,
+        rate_limits=rate_limits, federation=federation,
     )
     server = grpc.aio.server(
         options=[
@@ -171,7 +176,7 @@ async def start_worker(
     for service in ("", CA_SERVICE, SVID_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return Worker(front, server, health_servicer, records, reloader, policies, ext_authz, auth, tasks,
-                  stopping, cleanup, sockets, refusals)
+                  stopping, cleanup, sockets, refusals, federation)
 
 
 def child_main(end: WorkerEnd, settings: Settings, host: str, port: int,

@@ -1,4 +1,5 @@
-"""`meshca agent` in a subprocess, beside a real `meshca serve`, as the end-to-end tests run it.
+"""`meshca agent` in a subprocess, beside a real `meshca serve` (or any server at an address:
+`start_agent_at`), as the end-to-end tests run it.
 
 Sockets live in a directory every user can traverse (pytest's tmp_path is 0700), like the
 DaemonSet's hostPath. The agent says where its health endpoint is in its "agent ready" line.
@@ -95,9 +96,17 @@ class AgentProcess:
 def start_agent(server: MeshcaProcess, directory: Path, *extra: str,
                 token_file: Path | None = None, timeout: float = 30.0) -> AgentProcess:
     token = token_file or agent_token_file(server, directory)
+    return start_agent_at(server.grpc_addr, server.data_dir / "root-cert.pem", token, directory,
+                          *extra, timeout=timeout)
+
+
+def start_agent_at(address: str, server_ca: Path, token: Path, directory: Path, *extra: str,
+                   timeout: float = 30.0) -> AgentProcess:
+    """An agent of the server at `address` (HOST:PORT, certificate for localhost under the PEM
+    roots in `server_ca`), authenticating with the token in `token`."""
     log_path = directory / f"agent-{time.monotonic_ns()}.log"
     args = [sys.executable, "-m", "meshca", "agent",
-            "--server", server.grpc_addr, "--server-ca", str(server.data_dir / "root-cert.pem"),
+            "--server", address, "--server-ca", str(server_ca),
             "--server-name", "localhost", "--token-file", str(token),
             "--socket", str(directory / "agent.sock"), "--sds-socket", str(directory / "sds.sock"),
             "--health-addr", "127.0.0.1:0", "--log-level", "DEBUG", *extra]

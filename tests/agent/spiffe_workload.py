@@ -4,6 +4,7 @@
     python -m tests.agent.spiffe_workload serve     # mTLS server; prints {"port": N} then
                                                     # {"me": ID, "peer": ID} per connection
     python -m tests.agent.spiffe_workload fetch     # prints {"spiffe_id": ...} or {"error": ...}
+    python -m tests.agent.spiffe_workload bundles   # prints {"trust_domains": [...]}
 
 It finds the agent through SPIFFE_ENDPOINT_SOCKET, as any SPIFFE workload does.
 """
@@ -56,5 +57,11 @@ def fetch() -> None:
             say(error=f"{type(exc).__name__}: {exc}")
 
 
+def bundles() -> None:
+    with WorkloadApiClient() as client:
+        found = client.fetch_x509_bundles().bundles
+        say(trust_domains=sorted(str(b.trust_domain) for b in found))
+
+
 if __name__ == "__main__":
-    {"serve": serve, "fetch": fetch}[sys.argv[1]]()
+    {"serve": serve, "fetch": fetch, "bundles": bundles}[sys.argv[1]]()

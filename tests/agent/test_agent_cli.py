@@ -90,3 +90,20 @@ def test_the_cli_does_not_load_the_workload_api_protos() -> None:
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+
+def test_bundle_source_choice() -> None:
+    # (The wiring itself is not imported here: it pulls in meshca's Workload API protos, which
+    # cannot share a process with py-spiffe's; the end-to-end tests run every source.)
+    def source(*args: str) -> str:
+        return agent_settings_from(build_parser().parse_args(["agent", *args])) \
+            .effective_bundle_source
+
+    assert source() == "server"
+    assert source("--bundle-source", "file") == "file"
+    url = ("--bundle-url", "https://meshca:8443/v1/bundle")
+    assert source(*url) == source("--bundle-source", "url", *url) == "url"
+    for refused in (("--bundle-source", "url"), ("--bundle-source", "file", *url)):
+        with pytest.raises(ValueError, match="bundle"):
+            source(*refused)

@@ -187,9 +187,8 @@ def test_a_call_without_the_security_header_is_invalid_argument(
             next(iter(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), timeout=10)))
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as jwt:
-            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]), timeout=10,
-                              metadata=(("workload.spiffe.io", "true"),))
-        assert jwt.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]), timeout=10)
+        assert jwt.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_health_readiness_and_metrics(world: tuple[MeshcaProcess, AgentProcess]) -> None:
@@ -232,6 +231,32 @@ def test_the_sds_socket_serves_envoy_the_same_identity(world: tuple[MeshcaProces
     assert [str(u) for u in uris.get_values_for_type(x509.UniformResourceIdentifier)] == [WEB]
     assert roots_of(secrets["ROOTCA"].validation_context.trusted_ca.inline_bytes) == \
         roots_of(world[0].bundle_pem)
+
+
+def test_a_jwt_svid_from_the_agent_validates_with_py_spiffe_and_with_pyjwt_on_the_bundle(
+        world: tuple[MeshcaProcess, AgentProcess]) -> None:
+    import jwt as pyjwt
+
+    server, agent = world
+    audience = "spiffe://cluster.local/ns/shop/sa/cart"
+    with client(agent) as api:
+        svid = api.fetch_jwt_svid(audience={audience})
+        assert str(svid.spiffe_id) == WEB
+        checked = api.validate_jwt_svid(svid.token, audience)
+        assert str(checked.spiffe_id) == WEB
+        jwt_bundles = api.fetch_jwt_bundles()
+        with pytest.raises(Exception, match=r"(?i)audience"):
+            api.validate_jwt_svid(svid.token, "spiffe://cluster.local/ns/other/sa/x")
+    assert jwt_bundles.get_bundle_for_trust_domain(TrustDomain(TD)) is not None
+    # An independent validator with nothing but the keys of the server's public bundle.
+    document = AdminClient(server).get("/v1/bundle").json()
+    header = pyjwt.get_unverified_header(svid.token)
+    assert header["typ"] == "JWT" and header["alg"] != "none"
+    jwk = next(k for k in document["keys"] if k.get("use") == "jwt-svid" and k["kid"] == header["kid"])
+    claims = pyjwt.decode(svid.token, pyjwt.PyJWK(jwk, algorithm=header["alg"]).key,
+                          algorithms=[header["alg"]], audience=audience)
+    assert claims["sub"] == WEB
+    assert 0 < claims["exp"] - claims["iat"] <= 3600
 
 
 # ---- rotation, outages and restarts: a server and agent each -----------------------------------

@@ -15,17 +15,21 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from spiffe import TrustDomain, WorkloadApiClient
+from google.protobuf.json_format import MessageToDict
+from spiffe import JwtSource, JwtSvid, TrustDomain, WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.workloadapi.x509_context import X509Context
 
+from meshca.core.jwt import b64url_encode
+from tests.fakes.agent_workloads import jwt_key, sign_es256
 from tests.unit.pki import CALLER, TRUST_DOMAIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,13 +206,155 @@ def test_caller_without_identity_is_permission_denied(stub: Any, allowed: Harnes
     assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.mark.parametrize("call", ["FetchJWTSVID", "FetchJWTBundles", "ValidateJWTSVID"])
-def test_jwt_profile_is_unimplemented(stub: Any, call: str) -> None:
-    request = {"FetchJWTSVID": workload_pb2.JWTSVIDRequest(audience=["a"]),
-               "FetchJWTBundles": workload_pb2.JWTBundlesRequest(),
-               "ValidateJWTSVID": workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="x")}
+# ---- the JWT profile ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def federated(allowed: Harness) -> Iterator[Harness]:
+    allowed.command("federate")
+    yield allowed
+    allowed.command("unfederate")
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": CALLER.uri, "aud": ["db"], "exp": now + 300, "iat": now}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _validate(stub: Any, svid: str, audience: str = "db") -> Any:
+    return stub.ValidateJWTSVID(workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=svid),
+                                metadata=HEADER, timeout=TIMEOUT)
+
+
+def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as failure:
-        result = getattr(stub, call)(request[call], metadata=HEADER, timeout=TIMEOUT)
-        if call == "FetchJWTBundles":
-            next(iter(result))
-    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        call()
+    return failure.value.code(), failure.value.details() or ""
+
+
+def test_py_spiffe_fetches_and_validates_a_jwt_svid(client: WorkloadApiClient) -> None:
+    svid = client.fetch_jwt_svid(audience={"db"}, timeout=TIMEOUT)
+    assert str(svid.spiffe_id) == CALLER.uri and svid.audience == {"db"}
+    bundles = client.fetch_jwt_bundles(timeout=TIMEOUT)
+    own = bundles.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
+    assert own is not None
+    # py-spiffe's own validator, with the agent's JWT bundle alone...
+    checked = JwtSvid.parse_and_validate(svid.token, own, {"db"})
+    assert str(checked.spiffe_id) == CALLER.uri
+    # ... and the agent's.
+    validated = client.validate_jwt_svid(svid.token, "db", timeout=TIMEOUT)
+    assert str(validated.spiffe_id) == CALLER.uri
+
+
+def test_jwt_source(allowed: Harness) -> None:
+    source = JwtSource(socket_path=f"unix://{allowed.socket_path}", timeout_in_seconds=TIMEOUT)
+    try:
+        svid = source.fetch_svid(audience={"db", "cache"})
+        assert svid.audience == {"db", "cache"}
+        assert source.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN)) is not None
+    finally:
+        source.close()
+
+
+def test_validate_answers_the_claims(stub: Any) -> None:
+    token = sign_es256(_claims(extra={"team": "data"}), jwt_key(1), "own-1")
+    response = _validate(stub, token)
+    assert response.spiffe_id == CALLER.uri
+    claims = MessageToDict(response.claims)
+    assert claims["sub"] == CALLER.uri and claims["aud"] == ["db"]
+    assert claims["extra"] == {"team": "data"}
+
+
+def test_fetch_jwt_svid_rules(stub: Any) -> None:
+    def fetch(audience: list[str], spiffe_id: str = "") -> Any:
+        return lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(
+            audience=audience, spiffe_id=spiffe_id), metadata=HEADER, timeout=TIMEOUT)
+
+    assert _code(fetch([]))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(fetch([""]))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(fetch(["db"], "not a spiffe id"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, details = _code(fetch(["db"], f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/cart"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "not entitled" in details
+    (svid,) = fetch(["db"], CALLER.uri)().svids
+    assert svid.spiffe_id == CALLER.uri and svid.svid.count(".") == 2
+
+
+@pytest.mark.parametrize("mode", ["deny", "refuse"])
+def test_jwt_calls_of_a_caller_without_identity_are_permission_denied(
+        stub: Any, allowed: Harness, mode: str) -> None:
+    allowed.command(mode)
+    calls = [lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["db"]),
+                                       metadata=HEADER, timeout=TIMEOUT),
+             lambda: next(iter(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(),
+                                                    metadata=HEADER, timeout=TIMEOUT))),
+             lambda: _validate(stub, sign_es256(_claims(), jwt_key(1), "own-1"))]
+    for call in calls:
+        assert _code(call)[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _unsigned() -> str:
+    head = b64url_encode(json.dumps({"alg": "none", "kid": "own-1"}).encode())
+    return f"{head}.{b64url_encode(json.dumps(_claims()).encode())}."
+
+
+BAD_TOKENS: dict[str, Callable[[], str]] = {
+    "expired": lambda: sign_es256(_claims(exp=int(time.time()) - 600), jwt_key(1), "own-1"),
+    "wrong trust domain": lambda: sign_es256(
+        _claims(sub="spiffe://nowhere.test/ns/a/sa/b"), jwt_key(1), "own-1"),
+    "alg none": _unsigned,
+    "unknown kid": lambda: sign_es256(_claims(), jwt_key(1), "own-99"),
+    "wrong audience": lambda: sign_es256(_claims(aud=["other"]), jwt_key(1), "own-1"),
+    "no exp": lambda: sign_es256(_claims(exp=None), jwt_key(1), "own-1"),
+    "signed by another key": lambda: sign_es256(_claims(), jwt_key(7), "own-1"),
+    "garbage": lambda: "not.a.jwt",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_bad_tokens_are_invalid_argument(stub: Any, case: str) -> None:
+    code, details = _code(lambda: _validate(stub, BAD_TOKENS[case]()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert details.startswith("JWT-SVID not valid")
+
+
+def test_validate_needs_an_audience_and_a_token(stub: Any) -> None:
+    token = sign_es256(_claims(), jwt_key(1), "own-1")
+    assert _code(lambda: _validate(stub, token, ""))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: _validate(stub, ""))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_jwt_bundle_stream_pushes_a_new_key(stub: Any, allowed: Harness) -> None:
+    stream = stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER,
+                                  timeout=TIMEOUT)
+    key = f"spiffe://{TRUST_DOMAIN}"
+    first = json.loads(next(stream).bundles[key])
+    kid = allowed.command("jwtkey")["kid"]
+    second = json.loads(next(stream).bundles[key])
+    stream.cancel()
+    assert kid not in {k["kid"] for k in first["keys"]}
+    assert kid in {k["kid"] for k in second["keys"]}
+    assert all("use" not in k for k in second["keys"])
+
+
+def test_federated_bundles_reach_py_spiffe(client: WorkloadApiClient, stub: Any,
+                                           federated: Harness) -> None:
+    foreign = TrustDomain("b.test")
+    x509_bundles = client.fetch_x509_bundles(timeout=TIMEOUT)
+    foreign_roots = x509_bundles.get_bundle_for_trust_domain(foreign)
+    own_roots = x509_bundles.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
+    assert foreign_roots is not None and own_roots is not None
+    assert not set(foreign_roots.x509_authorities) & set(own_roots.x509_authorities)
+    response = next(iter(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER,
+                                            timeout=TIMEOUT)))
+    assert set(response.federated_bundles) == {"spiffe://b.test"}
+    assert response.svids[0].bundle != response.federated_bundles["spiffe://b.test"]
+    jwt_bundles = client.fetch_jwt_bundles(timeout=TIMEOUT)
+    assert jwt_bundles.get_bundle_for_trust_domain(foreign) is not None
+    # A token of the foreign trust domain validates with its key, and not with the own one.
+    foreign_token = sign_es256(_claims(sub="spiffe://b.test/ns/x/sa/y"), jwt_key(100),
+                               "foreign-1")
+    assert _validate(stub, foreign_token).spiffe_id == "spiffe://b.test/ns/x/sa/y"
+    as_own = sign_es256(_claims(sub="spiffe://b.test/ns/x/sa/y"), jwt_key(1), "own-1")
+    assert _code(lambda: _validate(stub, as_own))[0] == grpc.StatusCode.INVALID_ARGUMENT

@@ -10,7 +10,8 @@ It prints one JSON object per line on stdout: {"event": "ready"} once serving, {
 "attest", "pid", "uid", "gid"} for every attestation, and {"event": "done", "command": ...,
 ...} after each command read from stdin: `rotate` (a new leaf and key), `bundle` (a second
 root in the bundle), `deny` (attest to no identity), `refuse` (attestation fails),
-`allow`, `stats` (connections accepted so far).
+`allow`, `stats` (connections accepted so far), `jwtkey` (another JWT key in the own bundle),
+`federate` / `unfederate` (the foreign trust domain's roots and JWT key in, or out).
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ import sys
 from typing import Any
 
 from meshca.agent.workload_api import WorkloadApiServer
-from tests.fakes.agent_workloads import FakeWorkloadIdentities, FakeX509Svids
-from tests.unit.pki import CALLER, TRUST_DOMAIN
+from tests.fakes.agent_workloads import (
+    FOREIGN_DOMAIN,
+    FakeJwtSvids,
+    FakeWorkloadIdentities,
+    FakeX509Svids,
+)
+from tests.unit.pki import CALLER, TRUST_DOMAIN, ec_key, make_root
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -33,7 +39,8 @@ async def main(socket_path: str) -> None:
     identities = FakeWorkloadIdentities(
         on_attest=lambda peer: emit("attest", pid=peer.pid, uid=peer.uid, gid=peer.gid))
     svids = FakeX509Svids()
-    server = WorkloadApiServer(socket_path, identities, svids)
+    jwts = FakeJwtSvids()
+    server = WorkloadApiServer(socket_path, identities, svids, jwt_svids=jwts)
     await server.start()
     emit("ready")
     loop = asyncio.get_running_loop()
@@ -45,6 +52,15 @@ async def main(socket_path: str) -> None:
                      roots=len(svids.state(CALLER).bundles[TRUST_DOMAIN]))
             elif command in ("allow", "deny", "refuse"):
                 identities.mode = command
+                emit("done", command=command)
+            elif command == "jwtkey":
+                emit("done", command=command, kid=await jwts.rotate())
+            elif command in ("federate", "unfederate"):
+                on = command == "federate"
+                foreign = make_root(ec_key("secp256r1", 555), generation=55, serial=0x5555)
+                svids.federated = {FOREIGN_DOMAIN: (foreign,)} if on else {}
+                await svids.poke()
+                await jwts.federate(on)
                 emit("done", command=command)
             elif command == "stats":
                 assert server.relay is not None

@@ -1,16 +1,20 @@
 """In-memory stand-ins for the agent's workload ports (meshca/agent/ports.py): who a caller is
-(`WorkloadIdentities`) and what an identity holds (`X509Svids`), for the Workload API and SDS
-tests.
+(`WorkloadIdentities`), what an identity holds (`X509Svids`) and its JWT-SVIDs and the JWT
+bundles (`JwtSvids`), for the Workload API and SDS tests.
 
 `FakeWorkloadIdentities` attests by the caller's uid and records every caller the kernel
 reported. `FakeX509Svids` keeps one state per identity, its leaves signed by a test authority:
 `rotate()` issues new leaves and keys, `add_root()` puts one more root in the trust bundle, and
-every change wakes every open watch.
+every change wakes every open watch; `federated` adds foreign trust domains' roots.
+`FakeJwtSvids` mints real ES256 JWT-SVIDs with keys derived from fixed numbers (`jwt_key`), so
+a test in another process can sign tokens the fake's bundles accept; `rotate()` publishes
+another key, `federate()` a foreign trust domain's, each pushed to every bundle watch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -18,14 +22,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from meshca.agent.ports import Identity, PeerCredentials, X509State, X509Svid
+from meshca.agent.ports import (
+    Identity,
+    JwtBundleSet,
+    JwtSvid,
+    PeerCredentials,
+    X509State,
+    X509Svid,
+)
 from meshca.core import templates
 from meshca.core.authority import SigningAuthority, sign_leaf
+from meshca.core.jwt import b64url_encode
+from meshca.core.jwt_svid import JwtPublicKey
 from meshca.core.spiffe import SpiffeId
 from meshca.errors import PermissionDenied, Unavailable
 from tests.unit.pki import CALLER, TRUST_DOMAIN, ec_key, make_authority, make_root
 
 OTHER = SpiffeId.for_service_account(TRUST_DOMAIN, "shop", "cart")
+FOREIGN_DOMAIN = "b.test"
 MODES = ("allow", "deny", "refuse", "unavailable")
 
 
@@ -65,6 +79,7 @@ class FakeX509Svids:
     def __init__(self, authority: SigningAuthority | None = None) -> None:
         self.authority = authority or make_authority()
         self.roots: tuple[x509.Certificate, ...] = self.authority.chain
+        self.federated: dict[str, tuple[x509.Certificate, ...]] = {}
         self.fail = False
         self.empty = False
         self.open_watches = 0
@@ -86,7 +101,7 @@ class FakeX509Svids:
         return X509Svid(spiffe_id, (leaf, self.authority.certificate), pkcs8, hint="internal")
 
     def _build(self, svid: X509Svid) -> X509State:
-        return X509State(svids=(svid,), bundles={TRUST_DOMAIN: self.roots})
+        return X509State(svids=(svid,), bundles={**self.federated, TRUST_DOMAIN: self.roots})
 
     def state(self, spiffe_id: SpiffeId = CALLER) -> X509State:
         """The identity's current state (its first SVID is issued on first use)."""
@@ -137,3 +152,74 @@ class FakeX509Svids:
                         await self._changed.wait()
         finally:
             self.open_watches -= 1
+
+
+def jwt_key(n: int) -> ec.EllipticCurvePrivateKey:
+    """The n-th test JWT signing key, the same in every process."""
+    return ec.derive_private_key(0x5EED_0000 + n, ec.SECP256R1())
+
+
+def sign_es256(claims: Mapping[str, object], key: ec.EllipticCurvePrivateKey, kid: str,
+               alg: str = "ES256") -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    head = b64url_encode(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode())
+    body = b64url_encode(json.dumps(dict(claims)).encode())
+    r, s = decode_dss_signature(key.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256())))
+    return f"{head}.{body}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+class FakeJwtSvids:
+    """Own keys `own-<n>` (jwt_key(n)); the foreign trust domain's key `foreign-1`
+    (jwt_key(100)) once `federate(True)`. `minted` counts tokens made."""
+
+    def __init__(self, ttl: timedelta = timedelta(minutes=5)) -> None:
+        self.ttl = ttl
+        self.own: dict[str, ec.EllipticCurvePrivateKey] = {"own-1": jwt_key(1)}
+        self.foreign: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self.minted = 0
+        self._bundles = self._build()
+        self._changed = asyncio.Condition()
+
+    def _build(self) -> JwtBundleSet:
+        keys: dict[str, dict[str, JwtPublicKey]] = {
+            TRUST_DOMAIN: {kid: key.public_key() for kid, key in self.own.items()}}
+        if self.foreign:
+            keys[FOREIGN_DOMAIN] = {kid: key.public_key() for kid, key in self.foreign.items()}
+        return JwtBundleSet(keys)
+
+    async def _notify(self) -> None:
+        self._bundles = self._build()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def rotate(self) -> str:
+        kid = f"own-{len(self.own) + 1}"
+        self.own[kid] = jwt_key(len(self.own) + 1)
+        await self._notify()
+        return kid
+
+    async def federate(self, on: bool) -> None:
+        self.foreign = {"foreign-1": jwt_key(100)} if on else {}
+        await self._notify()
+
+    async def fetch(self, identity: Identity, audience: tuple[str, ...]) -> JwtSvid:
+        kid = sorted(self.own)[-1]
+        now = datetime.now(UTC)
+        expiry = now + self.ttl
+        claims = {"sub": identity.spiffe_id.uri, "aud": list(audience),
+                  "exp": int(expiry.timestamp()), "iat": int(now.timestamp())}
+        self.minted += 1
+        return JwtSvid(sign_es256(claims, self.own[kid], kid), identity.spiffe_id, expiry, claims)
+
+    def jwt_bundles(self) -> JwtBundleSet:
+        return self._bundles
+
+    async def watch_jwt_bundles(self) -> AsyncIterator[JwtBundleSet]:
+        while True:
+            sent = self._bundles
+            yield sent
+            async with self._changed:
+                while self._bundles is sent:
+                    await self._changed.wait()

@@ -117,8 +117,10 @@ def admin_schema(admin_server: MeshcaProcess) -> Any:
         # An AuthorizationPolicy or request body is any JSON object to the schema; Istio's rules
         # (and this request shape's) are checked by the server, which answers 422 with the field
         # paths. Those 422s are the validation working, not the document disagreeing with it.
+        # The same for federation relationships: whether a URL is https, a bundle parses or a
+        # trust domain is this server's own is the server's to say.
         "operations": [{
-            "include-path-regex": "^/v1/authz",
+            "include-path-regex": "^/v1/(authz|federation)",
             "checks": {"positive_data_acceptance": {
                 "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "422"]}},
         }],

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -162,4 +163,28 @@ authz_state = Table(
     metadata,
     Column("id", Integer, primary_key=True),  # always 1
     Column("version", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+)
+
+# SPIFFE federation (migration 0008): one row per foreign trust domain, with the last good
+# bundle and how its fetching goes; every replica reads it.
+federation = Table(
+    "federation",
+    metadata,
+    Column("trust_domain", String(255), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("profile", String(16), nullable=False),
+    Column("endpoint_spiffe_id", Text, nullable=True),
+    Column("bootstrap_pem", Text, nullable=True),
+    Column("web_ca_pem", Text, nullable=True),
+    Column("from_flags", Boolean, nullable=False),
+    Column("updated_by", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("document", Text, nullable=True),
+    Column("sequence", BigInteger().with_variant(Integer, "sqlite"), nullable=True),
+    Column("fetched_at", UtcDateTime, nullable=True),
+    Column("changed_at", UtcDateTime, nullable=True),
+    Column("attempted_at", UtcDateTime, nullable=True),
+    Column("outcome", String(32), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("next_fetch_at", UtcDateTime, nullable=True),
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
@@ -16,6 +16,7 @@ from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
 from meshca.core.jwt_signing import JwtKey
 from meshca.core.rotation import Action, Activate, Kind, Prepare, Prune, RotationPolicy, Withdraw
+from meshca.core.spiffe_bundle import spiffe_jwks
 from meshca.errors import Conflict
 from meshca.service.admin.audit import audit_entry
 from meshca.service.admin_ports import AuditLog, CaGenerations
@@ -242,3 +243,11 @@ class TrustBundleView:
         """None until the CA is loaded."""
         authority = self._authority()
         return authority.bundle if authority is not None else None
+
+    def document(self) -> dict[str, Any] | None:
+        """The SPIFFE bundle (JWK Set) of this trust domain: what `/v1/bundle` answers in JSON
+        and the federation bundle endpoint serves. None until the CA is loaded."""
+        current = self.current()
+        if current is None:
+            return None
+        return spiffe_jwks(current, self.sequence(), self.refresh_hint_seconds, self.jwt_keys())

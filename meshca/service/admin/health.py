@@ -11,9 +11,13 @@ from meshca.service.admin_ports import StoreProbe
 
 class Readiness:
     def __init__(self, authority: Callable[[], SigningAuthority | None], store: StoreProbe,
-                 key_service_ready: Callable[[], bool] | None = None) -> None:
-        """`key_service_ready`: whether the key service (Vault) answers; None without one."""
+                 key_service_ready: Callable[[], bool] | None = None,
+                 warnings: Callable[[], list[str]] | None = None) -> None:
+        """`key_service_ready`: whether the key service (Vault) answers; None without one.
+        `warnings`: what a ready process still reports (a federated bundle missing or not
+        refreshed): worth an operator's look, never a reason to take traffic away."""
         self._authority = authority
+        self._warnings = warnings or (lambda: [])
         self._store = store
         self._key_service_ready = key_service_ready
 
@@ -33,3 +37,6 @@ class Readiness:
         except StoreUnavailable:
             return "database is not reachable"
         return None
+
+    def warnings(self) -> list[str]:
+        return self._warnings()

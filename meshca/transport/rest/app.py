@@ -16,7 +16,17 @@ from meshca.service.ports import AuditEntry
 from meshca.transport.rest import dependencies, problems
 from meshca.transport.rest.dependencies import AdminServices
 from meshca.transport.rest.guards import RequestLimits, SecurityHeaders
-from meshca.transport.rest.routes import audit, authz, bundle, ca, certificates, health, identities, tokens
+from meshca.transport.rest.routes import (
+    audit,
+    authz,
+    bundle,
+    ca,
+    certificates,
+    federation,
+    health,
+    identities,
+    tokens,
+)
 from meshca.transport.rest.security import ROUTE_ROLES, RoleMiddleware
 
 _SECURITY_SCHEMES = {
@@ -109,7 +119,8 @@ def create_app(services: AdminServices, authenticator: AdminAuthenticator,
         redirect_slashes=False,
     )
     dependencies.install(app, services)
-    for module in (health, bundle, ca, certificates, identities, audit, tokens, authz):
+    for module in (health, bundle, ca, certificates, identities, audit, tokens, authz,
+                   federation):
         # Added flat, so every route is a plain APIRoute the role middleware can match.
         app.router.routes.extend(module.router.routes)
     problems.install(app)

@@ -12,6 +12,7 @@ from meshca.core.clock import Clock
 from meshca.service.admin.audit import AuditTrail
 from meshca.service.admin.ca import CaAdmin, TrustBundleView
 from meshca.service.admin.certificates import CertificateAdmin
+from meshca.service.admin.federation import FederationAdmin
 from meshca.service.admin.health import Readiness
 from meshca.service.admin.identities import IdentityAdmin
 from meshca.service.admin.policies import PolicyAdmin
@@ -30,6 +31,7 @@ class AdminServices:
     health: Readiness
     authz: PolicyAdmin | None
     clock: Clock  # stamps the audit entries of refused requests
+    federation: FederationAdmin | None = None
 
 
 def install(app: FastAPI, services: AdminServices) -> None:
@@ -61,4 +63,5 @@ Bundle = Annotated[TrustBundleView, _slot("bundle", TrustBundleView)]
 Audit = Annotated[AuditTrail, _slot("audit", AuditTrail)]
 Health = Annotated[Readiness, _slot("health", Readiness)]
 Authz = Annotated[PolicyAdmin, _slot("authz", PolicyAdmin)]
+Federation = Annotated[FederationAdmin, _slot("federation", FederationAdmin)]
 Actor = Annotated[str, Depends(_actor)]

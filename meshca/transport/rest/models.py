@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from meshca.core.crl import RevocationReason
 
@@ -220,3 +220,53 @@ class SpiffeBundleOut(BaseModel):
 
 class StatusOut(BaseModel):
     status: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+    warnings: list[str] = []
+
+
+class FederationIn(BaseModel):
+    """A relationship with another trust domain. `trust_domain` is needed on POST only (PUT
+    takes it from the path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trust_domain: str | None = Field(default=None, max_length=255)
+    url: str = Field(max_length=2048, description="the bundle endpoint, https://…")
+    profile: str = Field(default="https_web", description="https_web or https_spiffe")
+    endpoint_spiffe_id: str | None = Field(
+        default=None, max_length=2048, description="https_spiffe: the endpoint's SPIFFE ID")
+    bootstrap_bundle: str | None = Field(
+        default=None, max_length=1024 * 1024,
+        description="https_spiffe: the endpoint's trust domain's roots for the first fetch "
+                    "(PEM certificates or a SPIFFE bundle)")
+    web_ca: str | None = Field(
+        default=None, max_length=1024 * 1024,
+        description="https_web: PEM CAs to verify the endpoint with instead of the system's")
+
+
+class FederatedBundleOut(BaseModel):
+    sequence: int | None
+    fetched_at: datetime | None = Field(description="the last good fetch")
+    changed_at: datetime | None
+    x509_roots: int
+    jwt_keys: int
+
+
+class FederationOut(BaseModel):
+    trust_domain: str
+    url: str
+    profile: str
+    endpoint_spiffe_id: str | None
+    from_flags: bool = Field(description="configured by --federate-with: not changed here")
+    bundle: FederatedBundleOut | None = Field(description="the last good bundle, if any")
+    last_attempt_at: datetime | None
+    last_outcome: str | None = Field(description="ok, or why the last fetch failed")
+    last_error: str | None
+    next_fetch_at: datetime | None
+
+
+class FederationListOut(BaseModel):
+    items: list[FederationOut]

@@ -21,7 +21,7 @@ from meshca.core.roles import Role
 from meshca.errors import AuthenticationError, PermissionDenied
 from meshca.service.admin_auth import AdminAuthenticator, Principal
 from meshca.service.ports import AuditEntry
-from meshca.transport.http_server import client_certificate
+from meshca.transport.http_server import client_certificate, trust_anchor
 from meshca.transport.rest.problems import problem
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,11 @@ ROUTE_ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/authz/policies/{namespace}/{name}"): Role.VIEWER,
     ("PUT", "/v1/authz/policies/{namespace}/{name}"): Role.ADMIN,
     ("DELETE", "/v1/authz/policies/{namespace}/{name}"): Role.ADMIN,
+    ("GET", "/v1/federation"): Role.VIEWER,
+    ("GET", "/v1/federation/{trust_domain}"): Role.VIEWER,
+    ("POST", "/v1/federation"): Role.ADMIN,
+    ("PUT", "/v1/federation/{trust_domain}"): Role.ADMIN,
+    ("DELETE", "/v1/federation/{trust_domain}"): Role.ADMIN,
     ("GET", "/v1/admin-tokens"): Role.ADMIN,
     ("POST", "/v1/admin-tokens"): Role.ADMIN,
     ("POST", "/v1/admin-tokens/{name}:revoke"): Role.ADMIN,
@@ -115,8 +120,8 @@ class RoleMiddleware:
             return
         try:
             principal: Principal = await self._authenticator.authenticate(
-                request.headers.get("authorization"), client_certificate(scope)
-            )
+                request.headers.get("authorization"), client_certificate(scope),
+                trust_anchor(scope))
         except (AuthenticationError, PermissionDenied) as exc:
             self._backoff.failed(source, self._monotonic())
             status = 401 if isinstance(exc, AuthenticationError) else 403

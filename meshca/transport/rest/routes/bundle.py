@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from meshca.core.spiffe_bundle import spiffe_jwks
 from meshca.transport.rest.dependencies import Bundle
 from meshca.transport.rest.models import SpiffeBundleOut
 from meshca.transport.rest.problems import problem, problem_responses
@@ -33,5 +32,4 @@ def bundle(request: Request, trust: Bundle) -> Response:
         return problem(503, "the CA is not loaded yet", request)
     if PEM in request.headers.get("accept", ""):
         return Response(current.pem, media_type=PEM)
-    return JSONResponse(spiffe_jwks(current, trust.sequence(), trust.refresh_hint_seconds,
-                                    trust.jwt_keys()))
+    return JSONResponse(trust.document())
