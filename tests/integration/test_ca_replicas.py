@@ -152,8 +152,12 @@ def _check_journal(server: MeshcaProcess, data: Path) -> None:
         engine.dispose()
     assert sum(1 for g in gens.values() if g.kind == "root" and g.state == "active") == 1
     assert sum(1 for g in gens.values() if g.kind == "intermediate" and g.state == "active") == 1
+    assert sum(1 for g in gens.values() if g.kind == "jwt" and g.state == "active") == 1
     for g in gens.values():
         key = keys.load(g.key_location)  # no key lost: every generation's key opens
+        if g.kind == "jwt":  # a JWT-SVID key: its row holds the public key, not a certificate
+            assert key.public_key() == serialization.load_pem_public_key(g.certificate_pem.encode())
+            continue
         cert = x509.load_pem_x509_certificate(g.certificate_pem.encode())
         assert key.public_key() == cert.public_key()
         if g.parent_id is not None:
