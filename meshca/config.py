@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from meshca.core.connection_limits import ConnectionLimits
+from meshca.core.cpus import usable_cores
 from meshca.core.durations import describe_duration
 from meshca.core.federation import ENTRY_SEPARATOR, FlagEntry, parse_flag_entry
 from meshca.core.flags import (
@@ -40,6 +41,13 @@ ADMIN_TOKEN_FILE = "admin-token"
 # Issuance rate limits per worker process (README "Limits" says why these).
 RATE_PER_IDENTITY = RateLimit(20.0, 200)
 RATE_PER_SOURCE = RateLimit(200.0, 1000)
+# `--workers auto` (the default): one worker per core this process may use. Throughput scales
+# with workers (README "Benchmarks"); a user should not need to know that to get it.
+AUTO_WORKERS = usable_cores()
+
+
+def worker_count(text: str) -> int:
+    return AUTO_WORKERS if text.strip().lower() == "auto" else positive_int(text)
 
 # Help groups, in the order `meshca serve --help` lists them.
 SERVER = "server"
@@ -109,9 +117,10 @@ class Settings:
         parse=duration, shown="60s", group=TOKENS))
     log_level: str = field(default="INFO", metadata=flag(
         "--log-level", "DEBUG, INFO, WARNING or ERROR", group=SERVER))
-    workers: int = field(default=1, metadata=flag(
-        "--workers", "worker processes sharing the gRPC port (use one per core)",
-        parse=positive_int, group=SERVER))
+    workers: int = field(default=AUTO_WORKERS, metadata=flag(
+        "--workers", "worker processes sharing the gRPC port: a number, or auto for one per "
+        "usable core", parse=worker_count, shown=f"auto, here {AUTO_WORKERS}", metavar="N|auto",
+        group=SERVER))
     admin_addr: str = field(default="127.0.0.1:8443", metadata=flag(
         "--admin-addr", "admin REST API (HTTPS) on HOST:PORT", group=SERVER))
     admin_token_audiences: tuple[str, ...] = field(default=("meshca-admin",), metadata=flag(

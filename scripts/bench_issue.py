@@ -222,6 +222,15 @@ class Summary:
     def h2load_cores(self) -> float:
         return sum(r.h2load_cpu_s for r in self.runs) / sum(r.seconds for r in self.runs)
 
+    @property
+    def cpu_ms_per_certificate(self) -> float:
+        return cpu_ms_per_certificate(sum(r.server_cpu_s for r in self.runs), self.succeeded)
+
+
+def cpu_ms_per_certificate(cpu_s: float, certificates: int) -> float:
+    """Server CPU (every process of it, all threads) per certificate issued."""
+    return 1000 * cpu_s / certificates if certificates else float("nan")
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     work: Path = args.work
@@ -269,35 +278,107 @@ def cmd_report(args: argparse.Namespace) -> int:
           "no certificate database")
     print()
     print(f"{'round':>5} {'server':>7} {'requests':>9} {'succeeded':>10} {'issuances/s':>12} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} {'server cores':>13} {'h2load cores':>13}")
+          f"{'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} {'server cores':>13} {'h2load cores':>13} "
+          f"{'CPU ms/cert':>12}")
     for i in range(args.rounds):
         for s in (meshca, cfssl):
             r = s.runs[i]
             print(f"{i + 1:>5} {s.name:>7} {r.requests:>9} {r.succeeded:>10} {r.per_second:>12.1f} "
                   f"{percentile_ms(r.latencies_us, 50):>8.2f} "
                   f"{percentile_ms(r.latencies_us, 99):>8.2f} {r.seconds:>7.2f} "
-                  f"{r.server_cpu_s / r.seconds:>13.2f} {r.h2load_cpu_s / r.seconds:>13.2f}")
+                  f"{r.server_cpu_s / r.seconds:>13.2f} {r.h2load_cpu_s / r.seconds:>13.2f} "
+                  f"{cpu_ms_per_certificate(r.server_cpu_s, r.succeeded):>12.3f}")
     print()
     print("summary (issuances/s: median round; p50/p99: all requests of all rounds)")
     print(f"{'server':>7} {'requests':>9} {'succeeded':>10} {'issuances/s':>12} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'server cores':>13}")
+          f"{'p99 ms':>8} {'server cores':>13} {'CPU ms/cert':>12}")
     for s in (meshca, cfssl):
         print(f"{s.name:>7} {s.requests:>9} {s.succeeded:>10} {s.per_second:>12.1f} "
-              f"{s.percentile_ms(50):>8.2f} {s.percentile_ms(99):>8.2f} {s.server_cores:>13.2f}")
+              f"{s.percentile_ms(50):>8.2f} {s.percentile_ms(99):>8.2f} {s.server_cores:>13.2f} "
+              f"{s.cpu_ms_per_certificate:>12.3f}")
     print()
+    for name in ("meshca", "cfssl"):
+        idle = work / f"{name}.rss-idle"
+        if idle.exists():
+            print_rss(name, Rss.read(idle),
+                      [Rss.read(work / f"r{i}-{name}.rss") for i in range(1, args.rounds + 1)])
+            print()
     for i, rows, ok in recorded:
         print(f"meshca round {i}: {rows} new rows in issued_certificates, h2load succeeded {ok}: "
               f"{'match' if rows == ok else 'MISMATCH'}")
     if cfssl.per_second > 0:
         print(f"ratio meshca/cfssl, throughput  : {meshca.per_second / cfssl.per_second:.2f}")
+    print(f"CPU ms per certificate          : meshca {meshca.cpu_ms_per_certificate:.3f}, "
+          f"cfssl {cfssl.cpu_ms_per_certificate:.3f}")
     print(f"ratio meshca/cfssl, p50 latency : {meshca.percentile_ms(50) / cfssl.percentile_ms(50):.2f}"
           f"  (p99: {meshca.percentile_ms(99) / cfssl.percentile_ms(99):.2f})")
     print("latency: h2load --log-file, request start to end of response; nearest-rank "
-          "percentiles. server cores: server CPU seconds / wall seconds of the run.")
+          "percentiles. server cores: server CPU seconds / wall seconds of the run. CPU ms/cert: "
+          "server CPU seconds (all its processes) / certificates issued.")
     print(rule)
     for problem in problems:
         fail(problem)
     return 1 if problems else 0
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _role(pid: int, top: int) -> str:
+    """What a process of the server's tree is, from its command line."""
+    if pid == top:
+        return "main"
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    text = b" ".join(argv).decode(errors="replace")
+    if "resource_tracker" in text:
+        return "resource-tracker"
+    return "worker" if "spawn_main" in text or "multiprocessing" in text else "child"
+
+
+def cmd_rss(args: argparse.Namespace) -> int:
+    """One line per process of the server's tree (it and its direct children): pid, role,
+    resident set now and at its peak (VmRSS, VmHWM), in KiB."""
+    top: int = args.pid
+    pids = [top]
+    for task in Path(f"/proc/{top}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    for pid in pids:
+        try:
+            print(pid, _role(pid, top), _status_kb(pid, "VmRSS"), _status_kb(pid, "VmHWM"))
+        except OSError:  # gone meanwhile
+            continue
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rss:
+    """A snapshot of a server's processes: pid -> (role, RSS KiB, peak RSS KiB)."""
+
+    processes: dict[int, tuple[str, int, int]]
+
+    @classmethod
+    def read(cls, path: Path) -> Rss:
+        found: dict[int, tuple[str, int, int]] = {}
+        for line in path.read_text().splitlines():
+            pid, role, rss, hwm = line.split()
+            found[int(pid)] = (role, int(rss), int(hwm))
+        return cls(found)
+
+
+def print_rss(name: str, idle: Rss, rounds: list[Rss]) -> None:
+    """RSS of each process, idle and after each round, and the peak over the whole run."""
+    heads = " ".join(f"{f'round {i + 1}':>8}" for i in range(len(rounds)))
+    print(f"{name} RSS per process, MiB (idle: before the load; round N: after it; peak: VmHWM)")
+    print(f"{'pid':>8} {'role':>16} {'idle':>8} {heads} {'peak':>8}")
+    for pid, (role, rss, _) in sorted(idle.processes.items()):
+        after = [r.processes.get(pid) for r in rounds]
+        cells = " ".join(f"{a[1] / 1024:>8.1f}" if a else f"{'gone':>8}" for a in after)
+        peak = max([rss] + [a[2] for a in after if a]) / 1024
+        print(f"{pid:>8} {role:>16} {rss / 1024:>8.1f} {cells} {peak:>8.1f}")
 
 
 def cmd_rows(args: argparse.Namespace) -> int:
@@ -332,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rows")
     p.add_argument("--db", type=Path, required=True)
     p.set_defaults(func=cmd_rows)
+
+    p = sub.add_parser("rss")
+    p.add_argument("--pid", type=int, required=True)
+    p.set_defaults(func=cmd_rss)
 
     p = sub.add_parser("report")
     p.add_argument("--work", type=Path, required=True)

@@ -9,6 +9,11 @@ from pluggy import Result
 
 from tests.support import MeshcaProcess, postgres_url, reset_postgres, start_meshca
 
+# `meshca serve` defaults to one worker per core; the servers the tests start run one worker
+# unless a test asks for more (--workers N wins over the variable), so that per-process state
+# (rate-limit buckets, caches) behaves the same on every machine.
+os.environ.setdefault("MESHCA_WORKERS", "1")
+
 
 @pytest.fixture(scope="module")
 def meshca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshcaProcess]:

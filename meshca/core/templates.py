@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 
@@ -79,29 +80,38 @@ def _end_entity(
     not_before: datetime,
     not_after: datetime,
 ) -> x509.CertificateBuilder:
+    base, authority_key_id = _end_entity_base(issuer, isinstance(public_key, rsa.RSAPublicKey))
     return (
-        x509.CertificateBuilder()
+        base
         .subject_name(subject)
-        .issuer_name(issuer.subject)
         .public_key(public_key)
         .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            _key_usage(
-                digital_signature=True,
-                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                cert_sign=False,
-            ),
-            critical=True,
-        )
-        .add_extension(_EKU_MTLS, critical=False)
         # RFC 5280: with an empty subject the SAN extension must be critical.
         .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_authority_key_id(issuer), critical=False)
+        .add_extension(authority_key_id, critical=False)
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _end_entity_base(issuer: x509.Certificate, rsa_key: bool,
+                     ) -> tuple[x509.CertificateBuilder, x509.AuthorityKeyIdentifier]:
+    """What every end-entity certificate of `issuer` shares, built once per issuer (a builder
+    is immutable, so each leaf extends the same one): half of the template's cost per leaf.
+    The extensions keep their order: these first, then SAN, SKI and AKI."""
+    base = (
+        x509.CertificateBuilder()
+        .issuer_name(issuer.subject)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=rsa_key, cert_sign=False),
+            critical=True,
+        )
+        .add_extension(_EKU_MTLS, critical=False)
+    )
+    return base, _authority_key_id(issuer)
 
 
 def ca_subject(organization: str, kind: str, generation: int, serial: int) -> x509.Name:

@@ -216,6 +216,34 @@ def test_leaf_from_another_issuer_does_not_verify() -> None:
         validate_leaf(cert, AUTHORITY.certificate, CALLER)
 
 
+def test_validate_leaf_uses_the_prepared_issuer_key() -> None:
+    # The authority's loaded key is what checks each leaf: a right name with a wrong key fails.
+    cert = AUTHORITY.sign(_template_builder(AUTHORITY))
+    validate_leaf(cert, AUTHORITY.certificate, CALLER, issuer_key=AUTHORITY.issuer_key)
+    wrong = make_authority(ec_key("secp256r1", 64)).issuer_key
+    with pytest.raises(SigningFailed, match="leaf signature does not verify under its issuer"):
+        validate_leaf(cert, AUTHORITY.certificate, CALLER, issuer_key=wrong)
+    assert AUTHORITY.issuer_key == AUTHORITY.certificate.public_key()
+
+
+def test_leaf_naming_another_issuer_is_caught() -> None:
+    # Signed with the right key, but its issuer field names another CA.
+    elsewhere = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(elsewhere)
+        .public_key(ec_key("secp256r1", 50).public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(minutes=5))
+        .not_valid_after(NOW + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(_caller_sans()), critical=True)
+    )
+    cert = AUTHORITY.sign(builder)
+    with pytest.raises(SigningFailed, match="issuer name is not its issuer's subject"):
+        validate_leaf(cert, AUTHORITY.certificate, CALLER, issuer_key=AUTHORITY.issuer_key)
+
+
 def test_validate_leaf_accepts_a_correct_leaf() -> None:
     cert = AUTHORITY.sign(_template_builder(AUTHORITY))
     validate_leaf(cert, AUTHORITY.certificate, CALLER)

@@ -16,6 +16,7 @@ import pytest
 from meshca.cli.main import build_parser
 from meshca.cli.serve_args import settings_from
 from meshca.config import GROUPS, Settings
+from meshca.core.cpus import usable_cores
 from meshca.core.durations import format_duration, parse_duration
 from meshca.core.flags import flag_of, shown_default
 from meshca.core.keys import KeyType
@@ -254,3 +255,33 @@ def test_the_keystore_settings_are_the_settings_of_the_same_names() -> None:
         vault_auth="approle", vault_role_id="r", vault_transit_intermediate=True,
         vault_kube_token_file=Path("/t"))
     assert keystore_settings(Settings(kek_file=Path("/k"))).kek_file == Path("/k")
+
+
+# ---- --workers auto -------------------------------------------------------------------------
+
+def test_workers_default_to_one_per_usable_core() -> None:
+    assert Settings().workers == _settings().workers == usable_cores()
+    assert _settings("--workers", "auto").workers == usable_cores()
+    assert _settings("--workers", "AUTO").workers == usable_cores()
+    assert _settings("--workers", "3").workers == 3
+
+
+def test_workers_auto_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHCA_WORKERS", "auto")
+    assert _settings().workers == usable_cores()
+    assert _settings("--workers", "5").workers == 5  # the flag wins over the variable
+
+
+@pytest.mark.parametrize(("cpu_max", "cap"), [
+    ("max 100000\n", None),         # no quota: the affinity decides
+    ("100000 100000\n", 1),          # one CPU
+    ("150000 100000\n", 2),          # 1.5 CPUs: rounded up, the half core is usable
+    ("10000 100000\n", 1),           # a tenth of a CPU: still one worker
+    ("garbage\n", None),             # unreadable: the affinity decides
+])
+def test_usable_cores_respects_the_cgroup_quota(tmp_path: Path, cpu_max: str, cap: int | None) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(path) == (affinity if cap is None else min(affinity, cap))
+    assert usable_cores(tmp_path / "absent") == affinity

@@ -109,6 +109,29 @@ def test_leaf_carries_exactly_the_profile_extensions(leaf_and_key: Any) -> None:
     assert len(leaf.extensions) == 6
 
 
+def test_leaves_of_one_issuer_share_only_the_issuer_parts() -> None:
+    # The issuer's part of the template is built once and reused: nothing of one leaf may
+    # reach the next, and the extensions keep the profile's order.
+    first_key, second_key = ec_key().public_key(), rsa_key(2048).public_key()
+    other = SpiffeId.for_service_account("cluster.local", "default", "db")
+    first = _leaf(first_key, serial=1)
+    second = _leaf(second_key, serial=2, spiffe_id=other)
+    again = _leaf(first_key, serial=3)
+    for leaf, key, identity in ((first, first_key, CALLER), (second, second_key, other),
+                                (again, first_key, CALLER)):
+        assert [type(e.value) for e in leaf.extensions] == [
+            x509.BasicConstraints, x509.KeyUsage, x509.ExtendedKeyUsage,
+            x509.SubjectAlternativeName, x509.SubjectKeyIdentifier, x509.AuthorityKeyIdentifier]
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [identity.uri]
+        ski = leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert ski == x509.SubjectKeyIdentifier.from_public_key(key)
+    usage = [leaf.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+             for leaf in (first, second, again)]
+    assert usage == [False, True, False]  # the RSA leaf's base is its own
+    assert [leaf.serial_number for leaf in (first, second, again)] == [1, 2, 3]
+
+
 def test_leaf_validity_and_public_key_are_the_ones_given() -> None:
     key = ec_key().public_key()
     leaf = _leaf(key)
