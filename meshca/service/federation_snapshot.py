@@ -26,6 +26,7 @@ class FederationSnapshot:
         self._store = store
         self._own = own_trust_domain
         self._bundles: Mapping[str, FederatedBundle] = {}
+        self._roots_pem = ""  # made when the bundles change: issuance reads it on every call
         self._records: tuple[FederationRecord, ...] = ()
         self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
@@ -41,9 +42,9 @@ class FederationSnapshot:
 
     def roots_pem(self) -> str:
         """Every federated root, PEM: for TLS contexts that must also trust federated peers
-        (who may then claim which identity is checked apart, per trust domain)."""
-        return "".join(certificate_pem(root) for bundle in self._bundles.values()
-                       for root in bundle.x509_roots)
+        (who may then claim which identity is checked apart, per trust domain), and for
+        CreateCertificate's bundle with --istio-include-federated."""
+        return self._roots_pem
 
     def add_listener(self, listener: Listener) -> None:
         """Called on the event loop's thread whenever the set of bundles changes."""
@@ -63,6 +64,8 @@ class FederationSnapshot:
         self._records = records
         changed = _documents(bundles) != _documents(self._bundles)
         if changed:
+            self._roots_pem = "".join(certificate_pem(root) for bundle in bundles.values()
+                                      for root in bundle.x509_roots)
             self._bundles = bundles
         return changed
 
