@@ -194,9 +194,10 @@ def _rule(rule: Rule, path: str, policy: AuthorizationPolicy, mesh: MeshConfig, 
 
 # A principal's namespace and service account mean a namespace of this mesh only when the
 # principal is of this mesh's trust domain (or an alias): with federation, b.test/ns/web/sa/x
-# is not a workload of namespace `web` here. An ALLOW (or AUDIT, CUSTOM) policy matches a
-# foreign peer only where it names the peer's trust domain in `principals`; a DENY policy
-# still matches by namespace whatever the trust domain, so federation never opens a deny.
+# is not a workload of namespace `web` here. An ALLOW (or AUDIT) policy matches a foreign peer
+# only where it names the peer's trust domain in `principals`; a DENY policy still matches by
+# namespace whatever the trust domain, so federation never opens a deny. (CUSTOM policies may
+# not name namespaces or service accounts at all.)
 NAMESPACE_FIELDS = frozenset({"namespaces", "notNamespaces", "serviceAccounts",
                               "notServiceAccounts"})
 NAMESPACE_KEYS = frozenset({"source.namespace", "source.serviceAccount"})
