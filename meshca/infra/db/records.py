@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, Select, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from meshca.errors import AuthenticationError, CaUnavailable, MeshcaError, PermissionDenied
+from meshca.infra.db.record_batch import RecordBatchWriter
 from meshca.infra.db.schema import audit_log, blocked_identities, ca_generations, issued_certificates
 from meshca.service.ports import AuditEntry, IssuedRecord
 
@@ -52,6 +53,7 @@ class SqlCertificateLog:
         self._flusher: asyncio.Task[None] | None = None
         # One writer thread: SQLite allows one writer anyway, and batches stay in order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshca-records")
+        self._batches = RecordBatchWriter(engine, _RECORD_COLUMNS, _AUDIT_COLUMNS)
 
     async def record(self, record: IssuedRecord, *, renewing_serial: str | None = None,
                      token_checked_since: datetime | None = None) -> None:
@@ -80,7 +82,7 @@ class SqlCertificateLog:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
                     outcomes = await loop.run_in_executor(self._writer, self._commit, batch)
-                except SQLAlchemyError as exc:
+                except (SQLAlchemyError, self._batches.driver_error) as exc:
                     log.error("could not write %d records: %s", len(batch), type(exc).__name__)
                     outcomes = [CaUnavailable("certificate log is unavailable")] * len(batch)
                 for item, outcome in zip(batch, outcomes, strict=True):
@@ -94,15 +96,28 @@ class SqlCertificateLog:
             self._flushing = False
 
     def _commit(self, batch: list[_Pending]) -> list[MeshcaError | None]:
+        if any(item.renewing_serial for item in batch):
+            return self._commit_with_renewals(batch)
+        outcomes: list[MeshcaError | None] = []
+
+        def admitted(blocked: set[str]) -> list[dict[str, Any]]:
+            outcomes.extend(_outcomes(batch, blocked, {}))
+            return [_record_row(item, {}) for item, outcome in zip(batch, outcomes, strict=True)
+                    if item.record is not None and outcome is None]
+
+        ids = {item.record.spiffe_id for item in batch if item.record is not None}
+        audits = [_audit_row(item.audit) for item in batch if item.audit is not None]
+        self._batches.write(ids, admitted, audits)
+        return outcomes
+
+    def _commit_with_renewals(self, batch: list[_Pending]) -> list[MeshcaError | None]:
+        """Batches with a renewal by certificate: its lineage is read in the same transaction."""
         with self._engine.begin() as connection:
             outcomes, inherited = _preconditions(connection, batch)
-            rows = [{**{n: getattr(item.record, n) for n in _RECORD_COLUMNS},
-                     "token_checked_at": item.record.token_checked_at
-                     or inherited.get(item.renewing_serial or "")}
+            rows = [_record_row(item, inherited)
                     for item, outcome in zip(batch, outcomes, strict=True)
                     if item.record is not None and outcome is None]
-            audits = [{n: getattr(item.audit, n) for n in _AUDIT_COLUMNS}
-                      for item in batch if item.audit is not None]
+            audits = [_audit_row(item.audit) for item in batch if item.audit is not None]
             if rows:
                 connection.execute(insert(issued_certificates), rows)
             if audits:
@@ -111,6 +126,17 @@ class SqlCertificateLog:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+
+
+def _record_row(item: _Pending, inherited: dict[str, datetime]) -> dict[str, Any]:
+    assert item.record is not None
+    row = {n: getattr(item.record, n) for n in _RECORD_COLUMNS}
+    row["token_checked_at"] = item.record.token_checked_at or inherited.get(item.renewing_serial or "")
+    return row
+
+
+def _audit_row(entry: AuditEntry) -> dict[str, Any]:
+    return {n: getattr(entry, n) for n in _AUDIT_COLUMNS}
 
 
 def renewable(serials: set[str]) -> Select[Any]:
@@ -141,6 +167,13 @@ def _preconditions(connection: Connection, batch: list[_Pending],
         # Rows from before migration 0006 count their own issue time.
         lineage = renewable(serials).add_columns(func.coalesce(t.token_checked_at, t.issued_at))
         checked = {serial: at for serial, at in connection.execute(lineage)}
+    return _outcomes(batch, blocked, checked), checked
+
+
+def _outcomes(batch: list[_Pending], blocked: set[str], checked: dict[str, datetime],
+              ) -> list[MeshcaError | None]:
+    """Each item's refusal (or None), given the blocked identities and the last token check
+    of each renewing serial still on record."""
     outcomes: list[MeshcaError | None] = []
     for item in batch:
         last_check = checked.get(item.renewing_serial or "")
@@ -160,4 +193,4 @@ def _preconditions(connection: Connection, batch: list[_Pending],
             outcomes.append(PermissionDenied("identity is blocked by an administrator"))
         else:
             outcomes.append(None)
-    return outcomes, checked
+    return outcomes
