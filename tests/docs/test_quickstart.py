@@ -14,7 +14,7 @@ from cryptography import x509
 
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from tests.docs.doc_server import ROOT, DocServer, command_lines, start_documented, words
-from tests.docs.markdown import marked_blocks, shell_commands
+from tests.docs.markdown import code_blocks, marked_blocks, shell_commands
 
 PAGE = "quickstart.md"
 WEB = "spiffe://cluster.local/ns/default/sa/web"
@@ -108,3 +108,12 @@ def test_the_page_shows_the_addresses_the_server_uses_by_default() -> None:
     defaults = Settings()
     for addr in (defaults.grpc_addr, defaults.admin_addr, defaults.metrics_addr):
         assert addr in text, addr
+
+
+def test_the_readme_quick_start_is_the_tested_one() -> None:
+    """README.md repeats the quick start: its commands must be the ones this module runs."""
+    readme = (ROOT / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):readme.index("\n## ", readme.index("## Quick start") + 1)]
+    shown = [command_lines(b.text) for b in code_blocks(quick) if b.lang == "sh"]
+    assert shown == [command_lines(marked_blocks(PAGE)["start"].text),
+                     command_lines(marked_blocks(PAGE)["request"].text)]
