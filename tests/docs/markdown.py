@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+_FENCE = re.compile(r"^([ \t]*)```(\w*)\n(.*?)^[ \t]*```", re.M | re.S)
 _MARKED = re.compile(r"<!-- test: ([\w-]+) -->\n```(\w*)\n(.*?)^```", re.M | re.S)
 
 
@@ -27,7 +28,8 @@ def marked_blocks(name: str) -> dict[str, Block]:
 
 
 def code_blocks(text: str) -> list[Block]:
-    return [Block(m[1], m[2]) for m in _FENCE.finditer(text)]
+    """Fenced blocks, also those indented inside a list item (dedented)."""
+    return [Block(m[2], textwrap.dedent(m[3]) if m[1] else m[3]) for m in _FENCE.finditer(text)]
 
 
 def sections(text: str, level: int = 3) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ EXISTING = ["agent.md", "agent-helm.md", "architecture.md", "contracts.md", "kub
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site")
     built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     return out
