@@ -109,3 +109,16 @@ def test_the_cli_reference_matches_the_parser(site: Path) -> None:
             for option in action.option_strings:
                 if option not in ("-h", "--help"):
                     assert option in section[anchor], f"{' '.join(path)} {option} is not documented"
+
+
+def test_gen_cli_docs_prints_the_page_the_site_has(site: Path, tmp_path: Path) -> None:
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("scripts/gen-cli-docs uses the clone's .venv; make it with scripts/test first")
+    out = tmp_path / "cli.md"
+    done = subprocess.run([str(ROOT / "scripts" / "gen-cli-docs"), str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "MESHCA_EXTRAS": "test"})
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.startswith("# CLI reference\n")
+    for path, _parser in _commands(build_parser()):
+        assert f"\n## {' '.join(path)}\n" in text
