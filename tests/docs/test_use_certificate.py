@@ -71,6 +71,7 @@ def test_openssl_server_refuses_a_client_without_a_certificate(server: DocServer
     done = server.sh(anonymous, timeout=30, check=False)
     assert "URI:spiffe" not in done.stdout
     assert "Verify return code: 0 (ok)" not in done.stdout
+    assert "certificate required" in done.stderr
 
 
 def test_curl_presents_the_certificate_to_the_admin_api(server: DocServer) -> None:
