@@ -45,7 +45,8 @@ class DocServer:
         grpc_port = ends["grpc"].rpartition(":")[2]
         admin_port = ends["admin"].rpartition(":")[2]
         return (script.replace("localhost:15012", f"localhost:{grpc_port}")
-                .replace("localhost:8443", f"localhost:{admin_port}"))
+                .replace("localhost:8443", f"localhost:{admin_port}")
+                .replace("127.0.0.1:15014", ends["metrics"]))
 
     def sh(self, script: str, *, timeout: float = 120, check: bool = True,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

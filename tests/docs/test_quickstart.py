@@ -117,3 +117,11 @@ def test_the_readme_quick_start_is_the_tested_one() -> None:
     shown = [command_lines(b.text) for b in code_blocks(quick) if b.lang == "sh"]
     assert shown == [command_lines(marked_blocks(PAGE)["start"].text),
                      command_lines(marked_blocks(PAGE)["request"].text)]
+
+
+def test_scraping_metrics_as_the_metrics_page_shows(server: DocServer) -> None:
+    server.sh(shell_commands(marked_blocks(PAGE)["request"]))  # at least one issuance to count
+    # `| head` may close the pipe early, as it does in a terminal: judge by what was printed
+    done = server.sh("set +o pipefail\n" + shell_commands(marked_blocks("metrics.md")["scrape"]))
+    names = {line.split("{")[0].split()[0] for line in done.stdout.splitlines()}
+    assert names and all(n.startswith(("citadel_", "meshca_")) for n in names)
