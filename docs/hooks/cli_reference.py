@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 PAGE = "cli-reference.md"
-WIDTH = 96  # usage lines are wrapped to this, whatever the terminal building the site
+WIDTH = 80  # usage lines are wrapped to this (the page's code width), whatever the terminal
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("meshca",), summary: str = "",
