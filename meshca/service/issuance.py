@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -139,8 +140,7 @@ class IssuanceService:
 
     def _spiffe_id(self, namespace: str, name: str) -> SpiffeId:
         try:
-            check_service_account_ref(namespace, name)
-            return SpiffeId.for_service_account(self._trust_domain, namespace, name)
+            return _workload_id(self._trust_domain, namespace, name)
         except ValueError as exc:
             # A signed token, but its names are no Kubernetes names ("..", "a/b", " ", 3,000
             # characters) or cannot be SPIFFE path segments.
@@ -231,6 +231,14 @@ class IssuanceService:
         if self._federated_roots is not None:
             bundle += self._federated_roots()
         return IssuedChain((leaf_pem, *authority.chain_pem, bundle), serial, identity)
+
+
+@functools.lru_cache(maxsize=4096)
+def _workload_id(trust_domain: str, namespace: str, name: str) -> SpiffeId:
+    """Checked once per identity: the name checks are pure and were a tenth of a cached
+    token's issuance. Refusals raise, and are not cached."""
+    check_service_account_ref(namespace, name)
+    return SpiffeId.for_service_account(trust_domain, namespace, name)
 
 
 def _refusal_reason(exc: Exception) -> str:
