@@ -94,7 +94,7 @@ def crl_entries(certificates: Certificates,
             reason = getattr(extension.value, "reason", None)
         entries.append({"serial": format_serial(entry.serial_number),
                         "revoked_at": entry.revocation_date_utc.isoformat(),
-                        "reason": reason.name if reason is not None else None})
+                        "reason": reason.value if reason is not None else None})
     return {"issuer": revocations.issuer.rfc4514_string(),
             "this_update": revocations.last_update_utc.isoformat(),
             "next_update": revocations.next_update_utc.isoformat()

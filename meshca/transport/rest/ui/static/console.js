@@ -96,10 +96,10 @@ function clearNotice() {
   $("#notice").hidden = true;
 }
 
-// Runs an action; shows its error readably instead of throwing.
+// Runs an action; shows its error readably instead of throwing. A notice stays until the next
+// one replaces it, so a page reload after an action does not wipe out what the action said.
 async function guarded(action) {
   try {
-    clearNotice();
     return await action();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) signOut("Your session is no longer valid: " + error.message);
@@ -162,6 +162,7 @@ async function signIn() {
     notify((mode === "mtls" ? "No client certificate with a role — " : "Sign-in refused — ") + error.message);
     return false;
   }
+  clearNotice();
   $("#who").textContent = `${principal.actor} (${principal.role})`;
   $("#sign-out").hidden = false;
   $("#signin").hidden = true;
@@ -314,7 +315,13 @@ function drawTimeline(target, ca) {
   }
   const now = Date.now();
   const start = Math.min(now, ...gens.map((g) => Date.parse(g.not_before)));
-  const end = Math.max(now, ...gens.map((g) => Date.parse(g.not_after)));
+  // A root lives for years and an intermediate for days: drawn to the root's end, the
+  // intermediates would be slivers. The axis ends a little after the last short-lived
+  // generation, and a longer bar runs off the edge with its end date written on it.
+  const shortEnds = gens.filter((g) => g.kind !== "root").map((g) => Date.parse(g.not_after));
+  const longest = Math.max(now, ...gens.map((g) => Date.parse(g.not_after)));
+  const horizon = shortEnds.length ? Math.max(now, ...shortEnds) : longest;
+  const end = Math.min(longest, horizon + (horizon - start) * 0.3);
   const width = 900, left = 150, right = 20, rowH = 26, top = 24;
   const height = top + gens.length * rowH + 24;
   const x = (t) => left + ((t - start) / Math.max(1, end - start)) * (width - left - right);
@@ -330,17 +337,21 @@ function drawTimeline(target, ca) {
     const y = top + i * rowH;
     const from = Date.parse(g.not_before), to = Date.parse(g.not_after);
     picture.append(svg("text", { x: 4, y: y + 16, class: "label" }, `#${g.id} ${g.kind}${g.signing ? " ✓" : ""}`));
-    const bar = svg("rect", { x: x(from), y: y + 4, width: Math.max(2, x(to) - x(from)), height: rowH - 8, rx: 3,
+    const clipped = to > end;
+    const bar = svg("rect", { x: x(from), y: y + 4, width: Math.max(2, x(Math.min(to, end)) - x(from)), height: rowH - 8, rx: 3,
       class: `bar state-${g.state}${g.signing ? " signing" : ""}`, "data-generation": g.id });
     bar.append(svg("title", {}, `#${g.id} ${g.kind}, ${g.state}${g.signing ? ", signing" : ""}: ${when(g.not_before)} → ${when(g.not_after)}`));
     picture.append(bar);
+    if (clipped) picture.append(svg("text", { x: width - right - 4, y: y + 16, class: "axis end on-bar" }, `→ ${when(g.not_after)}`));
     const lead = ca.rotation.publish_lead_seconds;
     if (lead && (g.kind === "root" || g.kind === "jwt")) {
       picture.append(svg("rect", { x: x(from), y: y + 4, width: Math.max(1, x(Math.min(to, from + lead * 1000)) - x(from)), height: rowH - 8, fill: "url(#lead)", class: "lead" }));
     }
     for (const [fraction, mark] of [[ca.rotation.prepare_at, "P"], [ca.rotation.activate_at, "A"]]) {
       if (fraction === null || fraction === undefined) continue;
-      const t = x(from + (to - from) * fraction);
+      const at = from + (to - from) * fraction;
+      if (at > end) continue;
+      const t = x(at);
       picture.append(svg("line", { x1: t, x2: t, y1: y + 2, y2: y + rowH - 2, class: "threshold" }));
       picture.append(svg("text", { x: t + 2, y: y + 12, class: "mark" }, mark));
     }
@@ -423,10 +434,29 @@ async function openCertificate(serial) {
   if (revoke) revoke.hidden = Boolean(c.revoked_at);
   $("#cert-detail").hidden = false;
   $("#cert-detail-title").focus();
+  // The CRL that would list this certificate: its issuer's.
+  const select = $("#crl-issuer");
+  if ([...select.options].some((o) => o.value === String(c.issuer_generation_id))) {
+    select.value = String(c.issuer_generation_id);
+    await loadCrl();
+  }
+}
+
+async function loadIssuers() {
+  const ca = await guarded(() => api("GET", "/v1/ca"));
+  if (!ca) return;
+  const select = $("#crl-issuer");
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "", text: "the signing intermediate" }));
+  for (const g of ca.generations.filter((g) => g.kind === "intermediate")) {
+    select.append(el("option", { value: g.id, text: `#${g.id} (${g.state}${g.signing ? ", signing" : ""})` }));
+  }
+  select.value = chosen;
 }
 
 async function loadCrl() {
-  const crl = await guarded(() => api("GET", "/ui/api/crl"));
+  const issuer = $("#crl-issuer").value;
+  const crl = await guarded(() => api("GET", "/ui/api/crl" + (issuer ? `?issuer=${encodeURIComponent(issuer)}` : "")));
   if (!crl) return;
   $("#crl-about").textContent = `Issuer ${crl.issuer}; this update ${when(crl.this_update)}, next ${when(crl.next_update)}; ${crl.entries.length} entr${crl.entries.length === 1 ? "y" : "ies"}.`;
   const body = $("#crl-table tbody");
@@ -443,7 +473,10 @@ function initCertificates() {
     loadCertificates(false);
   });
   $("#cert-more").addEventListener("click", () => loadCertificates(true));
-  $("#crl-reload").addEventListener("click", loadCrl);
+  $("#crl-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadCrl();
+  });
   const revoke = $("#cert-revoke");
   if (revoke) {
     revoke.addEventListener("submit", async (event) => {
@@ -459,7 +492,7 @@ function initCertificates() {
     });
   }
   loadCertificates(false);
-  loadCrl();
+  loadIssuers().then(loadCrl);
 }
 
 // -- identities --
