@@ -448,6 +448,12 @@ ROUTE_CASES: dict[tuple[str, str], Callable[[Env, str], Case]] = {
     ("GET", "/v1/bundle"): _get("/v1/bundle"),
     ("GET", "/openapi.json"): _get("/openapi.json"),
     ("GET", "/docs"): _get("/docs"),
+    **{("GET", f"/ui/{page}"): _get(f"/ui/{page}")
+       for page in ("", "ca", "certificates", "identities", "policies", "audit", "issuance")},
+    ("GET", "/ui/static/{name}"): _get("/ui/static/console.js"),
+    ("GET", "/ui/api/whoami"): _get("/ui/api/whoami"),
+    ("GET", "/ui/api/issuance"): _get("/ui/api/issuance"),
+    ("GET", "/ui/api/crl"): _get("/ui/api/crl"),
     ("GET", "/v1/ca"): _get("/v1/ca"),
     ("POST", "/v1/ca:prepare"): _ca_prepare,
     ("POST", "/v1/ca:activate"): _ca_activate,
@@ -544,9 +550,18 @@ def test_every_route_has_a_role_and_every_role_entry_a_route() -> None:
     assert set(ROUTE_ROLES) - routes == set(), "stale ROUTE_ROLES entries"
 
 
-def test_only_health_and_bundle_are_public() -> None:
+def test_only_health_bundle_docs_and_console_shells_are_public() -> None:
+    """Besides health and the bundle: the API description and the pages a browser opens
+    before it can send a token. None of them holds data; the console reads through the
+    role-checked routes."""
     public = {route for route, role in ROUTE_ROLES.items() if role is None}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/bundle")}
+    shells = {("GET", f"/ui/{page}") for page in
+              ("", "ca", "certificates", "identities", "policies", "audit", "issuance")}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/bundle"),
+                      ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/ui/static/{name}"),
+                      *shells}
+    assert all(path.startswith(("/v1/", "/ui/api/")) for (_, path), role in ROUTE_ROLES.items()
+               if role is not None and path not in ("/healthz", "/readyz"))
 
 
 def test_served_openapi_operations_are_all_in_the_role_table(env: Env) -> None:
