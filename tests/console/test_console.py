@@ -280,6 +280,8 @@ def test_search_open_revoke_a_certificate_and_find_it_in_the_crl(page: Page) -> 
     page.confirm("can no longer renew itself")
     page.until(lambda: page.exists(f"#crl-table tr[data-serial='{serial}']"))
     assert "keyCompromise" in page.text(f"#crl-table tr[data-serial='{serial}']")
+    page.until(lambda: "(keyCompromise)" in page.text("#cert-facts"))
+    assert not page.visible("#cert-revoke")  # nothing left to revoke
     page.shot("06-certificate-revoked")
     # The CRL the API serves for the certificate's issuer (retired by the rotation above),
     # parsed: the serial is in it.

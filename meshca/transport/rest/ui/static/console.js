@@ -278,8 +278,8 @@ async function loadCa() {
     const row = el("tr", { "data-generation": g.id, "data-state": g.state },
       el("td", { text: g.id }), el("td", { text: g.kind }), el("td", { text: g.state }),
       el("td", { text: g.signing ? "signs" : "" }), el("td", { text: g.in_bundle ? "yes" : "" }),
-      el("td", { text: g.subject }), el("td", { text: when(g.not_after) }),
-      el("td", { text: `${g.key_type} (${g.key_location})` }));
+      el("td", { class: "wrap", text: g.subject }), el("td", { text: when(g.not_after) }),
+      el("td", { class: "wrap", text: `${g.key_type} (${g.key_location})` }));
     if (allowed("operator")) {
       const cell = el("td");
       if (g.state !== "tainted" && g.state !== "retired") {
@@ -395,7 +395,7 @@ async function loadCertificates(more) {
   for (const c of page.items) {
     body.append(el("tr", { "data-serial": c.serial },
       el("td", {}, el("code", { text: c.serial.slice(0, 16) + (c.serial.length > 16 ? "…" : "") })),
-      el("td", { text: c.spiffe_id }), el("td", { text: when(c.not_after) }),
+      el("td", { class: "wrap", text: c.spiffe_id }), el("td", { text: when(c.not_after) }),
       el("td", { text: `#${c.issuer_generation_id}` }),
       el("td", { text: c.revoked_at ? `revoked (${c.revocation_reason})` : (Date.parse(c.not_after) < Date.now() ? "expired" : "valid") }),
       el("td", {}, el("button", { type: "button", text: "Open", "aria-label": `Open certificate ${c.serial}`, onclick: () => openCertificate(c.serial) }))));
