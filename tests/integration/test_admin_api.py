@@ -1014,6 +1014,28 @@ def test_audit_cursor_walks_every_entry_once(env: Env) -> None:
     assert_problem(env.client.get("/v1/audit?limit=1001", token=env.bootstrap), 422)
 
 
+def test_audit_newest_first_walks_back_once_and_filters(env: Env) -> None:
+    oldest_first = [e["id"] for e in env.audit_entries(limit=1000)]
+    walked: list[int] = []
+    cursor: str | None = None
+    while True:
+        query = {"limit": 5, "order": "newest", **({"cursor": cursor} if cursor else {})}
+        page = env.admin("GET", f"/v1/audit?{urlencode(query)}")
+        walked += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == oldest_first[::-1]
+    tokens = env.admin("GET", "/v1/audit?" + urlencode({"order": "newest", "action": "admin-token.",
+                                                         "actor": "bootstrap"}))["items"]
+    assert tokens and all(e["action"].startswith("admin-token.") and "bootstrap" in e["actor"]
+                          for e in tokens)
+    assert [e["id"] for e in tokens] == sorted((e["id"] for e in tokens), reverse=True)
+    assert env.admin("GET", "/v1/audit?" + urlencode({"target": "no such target %_"}))["items"] == []
+    assert_problem(env.client.get("/v1/audit?order=sideways", token=env.bootstrap), 422)
+    assert_problem(env.client.get("/v1/audit?actor=a%00b", token=env.bootstrap), 422)
+
+
 @pytest.mark.parametrize("cursor", ["\u00b2", "\u0663", str(2**63), "9" * 30, " 1", "+1"],
                          ids=["superscript-two", "arabic-three", "2**63", "30-digits", "space", "plus"])
 def test_audit_cursor_out_of_range_is_a_bad_request(env: Env, cursor: str) -> None:
