@@ -433,3 +433,24 @@ def test_pages_forbid_framing_and_inline_script_and_no_token_leaks(page: Page) -
     # The console's data routes are not public.
     assert env.client.get("/ui/api/whoami").status == 401
     assert env.client.get("/ui/api/crl").status == 401
+
+
+def test_operator_taints_the_signing_intermediate_and_a_successor_signs(page: Page) -> None:
+    env = page.env
+    signing = next(g for g in env.api("GET", "/v1/ca")["generations"]
+                   if g["signing"] and g["kind"] == "intermediate")
+    page.sign_in("operator", "ca")
+    row = f"#ca-table tr[data-generation='{signing['id']}']"
+    page.until(lambda: page.exists(f"{row} button"))
+    page.click(f"{row} button")
+    page.until(lambda: page.visible("#confirm-reason"), "the taint dialog asks for a reason")
+    page.type("#confirm-reason", "key copied to a laptop")
+    page.confirm("every certificate it signed must renew")
+    page.until(lambda: page.exists(f"{row}[data-state='tainted']"))
+    generations = env.api("GET", "/v1/ca")["generations"]
+    successor = next(g for g in generations if g["signing"] and g["kind"] == "intermediate")
+    assert successor["id"] > signing["id"]
+    page.until(lambda: page.exists(f"#ca-timeline rect.bar.state-tainted[data-generation='{signing['id']}']"))
+    entry = env.api("GET", "/v1/audit?order=newest&action=taint&limit=1")["items"][0]
+    assert entry["actor"] == "token:console-operator" and "key copied to a laptop" in (entry["detail"] or "")
+    page.shot("13-ca-tainted")
