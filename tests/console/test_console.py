@@ -411,6 +411,37 @@ def test_every_control_is_labelled_and_reachable_with_the_keyboard(page: Page) -
     assert unreachable == []
 
 
+
+AXE = Path(__file__).parent / "vendor" / "axe-4.14.1.min.js"  # axe-core from npm, MPL-2.0
+
+
+def test_axe_finds_no_accessibility_violation_on_any_page(page: Page) -> None:
+    """axe-core's WCAG 2 A/AA rules on every page, signed in as an admin (every control
+    shown), with a certificate's details open."""
+    axe = AXE.read_text()
+    page.sign_in("admin")
+    found: dict[str, list[str]] = {}
+    for path in PAGES:
+        page.open(path)
+        page.until(lambda: page.visible("#content"))
+        page.js("return new Promise(r => setTimeout(r, 500))")
+        if path == "certificates":
+            page.until(lambda: page.exists("#cert-table tbody tr[data-serial] button"))
+            page.find("#cert-table tbody tr[data-serial] button").click()
+            page.until(lambda: page.visible("#cert-detail"))
+        page.js(axe)  # run through the driver, as a tester's tool: not part of the page
+        result = page.driver.execute_async_script(
+            "const done = arguments[0];"
+            "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}})"
+            ".then(r => done({passes: r.passes.length, violations: r.violations.map(v => v.id + ': '"
+            " + v.nodes.map(n => n.target.join(' ')).join(', '))}),"
+            " e => done({passes: 0, violations: ['axe failed: ' + e]}));")
+        assert result["passes"] > 10, result  # axe did run its rules here
+        if result["violations"]:
+            found[f"/ui/{path}"] = list(result["violations"])
+    assert found == {}
+
+
 def test_pages_forbid_framing_and_inline_script_and_no_token_leaks(page: Page) -> None:
     env = page.env
     for path in PAGES:
