@@ -166,6 +166,16 @@ class AuditRecord:
     entry: AuditEntry
 
 
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Each set field narrows the search to entries whose field contains it (case-sensitive,
+    taken literally: '%' and '_' are no wildcards)."""
+
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+
+
 class AuditLog(Protocol):
     def append(self, entry: AuditEntry) -> None:
         """An entry with no mutation to share a transaction with, written in its own."""
@@ -173,6 +183,12 @@ class AuditLog(Protocol):
 
     def page(self, after_id: int, limit: int) -> list[AuditRecord]:
         """Up to `limit` entries with an id above `after_id`, oldest first."""
+        ...
+
+    def search(self, where: AuditFilter, cursor: int | None, newest_first: bool,
+               limit: int) -> list[AuditRecord]:
+        """Up to `limit` entries matching `where`: newest first (ids below `cursor`, when
+        given) or oldest first (ids above it). StoreUnavailable when the store is down."""
         ...
 
 
@@ -240,4 +256,23 @@ class CaGenerations(Protocol):
 class StoreProbe(Protocol):
     def ping(self) -> None:
         """Return once the database answered a trivial query; StoreUnavailable otherwise."""
+        ...
+
+
+# ---- issuance counters, as the console's live chart reads them -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceCounts:
+    """This process's running totals since it started (every worker summed)."""
+
+    received: float  # CreateCertificate requests
+    issued: float
+    failures: dict[str, float]  # requests that ended without a certificate, by gRPC error
+    refusals: dict[str, float]  # callers refused at authentication, by reason
+
+
+class IssuanceCounters(Protocol):
+    def read(self) -> IssuanceCounts:
+        """The totals now; never raises for a missing family (it counts as zero)."""
         ...

@@ -24,6 +24,7 @@ from meshca.service.admin.identities import IdentityAdmin
 from meshca.service.admin.policies import PolicyAdmin
 from meshca.service.admin.tokens import TokenAdmin
 from meshca.service.admin_auth import AdminAuthenticator
+from meshca.service.admin_ports import IssuanceCounters
 from meshca.service.ca_source import PluggedCaSource
 from meshca.service.policy_store import PolicyStore
 from meshca.service.ports import TokenAuthenticator
@@ -78,7 +79,8 @@ def plugged_status(source: PluggedCaSource) -> Callable[[], PluggedStatus]:
 async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       service_account_tokens: TokenAuthenticator,
                       policies: PolicyStore, metrics: CaMetrics, keys: KeyBackend,
-                      federation: SupervisorFederation) -> AdminServer:
+                      federation: SupervisorFederation,
+                      issuance: IssuanceCounters | None = None) -> AdminServer:
     engine = open_engine(database_url(settings))
     reloader = ca.reloader
     inventory, tokens = SqlInventory(engine), SqlAdminTokens(engine)
@@ -105,6 +107,7 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
         authz=PolicyAdmin(policies, SqlPolicies(engine), policies.current.mesh, clock),
         clock=clock,
         federation=federation.admin,
+        issuance=issuance,
     )
     bootstrap_admin_token(settings, services.tokens)
     authenticator = AdminAuthenticator(

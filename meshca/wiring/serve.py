@@ -26,6 +26,7 @@ from meshca.infra.supervision import WorkerLink, all_ready, worker_entry
 from meshca.service.admin.ca import TrustBundleView
 from meshca.transport.ca_metrics import CaStateCollector
 from meshca.transport.http_server import HttpServer
+from meshca.transport.issuance_counts import CollectorIssuanceCounts
 from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.transport.metrics_http import MetricsApp
@@ -146,7 +147,8 @@ async def _start(settings: Settings, stop: asyncio.Event,
         raise ConfigurationError(f"--federate-with: {exc}") from None
     running.push_async_callback(federation.stop)
     admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
-                              worker_metrics, keys, federation)
+                              worker_metrics, keys, federation,
+                              issuance=CollectorIssuanceCounts(collector))
     running.push_async_callback(admin.stop)
     check()
     await start_bundle_endpoint(

@@ -25,6 +25,7 @@ KINDS: dict[tuple[str, str], tuple[type[Any], bool]] = {
     ("policy/v1", "PodDisruptionBudget"): (k8s.V1PodDisruptionBudget, False),
     ("networking.k8s.io/v1", "NetworkPolicy"): (k8s.V1NetworkPolicy, False),
     ("v1", "Secret"): (k8s.V1Secret, False),
+    ("v1", "ConfigMap"): (k8s.V1ConfigMap, False),
     ("rbac.authorization.k8s.io/v1", "Role"): (k8s.V1Role, False),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): (k8s.V1RoleBinding, False),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): (k8s.V1ClusterRole, True),
@@ -69,6 +70,33 @@ class _ServiceMonitor(_Strict):
     spec: _ServiceMonitorSpec
 
 
+class _Rule(_Strict):
+    alert: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    expr: str = Field(min_length=1)
+    for_: str | None = Field(default=None, alias="for", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class _RuleGroup(_Strict):
+    name: str
+    rules: list[_Rule]
+
+
+class _PrometheusRuleSpec(_Strict):
+    groups: list[_RuleGroup]
+
+
+class _PrometheusRule(_Strict):
+    """The part of Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1) the chart
+    uses: alerting rules only."""
+
+    api_version: Literal["monitoring.coreos.com/v1"] = Field(alias="apiVersion")
+    kind: Literal["PrometheusRule"]
+    metadata: dict[str, Any]
+    spec: _PrometheusRuleSpec
+
+
 class SchemaError(AssertionError):
     pass
 
@@ -81,6 +109,11 @@ def check_object(obj: dict[str, Any], namespace: str) -> None:
         _validate(_ServiceMonitor, obj, where)
         _walk(k8s.V1ObjectMeta, obj["metadata"], f"{where}.metadata")
         _walk(k8s.V1LabelSelector, obj["spec"]["selector"], f"{where}.spec.selector")
+        _check_namespace(obj, namespace, cluster_scoped=False)
+        return
+    if (api_version, kind) == ("monitoring.coreos.com/v1", "PrometheusRule"):
+        _validate(_PrometheusRule, obj, where)
+        _walk(k8s.V1ObjectMeta, obj["metadata"], f"{where}.metadata")
         _check_namespace(obj, namespace, cluster_scoped=False)
         return
     if (api_version, kind) not in KINDS:

@@ -75,6 +75,8 @@ VALUE_SETS = [
          "podAntiAffinity": "hard",
          "publishConfigMaps": {"enabled": True, "selector": "istio-injection=enabled"},
          "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+         "grafanaDashboard": {"enabled": True, "folder": "mesh"},
+         "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
          "networkPolicy": {"enabled": True,
                            "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                                "kubernetes.io/metadata.name": "monitoring"}}}]}},

@@ -4,7 +4,7 @@ only once the mutation succeeded, as the SQL adapters do in one transaction."""
 from __future__ import annotations
 
 from meshca.errors import StoreUnavailable
-from meshca.service.admin_ports import AuditRecord
+from meshca.service.admin_ports import AuditFilter, AuditRecord
 from meshca.service.ports import AuditEntry
 
 
@@ -28,3 +28,16 @@ class FakeAuditLog:
     def page(self, after_id: int, limit: int) -> list[AuditRecord]:
         self.check()
         return [r for r in self.records if r.id > after_id][:limit]
+
+    def search(self, where: AuditFilter, cursor: int | None, newest_first: bool,
+               limit: int) -> list[AuditRecord]:
+        self.check()
+        found = [r for r in self.records
+                 if all(not wanted or wanted in have for wanted, have in (
+                     (where.actor, r.entry.actor), (where.action, r.entry.action),
+                     (where.target, r.entry.target)))]
+        if newest_first:
+            found = [r for r in reversed(found) if cursor is None or r.id < cursor]
+        else:
+            found = [r for r in found if cursor is None or r.id > cursor]
+        return found[:limit]

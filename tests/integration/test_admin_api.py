@@ -448,6 +448,12 @@ ROUTE_CASES: dict[tuple[str, str], Callable[[Env, str], Case]] = {
     ("GET", "/v1/bundle"): _get("/v1/bundle"),
     ("GET", "/openapi.json"): _get("/openapi.json"),
     ("GET", "/docs"): _get("/docs"),
+    **{("GET", f"/ui/{page}"): _get(f"/ui/{page}")
+       for page in ("", "ca", "certificates", "identities", "policies", "audit", "issuance")},
+    ("GET", "/ui/static/{name}"): _get("/ui/static/console.js"),
+    ("GET", "/ui/api/whoami"): _get("/ui/api/whoami"),
+    ("GET", "/ui/api/issuance"): _get("/ui/api/issuance"),
+    ("GET", "/ui/api/crl"): _get("/ui/api/crl"),
     ("GET", "/v1/ca"): _get("/v1/ca"),
     ("POST", "/v1/ca:prepare"): _ca_prepare,
     ("POST", "/v1/ca:activate"): _ca_activate,
@@ -544,9 +550,18 @@ def test_every_route_has_a_role_and_every_role_entry_a_route() -> None:
     assert set(ROUTE_ROLES) - routes == set(), "stale ROUTE_ROLES entries"
 
 
-def test_only_health_and_bundle_are_public() -> None:
+def test_only_health_bundle_docs_and_console_shells_are_public() -> None:
+    """Besides health and the bundle: the API description and the pages a browser opens
+    before it can send a token. None of them holds data; the console reads through the
+    role-checked routes."""
     public = {route for route, role in ROUTE_ROLES.items() if role is None}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/bundle")}
+    shells = {("GET", f"/ui/{page}") for page in
+              ("", "ca", "certificates", "identities", "policies", "audit", "issuance")}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/bundle"),
+                      ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/ui/static/{name}"),
+                      *shells}
+    assert all(path.startswith(("/v1/", "/ui/api/")) for (_, path), role in ROUTE_ROLES.items()
+               if role is not None and path not in ("/healthz", "/readyz"))
 
 
 def test_served_openapi_operations_are_all_in_the_role_table(env: Env) -> None:
@@ -997,6 +1012,28 @@ def test_audit_cursor_walks_every_entry_once(env: Env) -> None:
     body = assert_problem(env.client.get("/v1/audit?limit=0", token=env.bootstrap), 422)
     assert "query.limit" in {e["field"] for e in body["errors"]}
     assert_problem(env.client.get("/v1/audit?limit=1001", token=env.bootstrap), 422)
+
+
+def test_audit_newest_first_walks_back_once_and_filters(env: Env) -> None:
+    oldest_first = [e["id"] for e in env.audit_entries(limit=1000)]
+    walked: list[int] = []
+    cursor: str | None = None
+    while True:
+        query = {"limit": 5, "order": "newest", **({"cursor": cursor} if cursor else {})}
+        page = env.admin("GET", f"/v1/audit?{urlencode(query)}")
+        walked += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == oldest_first[::-1]
+    tokens = env.admin("GET", "/v1/audit?" + urlencode({"order": "newest", "action": "admin-token.",
+                                                         "actor": "bootstrap"}))["items"]
+    assert tokens and all(e["action"].startswith("admin-token.") and "bootstrap" in e["actor"]
+                          for e in tokens)
+    assert [e["id"] for e in tokens] == sorted((e["id"] for e in tokens), reverse=True)
+    assert env.admin("GET", "/v1/audit?" + urlencode({"target": "no such target %_"}))["items"] == []
+    assert_problem(env.client.get("/v1/audit?order=sideways", token=env.bootstrap), 422)
+    assert_problem(env.client.get("/v1/audit?actor=a%00b", token=env.bootstrap), 422)
 
 
 @pytest.mark.parametrize("cursor", ["\u00b2", "\u0663", str(2**63), "9" * 30, " 1", "+1"],

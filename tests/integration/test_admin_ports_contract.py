@@ -33,6 +33,7 @@ from meshca.infra.db.schema import (
 )
 from meshca.service.admin_ports import (
     AdminTokenStore,
+    AuditFilter,
     AuditLog,
     CertificateDetail,
     CertificateFilter,
@@ -270,6 +271,25 @@ def test_audit_log_pages_by_id(ports: Ports) -> None:
     assert [r.entry.target for r in first] == ["0", "1", "2"]
     assert [r.entry.target for r in ports.audit.page(first[-1].id, 3)] == ["3"]
     assert first[0].entry == _entry("x.y", "0")
+
+
+def test_audit_search_filters_by_substring_newest_or_oldest_first(ports: Ports) -> None:
+    for action, target in (("ca.prepare", "root"), ("certificate.revoke", "ab%cd"),
+                           ("identity.block", "spiffe://t/ns/a"), ("certificate.revoke", "abXcd")):
+        ports.audit.append(_entry(action, target))
+    newest = ports.audit.search(AuditFilter(), None, True, 10)
+    assert [r.entry.target for r in newest] == ["abXcd", "spiffe://t/ns/a", "ab%cd", "root"]
+    revokes = ports.audit.search(AuditFilter(action="revoke"), None, True, 1)
+    assert [r.entry.target for r in revokes] == ["abXcd"]
+    older = ports.audit.search(AuditFilter(action="revoke"), revokes[-1].id, True, 10)
+    assert [r.entry.target for r in older] == ["ab%cd"]
+    # Literal: '%' is no wildcard, so only the entry that holds it matches.
+    assert [r.entry.target for r in ports.audit.search(AuditFilter(target="b%c"), None, False, 10)
+            ] == ["ab%cd"]
+    assert [r.entry.action for r in ports.audit.search(
+        AuditFilter(actor="token:ops", target="spiffe://"), newest[-1].id, False, 10)
+            ] == ["identity.block"]
+    assert ports.audit.search(AuditFilter(actor="nobody"), None, True, 10) == []
 
 
 def test_stored_policies_are_versioned_with_their_audit_entries(ports: Ports) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine, insert, select
 
 from meshca.infra.db.schema import audit_log
 from meshca.infra.db.store_errors import store_call
-from meshca.service.admin_ports import AuditRecord
+from meshca.service.admin_ports import AuditFilter, AuditRecord
 from meshca.service.ports import AuditEntry
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(AuditEntry))
@@ -42,6 +42,21 @@ def list_audit(engine: Engine, *, after_id: int, limit: int) -> list[AuditRecord
                 for r in connection.execute(query).mappings()]
 
 
+def search_audit(engine: Engine, where: AuditFilter, cursor: int | None, newest_first: bool,
+                 limit: int) -> list[AuditRecord]:
+    query = select(audit_log)
+    for column, wanted in ((audit_log.c.actor, where.actor), (audit_log.c.action, where.action),
+                           (audit_log.c.target, where.target)):
+        if wanted:
+            query = query.where(column.contains(wanted, autoescape=True))
+    if cursor is not None:
+        query = query.where(audit_log.c.id < cursor if newest_first else audit_log.c.id > cursor)
+    query = query.order_by(audit_log.c.id.desc() if newest_first else audit_log.c.id).limit(limit)
+    with engine.connect() as connection:
+        return [AuditRecord(int(r["id"]), AuditEntry(**{n: r[n] for n in _COLUMNS}))
+                for r in connection.execute(query).mappings()]
+
+
 class SqlAuditLog:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -53,3 +68,8 @@ class SqlAuditLog:
     @store_call
     def page(self, after_id: int, limit: int) -> list[AuditRecord]:
         return list_audit(self._engine, after_id=after_id, limit=limit)
+
+    @store_call
+    def search(self, where: AuditFilter, cursor: int | None, newest_first: bool,
+               limit: int) -> list[AuditRecord]:
+        return search_audit(self._engine, where, cursor, newest_first, limit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshca.core.clock import Clock
-from meshca.service.admin_ports import AuditLog, AuditRecord
+from meshca.service.admin_ports import AuditFilter, AuditLog, AuditRecord
 from meshca.service.ports import AuditEntry
 
 
@@ -29,6 +29,13 @@ class AuditTrail:
     def page(self, after_id: int, limit: int) -> AuditPage:
         """Oldest first; append-only, so continuing after the last id never skips or repeats."""
         rows = self._log.page(after_id, limit + 1)
+        page, more = rows[:limit], len(rows) > limit
+        return AuditPage(tuple(page), page[-1].id if more else None)
+
+    def search(self, where: AuditFilter, cursor: int | None, newest_first: bool,
+               limit: int) -> AuditPage:
+        """Matching entries newest (or oldest) first; the cursor is the last id shown."""
+        rows = self._log.search(where, cursor, newest_first, limit + 1)
         page, more = rows[:limit], len(rows) > limit
         return AuditPage(tuple(page), page[-1].id if more else None)
 

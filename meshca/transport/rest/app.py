@@ -28,6 +28,7 @@ from meshca.transport.rest.routes import (
     tokens,
 )
 from meshca.transport.rest.security import ROUTE_ROLES, RoleMiddleware
+from meshca.transport.rest.ui import routes as console
 
 _SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -114,15 +115,17 @@ def create_app(services: AdminServices, authenticator: AdminAuthenticator,
                     "blocked identities, authorization policies, audit. Errors are RFC 9457 "
                     "problem details.",
         redoc_url=None,
+        docs_url=None,  # ours: vendored Swagger UI, no CDN, no inline script (ui/routes.py)
         swagger_ui_oauth2_redirect_url=None,  # no OAuth2 here; one route fewer to guard
         # No redirect to a slash-less path: it would be built from the Host header, as http://.
         redirect_slashes=False,
     )
     dependencies.install(app, services)
-    for module in (health, bundle, ca, certificates, identities, audit, tokens, authz,
-                   federation):
+    for router in (health.router, bundle.router, ca.router, certificates.router,
+                   identities.router, audit.router, tokens.router, authz.router, federation.router,
+                   console.router, console.api):
         # Added flat, so every route is a plain APIRoute the role middleware can match.
-        app.router.routes.extend(module.router.routes)
+        app.router.routes.extend(router.routes)
     problems.install(app)
     app.add_middleware(RoleMiddleware, authenticator=authenticator,
                        refused=refused or (lambda entry: services.audit.append(entry)),

@@ -18,6 +18,7 @@ from meshca.service.admin.identities import IdentityAdmin
 from meshca.service.admin.policies import PolicyAdmin
 from meshca.service.admin.tokens import TokenAdmin
 from meshca.service.admin_auth import Principal
+from meshca.service.admin_ports import IssuanceCounters
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class AdminServices:
     authz: PolicyAdmin | None
     clock: Clock  # stamps the audit entries of refused requests
     federation: FederationAdmin | None = None
+    issuance: IssuanceCounters | None = None  # the console's live chart; None: not counted here
 
 
 def install(app: FastAPI, services: AdminServices) -> None:
