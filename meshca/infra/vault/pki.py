@@ -1,9 +1,11 @@
 """Vault's PKI engine as meshca's upstream: it signs meshca's intermediate from a CSR.
 
-`POST <mount>/root/sign-intermediate` with the CSR, a TTL and the trust domain's URI SAN;
-Vault answers `certificate`, `issuing_ca` and `ca_chain`. The answer is checked before meshca
-records anything: the certificate carries the CSR's key, is a CA, and verifies under the
-issuing CA Vault named.
+`POST <mount>/root/sign-intermediate` with the CSR and a TTL, `use_csr_values=true` so the
+CSR's subject and its URI SAN (the trust domain's SPIFFE ID) are kept: with that flag Vault
+ignores a `uri_sans` parameter, so the CSR must carry it. Vault answers `certificate`,
+`issuing_ca` and `ca_chain`. The answer is checked before meshca records anything: the
+certificate carries the CSR's key and URI SANs, is a CA, and verifies under the issuing CA
+Vault named.
 """
 
 from __future__ import annotations
@@ -37,24 +39,36 @@ class VaultPkiUpstream:
         names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names:
             raise ValueError("the intermediate's CSR needs a common name: Vault requires one")
+        if sorted(_uri_sans(csr.extensions)) != sorted(uri_sans):
+            raise ValueError(f"the intermediate's CSR must carry exactly the URI SANs {uri_sans}")
         pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-        params = {"ttl": f"{int(ttl.total_seconds())}s", "uri_sans": ",".join(uri_sans),
-                  "format": "pem", "use_csr_values": True}
+        params = {"ttl": f"{int(ttl.total_seconds())}s", "format": "pem", "use_csr_values": True}
         response = self._session.call(
             f"PKI sign-intermediate on {self._mount}",
             lambda client: client.secrets.pki.sign_intermediate(
                 csr=pem, common_name=str(names[0].value), extra_params=params, mount_point=self._mount))
-        return _checked(response, csr)
+        return _checked(response, csr, uri_sans)
 
 
-def _checked(response: Any, csr: x509.CertificateSigningRequest) -> SignedIntermediate:
+def _uri_sans(extensions: x509.Extensions) -> list[str]:
+    try:
+        names = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return names.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _checked(response: Any, csr: x509.CertificateSigningRequest, uri_sans: list[str],
+             ) -> SignedIntermediate:
     data = response.get("data") if isinstance(response, dict) else None
     if not isinstance(data, dict):
         raise VaultBadResponse("Vault's sign-intermediate answer has no data")
     certificate = _certificate(data.get("certificate"), "certificate")
     issuing_ca = _certificate(data.get("issuing_ca"), "issuing_ca")
     raw_chain = data.get("ca_chain") or []
-    chain = tuple(_certificate(c, "ca_chain") for c in raw_chain) if isinstance(raw_chain, list) else ()
+    listed = [_certificate(c, "ca_chain") for c in raw_chain] if isinstance(raw_chain, list) else []
+    # OpenBao lists the new certificate itself first; the chain meshca serves is what is above it.
+    chain = tuple(c for c in listed if c != certificate) or (issuing_ca,)
     if certificate.public_key() != csr.public_key():
         raise VaultBadResponse("Vault signed a different key than the CSR's")
     try:
@@ -63,6 +77,8 @@ def _checked(response: Any, csr: x509.CertificateSigningRequest) -> SignedInterm
         raise VaultBadResponse("Vault's intermediate has no basic constraints") from None
     if not constraints.ca:
         raise VaultBadResponse("Vault's intermediate is not a CA certificate")
+    if sorted(_uri_sans(certificate.extensions)) != sorted(uri_sans):
+        raise VaultBadResponse(f"Vault's intermediate does not carry the URI SANs {uri_sans}")
     try:
         certificate.verify_directly_issued_by(issuing_ca)
     except Exception:  # noqa: BLE001 - any failure means the answer cannot be used
