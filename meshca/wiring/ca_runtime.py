@@ -35,7 +35,7 @@ def lifecycle_for(settings: Settings, engine: Engine, clock: Clock,
         intermediate_ttl=settings.intermediate_ttl,
         jwt_key_type=KEY_TYPES[settings.jwt_key_type])
     return CaLifecycle(SqlCaJournal(engine), keys, profile,
-                       settings.rotation_policy, clock)
+                       settings.rotation_policy, clock, upstream=keys.upstream)
 
 
 def ca_source(settings: Settings, engine: Engine, clock: Clock, keys: KeyBackend, *,

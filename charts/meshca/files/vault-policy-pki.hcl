@@ -1,6 +1,7 @@
-# meshca --upstream vault-pki (docs/vault.md). Mount: pki. Vault's root signs meshca's
-# intermediate CSR; nothing else. Vault's CA chain (pki/cert/ca_chain, pki/issuer/default/json)
-# is public and needs no grant.
-path "pki/root/sign-intermediate" {
+# meshca --upstream vault-pki (docs/vault.md). Mount: pki. Vault's issuers sign meshca's
+# intermediate CSRs, each by the issuer meshca's journal has active (`+` = the issuer's id);
+# nothing else: no issuing of leaves, no roles, no reading of keys. The default issuer
+# (pki/issuer/default/json), which meshca reads to notice a rotation, is public in Vault.
+path "pki/issuer/+/sign-intermediate" {
   capabilities = ["update"]
 }
