@@ -482,8 +482,8 @@ def _published_kind_actions(policy: RotationPolicy, snapshot: dict[int, Generati
 def _intermediate_actions(policy: RotationPolicy, snapshot: dict[int, Generation],
                           now: datetime) -> list[Action]:
     root = _active(snapshot, Kind.ROOT)
-    if root is None:
-        return []
+    if root is None or now >= root.not_after:
+        return []  # nothing can be signed under it (an upstream's root may expire unreplaced)
     actions: list[Action] = []
     for p in _prepared(snapshot, Kind.INTERMEDIATE):
         if p.parent_id != root.id:
