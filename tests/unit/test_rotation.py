@@ -649,9 +649,11 @@ def test_following_next_check_for_a_year_and_a_half() -> None:
 
 # ---- roots of an upstream authority (external_roots) -----------------------------------------
 
-def chain_steps(gens: list[Generation], now: datetime, **kw: bool) -> list[rotation.Action]:
+def chain_steps(gens: list[Generation], now: datetime, *,
+                external_roots: bool = False) -> list[rotation.Action]:
     """next_step's root and intermediate actions (JWT keys are not at issue here)."""
-    return [a for a in rotation.next_step(POLICY, gens, now, **kw) if a.kind is not Kind.JWT]
+    return [a for a in rotation.next_step(POLICY, gens, now, external_roots=external_roots)
+            if a.kind is not Kind.JWT]
 
 
 def test_external_roots_are_never_prepared_at_bootstrap_half_life_or_expiry() -> None:
