@@ -94,6 +94,11 @@ class Settings:
     intermediate_ttl: timedelta = field(default=timedelta(days=7), metadata=flag(
         "--intermediate-ttl", "lifetime of each intermediate generation", parse=duration,
         group=CA))
+    root_rotation: str = field(default="replace", metadata=flag(
+        "--root-rotation", "how a new root takes over: replace (peers need the new bundle, "
+        "published ahead) or cross-sign (the old root also signs the new root's key, and "
+        "chains verify against either root; docs/vault.md)", choices=("replace", "cross-sign"),
+        group=CA))
     default_ttl: timedelta = field(default=timedelta(hours=24), metadata=flag(
         "--default-ttl", "lifetime of a leaf whose CSR asks for none", parse=duration,
         shown="24h", group=CA))
@@ -413,6 +418,9 @@ class Settings:
                                 intermediate_ttl=self.intermediate_ttl, leaf_ttl=self.max_ttl)
             except ValueError as exc:
                 raise ValueError(f"CA lifetimes do not fit the rotation thresholds: {exc}") from None
+        if self.root_rotation == "cross-sign" and (self.upstream != "none" or self.ca_dir is not None):
+            raise ValueError("--root-rotation cross-sign concerns roots meshca makes: not with "
+                             "--upstream or --ca-dir")
         if self.upstream != "none" and self.ca_dir is not None:
             raise ValueError("--upstream and --ca-dir both name who signs meshca's intermediate: "
                              "give one")

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from meshca.core import rotation
+from meshca.core import cross_sign, rotation
 from meshca.core.bundle import certificate_pem
 from meshca.core.certificates import format_serial
 from meshca.core.clock import Clock
@@ -48,6 +48,7 @@ class LifecycleProfile:
     root_ttl: timedelta
     intermediate_ttl: timedelta
     jwt_key_type: KeyType = KeyType.EC_P256  # --jwt-key-type; a JWT key lives intermediate_ttl
+    cross_sign: bool = False  # --root-rotation cross-sign (core/cross_sign.py)
 
 
 class CaLifecycle:
@@ -209,12 +210,17 @@ class CaLifecycle:
         # are fractions of not_before..not_after, so a large backdate would make them due early.
         ttl = profile.root_ttl if parent_id is None else profile.intermediate_ttl
         backdate = min(_BACKDATE, ttl / 100)
+        stored_pem = ""  # beyond the certificate: a root's cross certificate
         if parent_id is None:
             cert = sign_certificate(ca_certificate(
                 public_key=public, subject=subject, trust_domain=trust_domain,
                 issuer=None, serial=serial, not_before=now - backdate,
-                not_after=now + profile.root_ttl, path_length=1,
+                not_after=now + profile.root_ttl,
+                path_length=cross_sign.ROOT_PATH_LENGTH if profile.cross_sign else 1,
             ), own)
+            if profile.cross_sign:
+                cross = self._cross_certificate(cert, now)
+                stored_pem = certificate_pem(cross) if cross is not None else ""
         else:
             parent_cert, parent_signer = self._signing_parent(parent_id)
             cert = sign_certificate(ca_certificate(
@@ -231,8 +237,28 @@ class CaLifecycle:
             kind=kind, parent_id=parent_id, subject=cert.subject.rfc4514_string(),
             serial=format_serial(serial), key_type=profile.key_type.value, key_location=location,
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-            certificate_pem=certificate_pem(cert),
+            certificate_pem=certificate_pem(cert) + stored_pem,
         ), audit=audit)
+
+    def _cross_certificate(self, new_root: x509.Certificate, now: datetime) -> x509.Certificate | None:
+        """The active root's signature on the new root's key and name, kept after the new
+        root's certificate in its row; None when there is no active root to sign it (at
+        bootstrap) or its path length leaves no room (a root made before this mode)."""
+        generations, _ = self._journal.snapshot()
+        active = next((g for g in generations if g.kind is Kind.ROOT and g.state is State.ACTIVE), None)
+        if active is None or now >= active.not_after:
+            return None
+        old_cert, old_signer = self._signing_parent(active.id)
+        if not cross_sign.can_cross_sign(old_cert):
+            log.warning("root generation %s has path length 1: its successor is not cross-signed "
+                        "(roots made with --root-rotation cross-sign have 2)", active.id)
+            return None
+        cross = sign_certificate(cross_sign.cross_certificate(
+            new_root, old_cert, trust_domain=SpiffeId.for_trust_domain(self._profile.trust_domain),
+            serial=x509.random_serial_number(), now=now,
+            backdate=min(_BACKDATE, self._profile.root_ttl / 100)), old_signer)
+        cross.verify_directly_issued_by(old_cert)
+        return cross
 
     def _prepare_under_upstream(self, kind: Kind, parent_id: int | None, number: int,
                                 lease: Lease | None, audit: AuditEntry | None) -> int:
