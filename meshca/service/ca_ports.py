@@ -260,11 +260,6 @@ class UpstreamAuthority(Protocol):
     raised; issuance goes on), another `DependencyError` when it refuses.
     """
 
-    @property
-    def prefix(self) -> str:
-        """How the locations of its roots begin ("vault-pki:")."""
-        ...
-
     def current_root(self) -> UpstreamRoot:
         """The CA it signs with now (Vault PKI: the mount's default issuer)."""
         ...
