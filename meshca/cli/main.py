@@ -122,5 +122,7 @@ def _run(start: Callable[[], Coroutine[Any, Any, None]]) -> int:
         # A configuration the process cannot start with: say what, without a traceback.
         logging.getLogger("meshca").debug("start-up failed", exc_info=True)
         print(f"meshca: cannot start: {exc}", file=sys.stderr)
-        return 1
+        # An error may say that retrying cannot help (Vault refused the login): 2, like a bad flag.
+        code = getattr(exc, "exit_code", 1)
+        return code if isinstance(code, int) else 1
     return 0

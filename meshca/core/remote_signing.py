@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshca.core.keys import SigningKey, signature_hash
 from meshca.errors import InternalError, Unavailable
@@ -87,6 +87,33 @@ def sign_crl(builder: x509.CertificateRevocationListBuilder,
     return _sign(builder, signer, lambda c: c.tbs_certlist_bytes, x509.load_der_x509_crl)
 
 
+def sign_csr(builder: x509.CertificateSigningRequestBuilder,
+             signer: Signer) -> x509.CertificateSigningRequest:
+    """The CSR `builder` describes, for and signed by `signer`'s key, verified before return.
+
+    Unlike a certificate, a CSR's to-be-signed part holds the key it is for: the stand-in's
+    SubjectPublicKeyInfo (third element of CertificationRequestInfo) is swapped for the
+    signer's before the bytes are signed (an upstream CA checks that signature)."""
+    if isinstance(signer, LocalSigner):
+        key = signer.private_key
+        return builder.sign(key, signature_hash(key))
+    public = signer.public_key
+    stand_in = builder.sign(_stand_in_key(public), hash_for(public))
+    info = _element(stand_in.tbs_certrequest_bytes, 0, _SEQUENCE)[1]
+    version_end = _next(info, 0)
+    subject_end = _next(info, version_end)
+    spki_end = _next(info, subject_end)
+    spki = public.public_bytes(_DER, PublicFormat.SubjectPublicKeyInfo)
+    content = info[:subject_end] + spki + info[spki_end:]
+    tbs = bytes([_SEQUENCE]) + _length(len(content)) + content
+    der = _signed_structure(tbs, _algorithm_identifier(stand_in.public_bytes(_DER)), signer.sign(tbs))
+    result = x509.load_der_x509_csr(der)
+    _verify(public, result.signature, result.tbs_certrequest_bytes)
+    if not result.is_signature_valid:
+        raise SignatureRejected("the CSR's signature does not verify under its own key")
+    return result
+
+
 Signed = TypeVar("Signed", x509.Certificate, x509.CertificateRevocationList)
 
 
@@ -145,7 +172,7 @@ _BIT_STRING = 0x03
 
 
 def _algorithm_identifier(signed_der: bytes) -> bytes:
-    """The outer signatureAlgorithm TLV of a signed certificate or CRL."""
+    """The outer signatureAlgorithm TLV of a signed certificate, CRL or CSR."""
     body = _element(signed_der, 0, _SEQUENCE)[1]
     tbs_end = _next(body, 0)
     return body[tbs_end:_next(body, tbs_end)]

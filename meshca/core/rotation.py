@@ -290,16 +290,21 @@ def check_lifetimes(policy: RotationPolicy, *, root_ttl: timedelta, intermediate
 # ---- decisions ----------------------------------------------------------------------------
 
 def next_step(policy: RotationPolicy, generations: Iterable[Generation], now: datetime, *,
-              published: Collection[int] | None = None) -> list[Action]:
+              published: Collection[int] | None = None,
+              external_roots: bool = False) -> list[Action]:
     """The actions due now, in the order to apply them; [] when nothing is due.
 
     `generations`: every generation in the journal. `published`: the root and JWT key ids in
     the bundle the service last published; those that must leave yield `Prune` (omit it to
-    get lifecycle actions only).
+    get lifecycle actions only). `external_roots`: roots are an upstream authority's (their
+    keys are not meshca's): a root is never `Prepare`d here, the service records one when the
+    upstream signs with a new one; and a recorded root replaces the active one as soon as it
+    has been published `publish_lead` (the upstream has moved on), not at `activate_at`.
     """
     _check_aware(now)
     snapshot = _validated(generations)
-    actions: list[Action] = _published_kind_actions(policy, snapshot, now, Kind.ROOT)
+    actions: list[Action] = _published_kind_actions(policy, snapshot, now, Kind.ROOT,
+                                                    external=external_roots)
     if not actions:
         actions = _intermediate_actions(policy, snapshot, now)
     if not actions:  # the X.509 chain first: at bootstrap, certificates before tokens
@@ -310,9 +315,10 @@ def next_step(policy: RotationPolicy, generations: Iterable[Generation], now: da
 
 
 def next_check(policy: RotationPolicy, generations: Iterable[Generation],
-               now: datetime) -> datetime | None:
+               now: datetime, *, external_roots: bool = False) -> datetime | None:
     """The earliest instant after `now` at which `next_step` (or the bundle) may change by
-    itself, i.e. without a taint, an issuance or an operator; None if never."""
+    itself, i.e. without a taint, an issuance or an operator; None if never.
+    `external_roots` as for `next_step`."""
     _check_aware(now)
     snapshot = _validated(generations)
     moments: list[datetime] = []
@@ -330,7 +336,9 @@ def next_check(policy: RotationPolicy, generations: Iterable[Generation],
             moments.append(prepare_time(policy, active.not_before, active.not_after))
             continue
         due = activate_time(policy, active.not_before, active.not_after)
-        if kind in PUBLISHED_KINDS:
+        if kind is Kind.ROOT and external_roots:
+            due = candidates[0].prepared_at + policy.publish_lead
+        elif kind in PUBLISHED_KINDS:
             due = max(due, candidates[0].prepared_at + policy.publish_lead)
         moments.append(due)
     for g in snapshot.values():
@@ -432,13 +440,24 @@ def manual_activate(policy: RotationPolicy, generations: Iterable[Generation], k
 # ---- internals ----------------------------------------------------------------------------
 
 def _published_kind_actions(policy: RotationPolicy, snapshot: dict[int, Generation],
-                            now: datetime, kind: Kind) -> list[Action]:
-    """Roots and JWT keys: parentless, published ahead, activated after publish_lead."""
+                            now: datetime, kind: Kind, *, external: bool = False) -> list[Action]:
+    """Roots and JWT keys: parentless, published ahead, activated after publish_lead.
+    `external`: roots of an upstream (see `next_step`)."""
     actions: list[Action] = [Withdraw(p.id, kind, Reason.STALE)
                              for p in _prepared(snapshot, kind) if _stale(policy, p, now)]
     candidates = _candidates(policy, snapshot, kind, None, now)
     active = _active(snapshot, kind)
     best = candidates[0] if candidates else None
+    if external:
+        if best is None:
+            return actions  # nothing to prepare: the upstream makes roots
+        if active is None or now >= active.not_after:
+            reason = _replacement_reason(snapshot, kind) if active is None else Reason.EXPIRED
+            waived = reason is Reason.BOOTSTRAP or not _published_long_enough(policy, best, now)
+            return [*actions, Activate(best.id, kind, active.id if active else None, reason, waived)]
+        if _published_long_enough(policy, best, now):
+            actions.append(Activate(best.id, kind, active.id, Reason.SCHEDULED))
+        return actions
     if active is None:
         reason = _replacement_reason(snapshot, kind)
         if best is None:
@@ -463,8 +482,8 @@ def _published_kind_actions(policy: RotationPolicy, snapshot: dict[int, Generati
 def _intermediate_actions(policy: RotationPolicy, snapshot: dict[int, Generation],
                           now: datetime) -> list[Action]:
     root = _active(snapshot, Kind.ROOT)
-    if root is None:
-        return []
+    if root is None or now >= root.not_after:
+        return []  # nothing can be signed under it (an upstream's root may expire unreplaced)
     actions: list[Action] = []
     for p in _prepared(snapshot, Kind.INTERMEDIATE):
         if p.parent_id != root.id:

@@ -244,6 +244,33 @@ class KeyBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamRoot:
+    """The upstream authority's current signing CA: a root meshca records (never a key)."""
+
+    location: str  # kept as the root generation's key_location, e.g. vault-pki:pki/issuer/<id>
+    certificate: x509.Certificate
+
+
+class UpstreamAuthority(Protocol):
+    """An organisation's CA above meshca (`--upstream vault-pki`): it signs meshca's
+    intermediates from their CSRs; its roots are meshca's bundle.
+
+    Raises `SignerUnavailable` while it cannot be reached (rotation waits and the alert is
+    raised; issuance goes on), another `DependencyError` when it refuses.
+    """
+
+    def current_root(self) -> UpstreamRoot:
+        """The CA it signs with now (Vault PKI: the mount's default issuer)."""
+        ...
+
+    def sign_intermediate_under(self, root_location: str, csr: x509.CertificateSigningRequest, *,
+                                ttl: timedelta, uri_sans: list[str]) -> x509.Certificate:
+        """The CSR signed by the root at `root_location`: a CA certificate carrying the CSR's
+        key and URI SANs, checked to verify under that root before it is returned."""
+        ...
+
+
 class PluggedCaFiles(Protocol):
     """An operator's CA directory, watched: `poll` swaps in a new CA only when it verifies."""
 

@@ -136,7 +136,8 @@ class CaRotator:
                 self._leases.release(lease)
         self._count(done, manual=False)
         generations, _ = self._journal.snapshot()
-        later = rotation.next_check(self._policy, generations, self._clock.now())
+        later = rotation.next_check(self._policy, generations, self._clock.now(),
+                                    external_roots=self._lifecycle.external_roots)
         cap = self._clock.now() + self._max_sleep
         return min(later, cap) if later is not None else cap
 

@@ -19,9 +19,10 @@ from meshca.core import rotation
 from meshca.core.authority import SigningAuthority
 from meshca.core.bundle import TrustBundle
 from meshca.core.clock import Clock
+from meshca.core.cross_sign import served_cross_certificates
 from meshca.core.jwt_signing import JwtKey, JwtKeySet, JwtSigningKey
 from meshca.core.remote_signing import LocalSigner, SignerUnavailable, SigningPublicKey
-from meshca.core.rotation import Kind
+from meshca.core.rotation import Kind, State
 from meshca.errors import CaUnavailable
 from meshca.service.ca_lifecycle import CaLifecycle
 from meshca.service.ca_ports import CaJournal, KeyBackend, Leases
@@ -82,12 +83,19 @@ def load_signing_authority(journal: CaJournal, keys: KeyBackend) -> SigningAutho
                   for root_id in sorted(root_ids))
     signer = keys.signer(intermediate.key_location)
     local = signer.private_key if isinstance(signer, LocalSigner) else None
+    # A root made by a cross-signed rotation keeps its cross certificate after its own: served
+    # above the intermediate unless the root that signed it was tainted.
+    parent = journal.row(signing.parent_id) if signing.parent_id is not None else None
+    stored = x509.load_pem_x509_certificates(parent.certificate_pem.encode())[1:] if parent else []
+    issuers = [x509.load_pem_x509_certificate(journal.row(g.id).certificate_pem.encode())
+               for g in generations if g.kind is Kind.ROOT and g.state is not State.TAINTED] \
+        if stored else []
     return SigningAuthority(
         generation_id=intermediate.id,
         certificate=x509.load_pem_x509_certificate(intermediate.certificate_pem.encode()),
         private_key=local,
         signer=None if local is not None else signer,
-        chain=(),
+        chain=served_cross_certificates(stored, issuers),
         bundle=TrustBundle(roots),
     )
 

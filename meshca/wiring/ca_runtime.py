@@ -33,9 +33,10 @@ def lifecycle_for(settings: Settings, engine: Engine, clock: Clock,
         key_type=settings.ca_key_type, trust_domain=settings.trust_domain,
         organization=settings.ca_organization, root_ttl=settings.root_ttl,
         intermediate_ttl=settings.intermediate_ttl,
-        jwt_key_type=KEY_TYPES[settings.jwt_key_type])
+        jwt_key_type=KEY_TYPES[settings.jwt_key_type],
+        cross_sign=settings.root_rotation == "cross-sign")
     return CaLifecycle(SqlCaJournal(engine), keys, profile,
-                       settings.rotation_policy, clock)
+                       settings.rotation_policy, clock, upstream=keys.upstream)
 
 
 def ca_source(settings: Settings, engine: Engine, clock: Clock, keys: KeyBackend, *,

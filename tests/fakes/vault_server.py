@@ -1,5 +1,11 @@
 """An in-test HTTPS Vault: exactly the endpoints meshca uses, with Vault's documented bodies.
 
+KEPT ONLY FOR FAULTS. Every Vault feature meshca uses is tested against a real OpenBao server
+(tests/vault/, `bao server -dev`). This imitation stays for what a real server cannot be made
+to show on demand: a sealed answer mid-request, injected 429/5xx storms, slow or malformed
+bodies, an unreachable server at start-up, and a clock that tests move to expire tokens
+without sleeping. New tests of a Vault feature belong in tests/vault/, against `bao`.
+
 Endpoints (all under /v1): sys/health; sys/mounts/<path> (enable transit, kv v2 or pki);
 auth/token/lookup-self, renew-self, create; auth/<kubernetes>/login (role, jwt);
 auth/<approle>/login (role_id, secret_id); <transit>/keys/<name> (create, read),
@@ -28,7 +34,6 @@ import binascii
 import contextlib
 import datetime as dt
 import json
-import os
 import re
 import secrets
 import ssl
@@ -457,7 +462,9 @@ class FakeVault:
 
     def _pki_sign(self, mount: str, body: dict[str, Any]) -> dict[str, Any]:
         if mount not in self.pki_roots:
-            raise VaultHttpError(400, ["no default issuer currently configured"])
+            # OpenBao answers 500 here (tests/integration/test_vault_contract.py).
+            raise VaultHttpError(500, ["1 error occurred:\n\t* could not fetch the CA certificate "
+                                       "(was one set?): no default issuer currently configured\n\n"])
         try:
             csr = x509.load_pem_x509_csr(str(body.get("csr", "")).encode())
         except ValueError:
@@ -472,7 +479,16 @@ class FakeVault:
         builder = _ca_builder(subject, root.subject, public, self.clock(),
                               _seconds(body.get("ttl")) or 86400 * 30).add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
-        uris = [x509.UniformResourceIdentifier(u) for u in str(body.get("uri_sans") or "").split(",") if u]
+        # As OpenBao does (found by tests/vault): with use_csr_values the CSR's SANs are kept
+        # and a uri_sans parameter is ignored.
+        if body.get("use_csr_values") in (True, "true"):
+            try:
+                uris = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+            except x509.ExtensionNotFound:
+                uris = []
+        else:
+            uris = [x509.UniformResourceIdentifier(u)
+                    for u in str(body.get("uri_sans") or "").split(",") if u]
         if uris:
             builder = builder.add_extension(x509.SubjectAlternativeName(uris), critical=False)
         return _pki_answer(builder.sign(root_key, hashes.SHA256()), root)
@@ -527,8 +543,10 @@ def _ca_builder(subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurveP
 
 def _pki_answer(cert: x509.Certificate, issuer: x509.Certificate) -> dict[str, Any]:
     issuer_pem = issuer.public_bytes(serialization.Encoding.PEM).decode()
-    return {"certificate": cert.public_bytes(serialization.Encoding.PEM).decode(), "issuing_ca": issuer_pem,
-            "ca_chain": [issuer_pem], "expiration": int(cert.not_valid_after_utc.timestamp()),
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    # OpenBao's ca_chain for sign-intermediate starts with the new certificate itself.
+    return {"certificate": cert_pem, "issuing_ca": issuer_pem, "ca_chain": [cert_pem, issuer_pem],
+            "expiration": int(cert.not_valid_after_utc.timestamp()),
             "serial_number": f"{cert.serial_number:x}"}
 
 
@@ -650,7 +668,7 @@ def _server_tls(directory: Path, host: str) -> tuple[ssl.SSLContext, bytes]:
 
 @dataclass
 class VaultTarget:
-    """A Vault to run the contract tests against: this fake, or a real one from $VAULT_ADDR."""
+    """A Vault to run the contract tests against: this fake, or a real one (OpenBao)."""
 
     addr: str
     ca_cert: Path | None
@@ -671,17 +689,16 @@ class VaultTarget:
 
 
 @contextlib.contextmanager
-def vault_target() -> Iterator[VaultTarget]:
-    """The fake by default; a real Vault when VAULT_ADDR (and a root-ish VAULT_TOKEN) are set.
+def vault_target(real: tuple[str, str, Path | None] | None = None) -> Iterator[VaultTarget]:
+    """This fake, or a real Vault API server: `real` = (addr, root-ish token, CA file), e.g. the
+    suite's OpenBao (tests/vault/bao.py).
 
-    Against a real Vault, fresh transit and KV v2 mounts with random names are enabled for
-    the run and disabled afterwards, so nothing else in that Vault is touched.
+    Against a real server, fresh transit and KV v2 mounts with random names are enabled for
+    the run and disabled afterwards, so nothing else in that server is touched.
     """
-    real_addr = os.environ.get("VAULT_ADDR")
     fake: FakeVault | None = None
-    if real_addr:
-        addr, token = real_addr, os.environ.get("VAULT_TOKEN", "")
-        ca_cert = Path(os.environ["VAULT_CACERT"]) if os.environ.get("VAULT_CACERT") else None
+    if real is not None:
+        addr, token, ca_cert = real
     else:
         fake = FakeVault().serve()
         addr, token, ca_cert = fake.addr, fake.root_token, fake.ca_cert

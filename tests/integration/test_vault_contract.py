@@ -1,14 +1,8 @@
 """The Vault behaviours meshca relies on, asserted through hvac and meshca's Vault adapter.
 
-Runs against the in-test fake by default. With VAULT_ADDR and a VAULT_TOKEN allowed to mount
-engines and create tokens (a dev server's root token), the same tests run against a real
-Vault, proving the fake is faithful:
-
-    vault server -dev -dev-root-token-id=root &
-    VAULT_ADDR=http://127.0.0.1:8200 VAULT_TOKEN=root \
-        .venv/bin/pytest tests/integration/test_vault_contract.py
-
-Tests that need to break Vault on purpose (seal it, rate-limit it) run against the fake only.
+Run against the suite's real OpenBao server (`bao server -dev`, tests/vault/bao.py). The
+tests that break Vault on purpose (seal it, rate-limit it) use the in-test fake
+(`fake_vault`): a real server cannot be made to do that on demand.
 """
 
 from __future__ import annotations
@@ -42,10 +36,19 @@ from meshca.infra.vault import (
     VaultUnavailable,
 )
 from tests.fakes.vault_server import VaultTarget, vault_target
+from tests.vault.bao import BaoServer
+
+pytestmark = pytest.mark.bao
 
 
 @pytest.fixture(scope="module")
-def vault() -> Iterator[VaultTarget]:
+def vault(bao_server: BaoServer) -> Iterator[VaultTarget]:
+    with vault_target((bao_server.addr, bao_server.root_token, bao_server.ca_cert)) as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def fake_vault() -> Iterator[VaultTarget]:
     with vault_target() as target:
         yield target
 
@@ -61,11 +64,6 @@ def child_token(vault: VaultTarget, *, ttl: str = "1h", renewable: bool = True,
                                                 renewable=renewable, explicit_max_ttl=explicit_max_ttl)
     token: str = response["auth"]["client_token"]
     return token
-
-
-def fake_only(vault: VaultTarget) -> None:
-    if not vault.is_fake:
-        pytest.skip("breaks Vault on purpose: runs against the fake only")
 
 
 def name() -> str:
@@ -223,33 +221,31 @@ def test_a_missing_kv_secret_is_404(vault: VaultTarget) -> None:
 
 # --- failures that only the fake can stage -----------------------------------------------------
 
-def test_a_sealed_vault_answers_503_and_is_unavailable(vault: VaultTarget) -> None:
-    fake_only(vault)
-    assert vault.fake is not None
-    live = session(vault)
-    keys = TransitKeys(live, vault.transit_mount)
+def test_a_sealed_vault_answers_503_and_is_unavailable(fake_vault: VaultTarget) -> None:
+    assert fake_vault.fake is not None
+    live = session(fake_vault)
+    keys = TransitKeys(live, fake_vault.transit_mount)
     signer = keys.create(name(), KeyType.EC_P256)
-    vault.fake.sealed = True
+    fake_vault.fake.sealed = True
     try:
         with pytest.raises(VaultUnavailable, match="Vault is sealed") as caught:
             signer.sign(b"x")
         assert caught.value.status == 503
-        health = vault.client().sys.read_health_status(method="GET")  # non-200: a Response
+        health = fake_vault.client().sys.read_health_status(method="GET")  # non-200: a Response
         assert health.status_code == 503
         assert health.json()["sealed"] is True
         assert not live.health.reachable
     finally:
-        vault.fake.sealed = False
+        fake_vault.fake.sealed = False
     signer.sign(b"x")
     assert live.health.reachable
 
 
-def test_rate_limiting_is_429_and_unavailable(vault: VaultTarget) -> None:
-    fake_only(vault)
-    assert vault.fake is not None
-    signer = TransitKeys(session(vault), vault.transit_mount).create(name(), KeyType.EC_P256)
-    vault.fake.inject(f"{vault.transit_mount}/sign/", 429,
-                      [f"request path \"{vault.transit_mount}/sign\": rate limit quota exceeded"],
+def test_rate_limiting_is_429_and_unavailable(fake_vault: VaultTarget) -> None:
+    assert fake_vault.fake is not None
+    signer = TransitKeys(session(fake_vault), fake_vault.transit_mount).create(name(), KeyType.EC_P256)
+    fake_vault.fake.inject(f"{fake_vault.transit_mount}/sign/", 429,
+                      [f"request path \"{fake_vault.transit_mount}/sign\": rate limit quota exceeded"],
                       headers={"Retry-After": "1"})
     with pytest.raises(VaultUnavailable, match="rate limit quota exceeded") as caught:
         signer.sign(b"x")
@@ -270,6 +266,8 @@ def test_pki_signs_meshcas_intermediate_from_its_csr(vault: VaultTarget) -> None
         key = KeyType.EC_P256.generate()
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(templates.ca_subject("meshca", "intermediate", 1, 0xabc))
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.UniformResourceIdentifier("spiffe://cluster.local")]), critical=False)
                .sign(key, hashes.SHA256()))
         signed = upstream.sign_intermediate(csr, ttl=timedelta(days=7),
                                             uri_sans=["spiffe://cluster.local"])
@@ -285,29 +283,30 @@ def test_pki_signs_meshcas_intermediate_from_its_csr(vault: VaultTarget) -> None
         client.sys.disable_secrets_engine(path=mount)
 
 
-def test_pki_without_a_root_is_a_400(vault: VaultTarget) -> None:
+def test_pki_without_a_root_is_a_500_naming_the_missing_issuer(vault: VaultTarget) -> None:
+    """OpenBao answers 500, not 400: meshca treats it as an upstream outage (rotation waits,
+    the alert is raised) and the message says what is missing."""
     mount = f"meshca-test-pki-{secrets.token_hex(4)}"
     vault.client().sys.enable_secrets_engine(backend_type="pki", path=mount)
     try:
         key = KeyType.EC_P256.generate()
         csr = x509.CertificateSigningRequestBuilder().subject_name(
             templates.ca_subject("meshca", "intermediate", 1, 1)).sign(key, hashes.SHA256())
-        with pytest.raises(VaultRejected) as caught:
+        with pytest.raises(VaultUnavailable, match="no default issuer") as caught:
             VaultPkiUpstream(session(vault), mount).sign_intermediate(csr, ttl=timedelta(days=1), uri_sans=[])
-        assert caught.value.status == 400
+        assert caught.value.status == 500
     finally:
         vault.client().sys.disable_secrets_engine(path=mount)
 
 
-def test_a_sealed_vault_is_a_signer_unavailable_for_the_service_layer(vault: VaultTarget) -> None:
-    fake_only(vault)
-    assert vault.fake is not None
+def test_a_sealed_vault_is_a_signer_unavailable_for_the_service_layer(fake_vault: VaultTarget) -> None:
+    assert fake_vault.fake is not None
     from meshca.core.remote_signing import SignerUnavailable
 
-    signer = TransitKeys(session(vault), vault.transit_mount).create(name(), KeyType.EC_P256)
-    vault.fake.sealed = True
+    signer = TransitKeys(session(fake_vault), fake_vault.transit_mount).create(name(), KeyType.EC_P256)
+    fake_vault.fake.sealed = True
     try:
         with pytest.raises(SignerUnavailable):
             signer.sign(b"x")
     finally:
-        vault.fake.sealed = False
+        fake_vault.fake.sealed = False

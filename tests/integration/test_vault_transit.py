@@ -41,7 +41,6 @@ from meshca.infra.vault import (
     TransitKeys,
     TransitLocation,
     VaultConnection,
-    VaultDenied,
     VaultSession,
 )
 from tests.fakes.vault_server import FakeVault
@@ -294,25 +293,3 @@ def _dump_memory(target: Path) -> None:
                     out.write(mem.read(min(1 << 24, end - offset)))
                 except OSError:
                     break
-
-
-def test_the_least_privilege_policy_of_docs_vault_md_is_enough_and_no_more(fake: FakeVault) -> None:
-    docs = (REPO / "docs" / "vault.md").read_text()
-    assert 'path "meshca-transit/keys/+"' in docs and 'path "meshca-transit/sign/+"' in docs
-    fake.mounts["meshca-transit"] = "transit"
-    fake.add_policy("meshca-transit", {"meshca-transit/keys/+": {"create", "read"},
-                                       "meshca-transit/sign/+": {"update"}})
-    token = fake.issue_token(["meshca-transit"], ttl=600)
-    session = VaultSession(VaultConnection(fake.addr, fake.ca_cert), TokenAuth(token=token))
-    keys = TransitKeys(session, "meshca-transit")
-    root_signer = keys.create("root-least", KeyType.EC_P256)
-    root = _ca(root_signer, None, "root", datetime.now(UTC))
-    root.verify_directly_issued_by(root)
-    for forbidden in ("meshca-transit/keys/root-least/config", "meshca-transit/keys/root-least/rotate",
-                      "meshca-transit/export/signing-key/root-least"):
-
-        def attempt(client: Any, path: str = forbidden) -> Any:
-            return client.write_data(path, data={"exportable": True})
-
-        with pytest.raises(VaultDenied):
-            session.call("forbidden", attempt)

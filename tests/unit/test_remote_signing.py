@@ -22,6 +22,7 @@ from meshca.core.remote_signing import (
     hash_for,
     sign_certificate,
     sign_crl,
+    sign_csr,
 )
 from meshca.core.spiffe import SpiffeId
 from tests.unit.pki import CALLER, NOW, TRUST_DOMAIN, ec_key, rsa_key
@@ -200,3 +201,29 @@ def test_unsupported_public_key_type_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="Ed25519"):
         sign_certificate(_root_builder(key), EdSigner())  # type: ignore[arg-type]
     assert isinstance(rsa_key(2048, 11), rsa.RSAPrivateKey)
+
+
+def _csr_builder() -> x509.CertificateSigningRequestBuilder:
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "meshca intermediate")]))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{TRUST_DOMAIN}")]), critical=False))
+
+
+@pytest.mark.parametrize("kind", KEYS)
+def test_a_remote_csr_carries_the_signers_key_and_verifies(kind: str) -> None:
+    key = KEYS[kind]()
+    signer = HiddenKeySigner(key)
+    csr = sign_csr(_csr_builder(), signer)
+    assert csr.public_key() == key.public_key()  # not the stand-in's
+    assert csr.is_signature_valid
+    assert signer.calls == [csr.tbs_certrequest_bytes]
+    local = sign_csr(_csr_builder(), LocalSigner(key))
+    assert local.subject == csr.subject and list(local.extensions) == list(csr.extensions)
+    assert csr.signature_algorithm_oid == local.signature_algorithm_oid
+
+
+def test_a_remote_csr_signed_by_another_key_is_refused() -> None:
+    claimed, actual = ec_key("secp256r1", 11), ec_key("secp256r1", 13)
+    with pytest.raises(SignatureRejected, match="does not verify"):
+        sign_csr(_csr_builder(), WrongKeySigner(claimed, actual))

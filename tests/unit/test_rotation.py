@@ -645,3 +645,53 @@ def test_following_next_check_for_a_year_and_a_half() -> None:
                                                              (second, Reason.OUTLIVED)]
     inter_activations = [a for a in journal.log if isinstance(a, Activate) and a.kind is INTERMEDIATE]
     assert len(inter_activations) > 150
+
+
+# ---- roots of an upstream authority (external_roots) -----------------------------------------
+
+def chain_steps(gens: list[Generation], now: datetime, *,
+                external_roots: bool = False) -> list[rotation.Action]:
+    """next_step's root and intermediate actions (JWT keys are not at issue here)."""
+    return [a for a in rotation.next_step(POLICY, gens, now, external_roots=external_roots)
+            if a.kind is not Kind.JWT]
+
+
+def test_external_roots_are_never_prepared_at_bootstrap_half_life_or_expiry() -> None:
+    assert chain_steps([], NB, external_roots=True) == []
+    half = [root(1, ACTIVE), inter(2, 1, ACTIVE, start=NB + YEAR * 0.6 - DAY)]
+    assert chain_steps(half, NB + YEAR * 0.6, external_roots=True) == []
+    assert Prepare(ROOT, None, Reason.SCHEDULED) in chain_steps(half, NB + YEAR * 0.6)
+    expired = [root(1, ACTIVE), inter(2, 1, ACTIVE, start=NB + YEAR - WEEK)]
+    assert chain_steps(expired, NB + YEAR + DAY, external_roots=True) == []  # nothing to sign under
+
+
+def test_intermediates_rotate_under_an_external_root_past_its_half_life() -> None:
+    """The upstream's schedule is not meshca's: a root meshca cannot replace must not hold up
+    its intermediates (which a pending root Prepare would)."""
+    now = NB + YEAR * 0.7
+    gens = [root(1, ACTIVE), inter(2, 1, ACTIVE, start=now - WEEK * 0.9)]
+    assert chain_steps(gens, now, external_roots=True) == [
+        Prepare(INTERMEDIATE, 1, Reason.SCHEDULED)]
+
+
+def test_a_recorded_external_root_is_activated_once_published_long_enough() -> None:
+    now = NB + DAY * 30  # long before the active root's activate_at
+    new = root(3, PREPARED, start=now, prepared_at=now)
+    gens = [root(1, ACTIVE), inter(2, 1, ACTIVE, start=now - DAY), new]
+    assert chain_steps(gens, now, external_roots=True) == []
+    assert rotation.next_check(POLICY, gens, now, external_roots=True) == now + POLICY.publish_lead
+    later = now + POLICY.publish_lead
+    assert chain_steps(gens, later, external_roots=True) == [
+        Activate(3, ROOT, 1, Reason.SCHEDULED)]
+    assert chain_steps(gens, later) == []  # meshca's own root waits for activate_at
+
+
+def test_the_first_external_root_signs_at_once_and_an_expired_one_is_replaced() -> None:
+    first = [root(1, PREPARED)]
+    assert chain_steps(first, NB, external_roots=True) == [
+        Activate(1, ROOT, None, Reason.BOOTSTRAP, lead_waived=True)]
+    end = NB + YEAR
+    gens = [root(1, ACTIVE), root(2, PREPARED, start=end - timedelta(hours=1),
+                                  prepared_at=end - timedelta(hours=1))]
+    assert chain_steps(gens, end, external_roots=True) == [
+        Activate(2, ROOT, 1, Reason.EXPIRED, lead_waived=True)]

@@ -39,9 +39,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and (gt $replicas 1) .Values.persistence.enabled -}}
 {{- fail (printf "meshca: replicaCount %d cannot share one PersistentVolumeClaim: set persistence.enabled=false (the data dir becomes an emptyDir; state lives in PostgreSQL)." $replicas) -}}
 {{- end -}}
-{{- $vault := hasPrefix "vault-" .Values.keystore.type -}}
+{{- $vault := or (hasPrefix "vault-" .Values.keystore.type) (eq .Values.keystore.upstream "vault-pki") -}}
 {{- if and $vault (not .Values.keystore.vault.addr) -}}
-{{- fail (printf "meshca: keystore.type %s needs keystore.vault.addr." .Values.keystore.type) -}}
+{{- fail (printf "meshca: keystore.type %s / keystore.upstream %s needs keystore.vault.addr." .Values.keystore.type .Values.keystore.upstream) -}}
+{{- end -}}
+{{- if and (ne .Values.keystore.upstream "none") .Values.caSecret -}}
+{{- fail "meshca: keystore.upstream and caSecret both say who signs meshca's intermediate: set one." -}}
+{{- end -}}
+{{- if and (eq .Values.rootRotation "cross-sign") (or (ne .Values.keystore.upstream "none") .Values.caSecret) -}}
+{{- fail "meshca: rootRotation cross-sign concerns roots meshca makes: not with keystore.upstream or caSecret." -}}
 {{- end -}}
 {{- if and $vault (eq .Values.keystore.vault.auth "token") (not .Values.keystore.vault.tokenSecret) -}}
 {{- fail "meshca: keystore.vault.auth token needs keystore.vault.tokenSecret (a Secret with key \"token\")." -}}
@@ -139,6 +145,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- /* "file" is meshca's default keystore: no flag needed. */}}
 {{- if ne .Values.keystore.type "file" }}
 - {{ printf "--keystore=%v" .Values.keystore.type | quote }}
+{{- end }}
+{{- if or (ne .Values.keystore.type "file") (eq .Values.keystore.upstream "vault-pki") }}
 {{- with .Values.keystore.vault }}
 - {{ printf "--vault-addr=%v" .addr | quote }}
 {{- if .namespace }}
@@ -158,10 +166,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- if eq $.Values.keystore.type "vault-transit" }}
 - {{ printf "--vault-transit-mount=%v" .transitMount | quote }}
-{{- else }}
+{{- else if eq $.Values.keystore.type "vault-kv" }}
 - {{ printf "--vault-kv-mount=%v" .kvMount | quote }}
 {{- end }}
+{{- if eq $.Values.keystore.upstream "vault-pki" }}
+- --upstream=vault-pki
+- {{ printf "--vault-pki-mount=%v" .pkiMount | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.rootRotation "cross-sign" }}
+- --root-rotation=cross-sign
 {{- end }}
 {{- if .Values.caSecret }}
 - --ca-dir=/etc/meshca/cacerts
