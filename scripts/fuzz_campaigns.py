@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.fuzz.campaign import Tally
 from tests.support import MeshcaProcess, logs_with_tracebacks, postgres_url, reset_postgres, start_meshca
 
-CAMPAIGNS = ("ca", "admin", "authz", "ext_authz")
+CAMPAIGNS = ("ca", "ca-identity", "admin", "authz", "ext_authz")
 
 
 def _server(work: Path, name: str, extra: tuple[str, ...], postgres: bool) -> MeshcaProcess:
@@ -24,12 +24,13 @@ def _server(work: Path, name: str, extra: tuple[str, ...], postgres: bool) -> Me
     return start_meshca(work / name / "data", *extra, database_url=url)
 
 
-def _run_ca(work: Path, args: argparse.Namespace) -> Tally:
+def _run_ca(work: Path, args: argparse.Namespace, focus: str = "all") -> Tally:
     from tests.fuzz.ca_campaign import SERVER_FLAGS, fuzz_create_certificate
 
-    server = _server(work, "ca", SERVER_FLAGS, args.postgres)
+    server = _server(work, "ca" if focus == "all" else f"ca-{focus}", SERVER_FLAGS, args.postgres)
     try:
-        return fuzz_create_certificate(server, args.inputs, seed_value=args.seed, seconds=args.seconds)
+        return fuzz_create_certificate(server, args.inputs, seed_value=args.seed, seconds=args.seconds,
+                                       focus=focus)
     finally:
         server.stop()
 
@@ -62,7 +63,8 @@ def _run_ext_authz(work: Path, args: argparse.Namespace) -> Tally:
 
 
 RUNNERS: dict[str, Callable[[Path, argparse.Namespace], Tally]] = {
-    "ca": _run_ca, "admin": _run_admin, "authz": _run_authz, "ext_authz": _run_ext_authz}
+    "ca": _run_ca, "ca-identity": lambda work, args: _run_ca(work, args, "identity"),
+    "admin": _run_admin, "authz": _run_authz, "ext_authz": _run_ext_authz}
 
 
 def main() -> int:
