@@ -81,7 +81,9 @@ def _send(addr: str, bundle: str, method: str, path: str, headers: tuple[tuple[s
     connection = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
     try:
         connection.sock = context.wrap_socket(raw, server_hostname="localhost")
-        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        # Non-ASCII and spaces as a client would send them (UTF-8, percent-encoded).
+        connection.putrequest(method, quote(path, safe=string.punctuation), skip_host=True,
+                              skip_accept_encoding=True)
         connection.putheader("Host", "localhost")
         for name, value in headers:
             connection.putheader(name, value)
