@@ -82,7 +82,10 @@ def main() -> int:
             if postgres:
                 _own_database(create=False)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if problems or os.environ.get("CRASH_KEEP"):
+            print(f"work directory kept (logs, data): {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"== {len(problems)} problems")
     return 1 if problems else 0
 
