@@ -126,11 +126,14 @@ def _run(start: Callable[[], Coroutine[Any, Any, None]]) -> int:
     try:
         asyncio.run(start())
     except (MeshcaError, ValueError, OSError) as exc:
-        # A configuration the process cannot start with: say what, without a traceback; 2, as
-        # for a bad flag, since only the operator can fix it.
+        # Said without a traceback. A configuration the process cannot start with exits 2, as
+        # a bad flag does, since only the operator can fix it; a worker that failed to start
+        # exits 1, as one that dies later does, so that a supervisor restarts the whole.
+        from meshca.infra.supervision import WorkerStartError
+
         logging.getLogger("meshca").debug("start-up failed", exc_info=True)
         print(f"meshca: cannot start: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, WorkerStartError) else 2
     return 0
 
 

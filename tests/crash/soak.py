@@ -6,8 +6,9 @@ no token), admin reads, ext_authz checks, policy edits, and an intermediate rota
 minutes (prepare, then activate); beside it, idle TLS connections and slow clients (one byte of
 a TLS hello a second) up to the connection limit. Each minute, for every process of the server
 (supervisor and workers): RSS, open file descriptors, threads and database connections. At the
-end, a least-squares slope per series: its growth over the run must stay within the noise
-(three standard deviations of the residuals, plus one unit: a page of RSS, one fd)."""
+end, a least-squares slope per series after a warm-up fifth of the run: its growth over the run
+must stay within the noise (three standard deviations of the residuals, plus one unit: 4 KiB of
+RSS, one fd, thread or connection)."""
 
 from __future__ import annotations
 
@@ -263,7 +264,7 @@ class SoakReport:
         """process → series → (growth over the run by the fitted slope, noise bound, within)."""
         found: dict[str, dict[str, tuple[float, float, bool]]] = {}
         for process, rows in self.samples.items():
-            rows = rows[1:]  # the first minute is warm-up (caches, pools filling)
+            rows = rows[max(1, len(rows) // 5):]  # warm-up, a fifth of the run: caches and pools fill
             if len(rows) < 3:
                 continue
             found[process] = {}
