@@ -81,3 +81,16 @@ def test_a_request_nested_past_protobufs_depth_limit_is_invalid_argument(server:
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in str(refused.value.details())
     assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.parametrize("value", [[], {}, ["true"], 1.5, None])
+def test_a_dry_run_annotation_of_the_wrong_type_is_refused_with_its_field(value: object) -> None:
+    """Found by the campaign: a list here raised TypeError (unhashable) instead of PolicyInvalid."""
+    from meshca.authz import PolicyInvalid, parse_policy
+
+    with pytest.raises(PolicyInvalid) as refused:
+        parse_policy({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                      "metadata": {"name": "p", "namespace": "web",
+                                   "annotations": {"istio.io/dry-run": value}},
+                      "spec": {"action": "DENY", "rules": [{}]}})
+    assert [e.field for e in refused.value.errors] == ["metadata.annotations[istio.io/dry-run]"]
