@@ -7,13 +7,31 @@ from pathlib import Path
 import pytest
 from pluggy import Result
 
-from tests.support import MeshcaProcess, postgres_url, reset_postgres, start_meshca
+from tests.support import (
+    MeshcaProcess,
+    logs_with_tracebacks,
+    postgres_url,
+    reset_postgres,
+    start_meshca,
+)
 from tests.vault.bao import BaoServer, bao_binary, start_bao
 
 # `meshca serve` defaults to one worker per core; the servers the tests start run one worker
 # unless a test asks for more (--workers N wins over the variable), so that per-process state
 # (rate-limit buckets, caches) behaves the same on every machine.
 os.environ.setdefault("MESHCA_WORKERS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_traceback_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: every log the suite's servers and agents wrote (`*.log` under the
+    session's tmp) is free of tracebacks, but for those a test provoked on purpose
+    (tests.support.expect_traceback). A traceback is a bug even where every status was right."""
+    yield
+    found = logs_with_tracebacks(tmp_path_factory.getbasetemp())
+    if found:
+        shown = "\n\n".join(f"== {path}\n{excerpt}" for path, excerpt in found.items())
+        pytest.fail(f"{len(found)} log(s) hold a traceback no test provoked:\n{shown}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,30 @@ from meshca.infra.dev_issuer import DEV_ISSUER, DevIssuer
 from meshca.infra.keyfiles import KeyEncryptionKey
 
 CA_METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+TRACEBACK = "Traceback (most recent call last)"
+
+# Logs in which a test provokes a traceback on purpose (a crash it then checks for), with why:
+# tests/conftest.py fails the session on a traceback in any other log under the session's tmp.
+PROVOKED_TRACEBACKS: dict[Path, str] = {}
+
+
+def expect_traceback(log_path: Path, why: str) -> None:
+    """Declare that `log_path` may hold a traceback because the test provokes one."""
+    PROVOKED_TRACEBACKS[log_path.resolve()] = why
+
+
+def logs_with_tracebacks(root: Path) -> dict[Path, str]:
+    """Every `*.log` under `root` holding a traceback not declared with expect_traceback, with
+    the lines around the first one."""
+    found: dict[Path, str] = {}
+    for path in sorted(root.rglob("*.log")):
+        if not path.is_file() or path.resolve() in PROVOKED_TRACEBACKS:
+            continue
+        text = path.read_text(errors="replace")
+        at = text.find(TRACEBACK)
+        if at >= 0:
+            found[path] = text[max(0, at - 300):at + 1500]
+    return found
 
 
 @dataclass

@@ -132,9 +132,10 @@ def _metadata(meta: object, default_ns: str | None, errors: _Errors,
         errors.add("metadata.annotations", "must be an object of strings")
     elif DRY_RUN_ANNOTATION in annotations:
         value = annotations[DRY_RUN_ANNOTATION]
-        if value not in _TRUE | _FALSE:
+        # A list or object here is the author's mistake, not a TypeError (a set lookup hashes).
+        if not isinstance(value, str | bool) or value not in _TRUE | _FALSE:
             errors.add(f"metadata.annotations[{DRY_RUN_ANNOTATION}]", 'must be "true" or "false"')
-        dry_run = value in _TRUE
+        dry_run = isinstance(value, str | bool) and value in _TRUE
     return name, namespace, dry_run
 
 

@@ -17,7 +17,7 @@ from meshca.cli.ca import add_ca_parser
 from meshca.cli.common import data_dir_arg, kek_file_arg
 from meshca.cli.durations import parse_duration
 from meshca.cli.serve_args import add_serve_parser, settings_from
-from meshca.errors import MeshcaError
+from meshca.errors import ConfigurationError, MeshcaError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log_to_stderr(settings.log_level)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from meshca.wiring.serve import serve
+        from meshca.wiring.startup import check_files
+
+        try:
+            check_files(settings)  # before Vault is dialled: a missing file is the operator's fix
+        except ConfigurationError as exc:
+            print(f"meshca: cannot start: {exc}", file=sys.stderr)
+            return 2
 
         return _run(lambda: serve(settings))
     if args.command == "agent":
@@ -119,10 +126,16 @@ def _run(start: Callable[[], Coroutine[Any, Any, None]]) -> int:
     try:
         asyncio.run(start())
     except (MeshcaError, ValueError, OSError) as exc:
-        # A configuration the process cannot start with: say what, without a traceback.
+        # Said without a traceback. A configuration the process cannot start with exits 2, as
+        # a bad flag does, since only the operator can fix it; a worker that failed to start
+        # exits 1, as one that dies later does, so that a supervisor restarts the whole.
+        from meshca.infra.supervision import WorkerStartError
+
         logging.getLogger("meshca").debug("start-up failed", exc_info=True)
-        print(f"meshca: cannot start: {exc}", file=sys.stderr)
-        # An error may say that retrying cannot help (Vault refused the login): 2, like a bad flag.
-        code = getattr(exc, "exit_code", 1)
-        return code if isinstance(code, int) else 1
+        print(f"meshca: cannot start: {_one_line(exc)}", file=sys.stderr)
+        return 1 if isinstance(exc, WorkerStartError) else 2
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

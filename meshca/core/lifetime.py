@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from meshca.errors import InvalidRequest
+from meshca.errors import CaUnavailable, InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,5 +47,7 @@ def leaf_validity(
         ttl = timedelta(seconds=requested_seconds)
     not_after = min(now + ttl, issuer_not_after)
     if not_after <= now:
-        raise InvalidRequest("the issuing CA has expired")
+        # The CA's state, not the caller's mistake: UNAVAILABLE, which Istio's agent retries
+        # (INVALID_ARGUMENT it would not) until rotation has an unexpired intermediate active.
+        raise CaUnavailable("the issuing CA has expired")
     return Validity(not_before=now - policy.backdate, not_after=not_after)

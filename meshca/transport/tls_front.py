@@ -266,8 +266,22 @@ def server_ssl_context(serving_file: str, password: bytes | None, bundle_pem: st
     """`serving_file` holds the (encrypted) key and the certificate chain."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(serving_file, password=password)
+    _load_chain_once(context, serving_file, password)
     context.load_verify_locations(cadata=bundle_pem)
     context.verify_mode = ssl.CERT_OPTIONAL
     context.set_alpn_protocols(list(alpn))
     return context
+
+
+def _load_chain_once(context: ssl.SSLContext, serving_file: str, password: bytes | None) -> None:
+    """`load_cert_chain(file)` opens the file twice (the chain, then the key): a replacement in
+    between pairs a new key with an old certificate (KEY_VALUES_MISMATCH), and the listener kept
+    serving the old, soon expired, certificate. So: read the file once, load a private copy."""
+    data = Path(serving_file).read_bytes()
+    fd, snapshot = tempfile.mkstemp(prefix=".snapshot-", dir=os.path.dirname(serving_file) or None)
+    try:
+        with os.fdopen(fd, "wb") as out:  # mkstemp: 0600, in the serving file's private directory
+            out.write(data)
+        context.load_cert_chain(snapshot, password=password)
+    finally:
+        os.unlink(snapshot)

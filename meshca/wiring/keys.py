@@ -16,9 +16,8 @@ from meshca.wiring.keystore_settings import keystore_settings
 
 class VaultLoginRefused(KeystoreConfigError):
     """Vault answered meshca's login and said no: a wrong token, role or secret ID. Retrying
-    cannot help, so start-up stops with this one line (exit 2)."""
-
-    exit_code = 2
+    cannot help, so start-up stops with this one line (exit 2, as every configuration error:
+    cli/main.py)."""
 
 
 def open_process_keys(settings: Settings) -> KeyBackend:

@@ -10,6 +10,7 @@ from pathlib import Path
 from meshca.config import Settings, split_host_port
 from meshca.core.authority import SigningAuthority
 from meshca.core.clock import Clock
+from meshca.errors import ConfigurationError
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.engine import database_url_for, migrate, open_engine
 from meshca.infra.db.lease import SqlLeases
@@ -21,6 +22,50 @@ from meshca.wiring.keystore import KeyBackend
 from meshca.wiring.serving import ServingCertKeeper
 
 log = logging.getLogger("meshca")
+
+# Why each file a setting names is read, and what to do when it cannot be: the start-up
+# message names the flag and the fix (one line, exit 2) instead of failing later, deep down.
+_FILE_FIXES = {
+    "--vault-token-file": "write the Vault token there (e.g. Vault Agent's sink) or point "
+                          "--vault-token-file at the file that holds it",
+    "--vault-secret-id-file": "write the AppRole secret ID there or point --vault-secret-id-file "
+                              "at it",
+    "--vault-kube-token-file": "mount the projected service-account token there or point "
+                               "--vault-kube-token-file at it",
+    "--vault-ca-cert": "point --vault-ca-cert at the PEM file of the CA that signed Vault's "
+                       "certificate",
+    "--federation-cert": "point --federation-cert at the federation endpoint's certificate chain",
+    "--federation-key": "point --federation-key at the federation endpoint's private key",
+}
+
+
+def files_to_read(settings: Settings) -> dict[str, Path]:
+    """Each file the settings name that must be readable before anything starts."""
+    named: dict[str, Path | None] = {
+        "--federation-cert": settings.federation_cert, "--federation-key": settings.federation_key}
+    if settings.keystore != "file":
+        named["--vault-ca-cert"] = settings.vault_ca_cert
+        if settings.vault_auth == "token":
+            named["--vault-token-file"] = settings.vault_token_file
+        elif settings.vault_auth == "approle":
+            named["--vault-secret-id-file"] = settings.vault_secret_id_file
+        elif settings.vault_auth == "kubernetes":
+            named["--vault-kube-token-file"] = settings.vault_kube_token_file
+    return {flag: path for flag, path in named.items() if path is not None}
+
+
+def check_files(settings: Settings) -> None:
+    """ConfigurationError naming the flag, the file, why and the fix, for the first file the
+    process could not read."""
+    for flag, path in files_to_read(settings).items():
+        try:
+            with path.open("rb") as handle:
+                empty = not handle.read(1)
+        except OSError as exc:
+            raise ConfigurationError(f"{flag} {path}: cannot read it ({exc.strerror}); "
+                                     f"{_FILE_FIXES[flag]}") from None
+        if empty:
+            raise ConfigurationError(f"{flag} {path}: the file is empty; {_FILE_FIXES[flag]}")
 
 
 def prepare_data_dir(data_dir: Path) -> None:

@@ -31,6 +31,7 @@ from meshca.service.jwt_minting import JwtLifetimes, SvidService
 from meshca.service.policy_store import PolicyStore
 from meshca.service.refusal_summary import RefusalSummary
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
+from meshca.transport.grpc.decode_guard import AsyncDecodeGuard
 from meshca.transport.grpc.svid_service import SvidServicer
 from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics
@@ -131,6 +132,7 @@ async def start_worker(
         rate_limits=rate_limits, federation=federation,
     )
     server = grpc.aio.server(
+        interceptors=[AsyncDecodeGuard()],  # an undecodable request is INVALID_ARGUMENT
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),

@@ -266,6 +266,6 @@ def test_start_up_problems_are_reported_without_a_traceback(tmp_path: Path) -> N
                      "--metrics-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
                      "--token-issuer", "https://issuer.example",
                      "--token-jwks", str(tmp_path / "missing-jwks.json"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "meshca: cannot start:" in result.stderr and "missing-jwks.json" in result.stderr
     assert "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from meshca.core.lifetime import LifetimePolicy, Validity, leaf_validity
-from meshca.errors import InvalidRequest
+from meshca.errors import CaUnavailable, InvalidRequest
 from tests.unit.pki import NOW
 
 DAY = timedelta(days=1)
@@ -56,12 +56,12 @@ def test_issuer_expiring_a_moment_from_now_still_signs_until_then() -> None:
 
 @pytest.mark.parametrize("issuer_end", [NOW, NOW - timedelta(seconds=1), NOW - 30 * DAY])
 def test_expired_issuer_is_refused(issuer_end: object) -> None:
-    with pytest.raises(InvalidRequest, match="the issuing CA has expired"):
+    with pytest.raises(CaUnavailable, match="the issuing CA has expired"):
         leaf_validity(0, POLICY, NOW, issuer_end)  # type: ignore[arg-type]
 
 
 def test_an_expired_issuer_is_reported_even_for_an_explicit_request() -> None:
-    with pytest.raises(InvalidRequest, match="expired"):
+    with pytest.raises(CaUnavailable, match="expired"):
         leaf_validity(60, POLICY, NOW, NOW - DAY)
 
 
