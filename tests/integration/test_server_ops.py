@@ -239,8 +239,8 @@ def test_workers_share_the_port_records_and_metrics(tmp_path: Path) -> None:
         assert server.issued_count() == 30
         metrics = _metrics(server)
         assert metrics["citadel_server_success_cert_issuance_count"] == 30
-        per_worker = [metrics['meshca_worker_issued_count{worker="0"}'],
-                      metrics['meshca_worker_issued_count{worker="1"}']]
+        per_worker = [metrics['meshca_worker_issued_certificates_total{worker="0"}'],
+                      metrics['meshca_worker_issued_certificates_total{worker="1"}']]
         assert sum(per_worker) == 30 and min(per_worker) > 0, per_worker
         assert "Traceback" not in server.log_text()
     finally:
