@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from meshca import __version__
+from meshca import __version__, logs
 from meshca.cli.admin import add_admin_parser
 from meshca.cli.agent_args import add_agent_parser, agent_settings_from
 from meshca.cli.authz import add_authz_parser
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"meshca: {exc}", file=sys.stderr)
             return 2
-        _log_to_stderr(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from meshca.wiring.serve import serve
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"meshca agent: {exc}", file=sys.stderr)
             return 2
-        _log_to_stderr(agent_settings.log_level)
+        logs.configure(agent_settings.log_level)
         from meshca.wiring.agent import run_agent
 
         return _run(lambda: run_agent(agent_settings))
@@ -121,10 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                            pod_name=args.pod_name, node_name=args.node_name))
         return 0
     return 2
-
-
-def _log_to_stderr(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _run(start: Callable[[], Coroutine[Any, Any, None]]) -> int:

@@ -264,6 +264,7 @@ def test_a_dead_worker_stops_the_server(tmp_path: Path) -> None:
 def test_start_up_problems_are_reported_without_a_traceback(tmp_path: Path) -> None:
     result = _meshca("serve", "--data-dir", str(tmp_path / "data"), "--grpc-addr", "127.0.0.1:0",
                      "--metrics-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+                     "--ext-authz-addr", "127.0.0.1:0",  # ports are taken first: none fixed
                      "--token-issuer", "https://issuer.example",
                      "--token-jwks", str(tmp_path / "missing-jwks.json"))
     assert result.returncode == 1
