@@ -120,7 +120,8 @@ def meshca_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def two_workers(tmp_path: Path) -> Iterator[MeshcaProcess]:
-    server = start_meshca(tmp_path / "data", "--workers", "2", *RELOAD)
+    # Two workers start two interpreters: on a loaded machine that alone can take a minute.
+    server = start_meshca(tmp_path / "data", "--workers", "2", *RELOAD, timeout=180)
     yield server
     server.stop()
 
