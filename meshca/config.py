@@ -16,6 +16,7 @@ from meshca.core.cpus import usable_cores
 from meshca.core.durations import describe_duration
 from meshca.core.federation import ENTRY_SEPARATOR, FlagEntry, parse_flag_entry
 from meshca.core.flags import (
+    boolean,
     duration,
     flag,
     fraction,
@@ -122,6 +123,13 @@ class Settings:
         parse=duration, shown="60s", group=TOKENS))
     log_level: str = field(default="INFO", metadata=flag(
         "--log-level", "DEBUG, INFO, WARNING or ERROR", group=SERVER))
+    log_format: str = field(default="text", metadata=flag(
+        "--log-format", "text: a line per event, for people; json: an object per line, for log "
+        "collectors", choices=("text", "json"), group=SERVER))
+    log_issuances: bool = field(default=True, metadata=flag(
+        "--log-issuances", "an INFO line per certificate issued (identity, serial, not-after, "
+        "latency); off leaves only refusals and errors", parse=boolean, shown="on",
+        metavar="on|off", group=SERVER))
     workers: int = field(default=AUTO_WORKERS, metadata=flag(
         "--workers", "worker processes sharing the gRPC port: a number, or auto for one per "
         "usable core", parse=worker_count, shown=f"auto, here {AUTO_WORKERS}", metavar="N|auto",

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from meshca.cli.admin_args import collect, leaf, more, page_query, paging, serial, time_or_duration
+from meshca.cli.admin_args import (
+    collect,
+    leaf,
+    more,
+    page_query,
+    paging,
+    resolve_serial,
+    resource,
+    serial,
+    time_or_duration,
+)
 from meshca.cli.admin_client import AdminClient
 from meshca.cli.render import Output, cell, certificate_status, new_table, plural, short_time
 from meshca.core.crl import RevocationReason
@@ -43,7 +53,7 @@ def _list(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
 
 
 def _show(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
-    cert = client.get(f"/v1/certificates/{args.serial}")
+    cert = client.get(f"/v1/certificates/{resolve_serial(client, args.serial)}")
     if out.as_json:
         out.json(cert)
         return 0
@@ -79,7 +89,8 @@ def _show(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
 
 
 def _revoke(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
-    cert = client.post(f"/v1/certificates/{args.serial}:revoke", {"reason": args.reason})
+    cert = client.post(f"/v1/certificates/{resolve_serial(client, args.serial)}:revoke",
+                       {"reason": args.reason})
     if out.as_json:
         out.json(cert)
         return 0
@@ -88,26 +99,32 @@ def _revoke(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+_SERIAL_HELP = ("hex, in either case, with or without colons (as `openssl x509 -serial` prints "
+                "it), or the first 8 or more digits of one")
+
+
 def add_certs_parser(resources: SubParsers, common: argparse.ArgumentParser) -> None:
-    certs = resources.add_parser("certs", help="issued certificates").add_subparsers(
-        dest="certs_command", required=True, metavar="ACTION")
+    certs = resource(resources, common, "certs", "issued certificates", "certs_command")
     listing = leaf(certs, common, "list", _list, "list issued certificates, oldest first")
-    listing.add_argument("--spiffe-id-prefix", metavar="P", help="only SPIFFE IDs starting with P")
-    listing.add_argument("--namespace", metavar="N", help="only namespace N")
-    listing.add_argument("--service-account", metavar="S", help="only service account S")
+    listing.add_argument("--spiffe-id-prefix", metavar="P",
+                         help="only SPIFFE IDs starting with P (default: any)")
+    listing.add_argument("--namespace", metavar="N", help="only namespace N (default: any)")
+    listing.add_argument("--service-account", metavar="S",
+                         help="only service account S (default: any)")
     state = listing.add_mutually_exclusive_group()
     state.add_argument("--active", dest="active", action="store_const", const=True, default=None,
                        help="only unrevoked certificates valid now")
     state.add_argument("--inactive", dest="active", action="store_const", const=False,
                        help="only revoked, expired or not yet valid certificates")
     listing.add_argument("--expiring-before", type=time_or_duration, metavar="TIME",
-                         help="RFC 3339 time (2026-01-01T00:00:00Z) or a duration from now (72h)")
+                         help="only certificates expiring before TIME: an RFC 3339 time "
+                              "(2026-01-01T00:00:00Z) or a duration from now (72h) (default: any)")
     paging(listing, "certificates")
     show = leaf(certs, common, "show", _show, "one certificate in detail")
-    show.add_argument("serial", type=serial, metavar="SERIAL")
+    show.add_argument("serial", type=serial, metavar="SERIAL", help=_SERIAL_HELP)
     show.add_argument("--pem", action="store_true", help="print only the certificate's PEM")
     revoke = leaf(certs, common, "revoke", _revoke, "revoke a certificate (there is no undo)")
-    revoke.add_argument("serial", type=serial, metavar="SERIAL")
+    revoke.add_argument("serial", type=serial, metavar="SERIAL", help=_SERIAL_HELP)
     reasons = [r.value for r in RevocationReason]
     revoke.add_argument("--reason", required=True, choices=reasons, metavar="REASON",
                         help="RFC 5280 reason: " + ", ".join(reasons))

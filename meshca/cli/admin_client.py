@@ -229,6 +229,13 @@ class AdminClient:
     def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
         return self._call("POST", path, None, body)
 
+    def post_text(self, path: str, text: str, content_type: str, query: Query | None = None) -> Any:
+        """POST a body as it is (a YAML file), not as JSON."""
+        return self._call("POST", path, query, None, (text.encode(), content_type))
+
+    def delete(self, path: str) -> Any:
+        return self._call("DELETE", path, None, None)
+
     def pages(self, path: str, query: Query) -> Iterator[dict[str, Any]]:
         """Each page of a cursor-paged list, following `next_cursor` to the end."""
         params = dict(query)
@@ -247,7 +254,7 @@ class AdminClient:
             params["cursor"] = str(cursor)
 
     def _call(self, method: str, path: str, query: Query | None,
-              body: Mapping[str, Any] | None) -> Any:
+              body: Mapping[str, Any] | None, text: tuple[bytes, str] | None = None) -> Any:
         url = self.base_url + path
         if query:
             pairs = {k: _query_value(v) for k, v in query.items() if v is not None}
@@ -262,6 +269,8 @@ class AdminClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif text is not None:
+            data, headers["Content-Type"] = text
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 - https only
         try:
             with self._opener.open(request, timeout=self._timeout) as response:
@@ -277,11 +286,11 @@ class AdminClient:
                                        error_body) from None
         except urllib.error.URLError as exc:
             raise AdminConnectionError(
-                f"cannot reach the admin API at {self.base_url}: {_describe(exc.reason)}"
+                f"cannot reach meshca at {self.base_url}: {_describe(exc.reason)}"
                 + _hint(exc.reason)) from None
         except (OSError, ValueError) as exc:  # a reset or timeout mid-response, a bad URL
             raise AdminConnectionError(
-                f"cannot reach the admin API at {self.base_url}: {_describe(exc)}") from None
+                f"cannot reach meshca at {self.base_url}: {_describe(exc)}") from None
         try:
             return json.loads(raw) if raw else None
         except ValueError:

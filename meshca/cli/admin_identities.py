@@ -6,7 +6,7 @@ import argparse
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from meshca.cli.admin_args import leaf
+from meshca.cli.admin_args import leaf, resource
 from meshca.cli.admin_client import AdminClient
 from meshca.cli.render import Output, cell, new_table, plural, short_time
 
@@ -54,11 +54,13 @@ def _blocked(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
 
 
 def add_identities_parser(resources: SubParsers, common: argparse.ArgumentParser) -> None:
-    identities = resources.add_parser("identities", help="blocked SPIFFE IDs").add_subparsers(
-        dest="identities_command", required=True, metavar="ACTION")
+    identities = resource(resources, common, "identities",
+                          "SPIFFE IDs refused new certificates (blocked); their certificates are "
+                          "under `meshca admin certs`", "identities_command")
+    # `list`, like `certs list`: the identities meshca keeps a record of are the blocked ones.
+    leaf(identities, common, "list", _blocked, "list blocked SPIFFE IDs", aliases=("blocked",))
     block = leaf(identities, common, "block", _block, "refuse new certificates for a SPIFFE ID")
-    block.add_argument("spiffe_id", metavar="SPIFFE_ID")
-    block.add_argument("--reason", default="", help="why, for the record")
+    block.add_argument("spiffe_id", metavar="SPIFFE_ID", help="e.g. spiffe://cluster.local/ns/N/sa/S")
+    block.add_argument("--reason", default="", help="why, for the record (default: none)")
     unblock = leaf(identities, common, "unblock", _unblock, "let a SPIFFE ID get certificates again")
-    unblock.add_argument("spiffe_id", metavar="SPIFFE_ID")
-    leaf(identities, common, "blocked", _blocked, "list blocked SPIFFE IDs")
+    unblock.add_argument("spiffe_id", metavar="SPIFFE_ID", help="a blocked SPIFFE ID")

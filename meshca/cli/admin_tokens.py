@@ -6,7 +6,7 @@ import argparse
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from meshca.cli.admin_args import leaf
+from meshca.cli.admin_args import leaf, resource
 from meshca.cli.admin_client import AdminClient
 from meshca.cli.render import Output, cell, new_table, plural, short_time
 
@@ -55,11 +55,11 @@ def _list(client: AdminClient, args: argparse.Namespace, out: Output) -> int:
 
 
 def add_token_parser(resources: SubParsers, common: argparse.ArgumentParser) -> None:
-    tokens = resources.add_parser("token", help="admin bearer tokens").add_subparsers(
-        dest="token_command", required=True, metavar="ACTION")
+    tokens = resource(resources, common, "token", "admin bearer tokens", "token_command")
     create = leaf(tokens, common, "create", _create, "create a token (printed once)")
-    create.add_argument("--role", required=True, choices=ROLES)
-    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=ROLES,
+                        help="what the token may do: " + ", ".join(ROLES))
+    create.add_argument("--name", required=True, help="a unique name, to list and revoke it by")
     revoke = leaf(tokens, common, "revoke", _revoke, "revoke a token at once")
-    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("name", metavar="NAME", help="the token's name")
     leaf(tokens, common, "list", _list, "every token, live or revoked")

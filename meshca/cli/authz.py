@@ -43,11 +43,13 @@ def add_authz_parser(commands: SubParsers) -> None:
                      metavar="PATH", help="policy file (YAML/JSON) or directory of them (repeatable)")
     run.add_argument("--request", type=Path, required=True, metavar="FILE",
                      help="the request as JSON (or YAML); - for stdin")
-    run.add_argument("--explain", action="store_true", help="show every policy considered")
-    run.add_argument("--json", action="store_true", help="print the answer as JSON")
+    run.add_argument("--explain", action="store_true",
+                     help="show every policy considered (default: the decision and its reason)")
+    run.add_argument("--json", action="store_true", help="print the answer as JSON (default: text)")
     run.add_argument("--root-namespace", help="mesh root namespace (default istio-system)")
     run.add_argument("--trust-domain", help="mesh trust domain (default cluster.local)")
-    run.add_argument("--trust-domain-alias", action="append", dest="aliases", metavar="TD")
+    run.add_argument("--trust-domain-alias", action="append", dest="aliases", metavar="TD",
+                     help="another trust domain the mesh answers to (repeatable; default: none)")
 
 
 def run_authz(args: argparse.Namespace) -> int:

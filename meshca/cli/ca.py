@@ -1,8 +1,9 @@
 """`meshca ca status | prepare | activate | taint`: the CA lifecycle of a running meshca.
 
-Same connection options as `meshca admin` (`--data-dir D`, or `--server URL --token-file F`);
-the changes need the operator role. Exit 0 on success, 1 on a refusal (printed), 2 on bad
-arguments.
+`meshca admin ca …` is the same command (an alias: the CA is one of the admin API's
+resources); with no action, both show the status. Same connection options as `meshca admin`
+(`--data-dir D`, or `--server URL --token-file F`); the changes need the operator role. Exit 0
+on success, 1 on a refusal (printed), 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -53,13 +54,17 @@ def _generation(text: str) -> int:
 KINDS = ("root", "intermediate", "jwt")
 
 
-def add_ca_parser(commands: SubParsers) -> None:
-    common = common_options()
-    ca = commands.add_parser(
-        "ca", help="the CA's roots, intermediates and JWT-SVID keys: status, prepare, "
-        "activate, taint",
-        description="Inspect and steer the CA lifecycle of a running meshca.")
-    actions = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+CA_HELP = "the CA's roots, intermediates and JWT-SVID keys: status, prepare, activate, taint"
+CA_DESCRIPTION = ("Inspect and steer the CA lifecycle of a running meshca. `meshca ca` and "
+                  "`meshca admin ca` are the same command; with no ACTION, both show the status.")
+
+
+def add_ca_parser(commands: SubParsers, common: argparse.ArgumentParser | None = None) -> None:
+    """`ca` and its actions under `commands` (the top level, or `meshca admin`)."""
+    common = common or common_options()
+    ca = commands.add_parser("ca", parents=[common], help=CA_HELP, description=CA_DESCRIPTION)
+    ca.set_defaults(admin_handler=ca_status)
+    actions = ca.add_subparsers(dest="ca_command", required=False, metavar="ACTION")
 
     def action(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
         return leaf(actions, common, name, handler, text)
@@ -68,13 +73,14 @@ def add_ca_parser(commands: SubParsers) -> None:
     prepare = action("prepare", _prepare, "prepare the next root, intermediate or JWT-SVID key "
                      "now (a new root or JWT key is published in the trust bundle at once; "
                      "nothing signs until activated)")
-    prepare.add_argument("kind", choices=KINDS)
+    prepare.add_argument("kind", choices=KINDS, help="which kind of generation")
     activate = action("activate", _activate, "activate the oldest usable prepared generation now")
-    activate.add_argument("kind", choices=KINDS)
+    activate.add_argument("kind", choices=KINDS, help="which kind of generation")
     activate.add_argument("--waive-publish-lead", action="store_true",
                           help="activate a root or JWT key published for less than the publish "
                                "lead (peers that have not refreshed their bundle will reject what "
-                               "it signs)")
+                               "it signs; default: refuse)")
     taint = action("taint", _taint, "mark a generation's key compromised and rotate away at once")
-    taint.add_argument("generation", type=_generation, metavar="ID")
-    taint.add_argument("--reason", default="", help="why, for the audit log")
+    taint.add_argument("generation", type=_generation, metavar="ID",
+                       help="the generation's id, as `meshca ca status` lists it")
+    taint.add_argument("--reason", default="", help="why, for the audit log (default: none)")

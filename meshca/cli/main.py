@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshca import __version__, logs
 from meshca.cli.admin import add_admin_parser
 from meshca.cli.agent_args import add_agent_parser, agent_settings_from
 from meshca.cli.authz import add_authz_parser
@@ -22,35 +23,46 @@ from meshca.errors import ConfigurationError, MeshcaError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshca", description="Workload-identity CA for meshes")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"meshca {__version__}",
+                        help="print meshca's version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_serve_parser(commands)
     add_agent_parser(commands)
 
     request = commands.add_parser("request", help="get a workload certificate, as a sidecar would")
     data_dir_arg(request)
-    request.add_argument("--namespace", required=True)
-    request.add_argument("--service-account", required=True)
-    request.add_argument("--out", type=Path, required=True)
-    request.add_argument("--addr", default=None,
-                         help="meshca's gRPC address (default: the one the data dir's server uses)")
-    request.add_argument("--token-file", type=Path,
-                         help="service-account token (default: a development token)")
-    request.add_argument("--ttl", type=parse_duration, help="requested lifetime")
+    request.add_argument("--namespace", required=True, help="the workload's Kubernetes namespace")
+    request.add_argument("--service-account", required=True,
+                         help="the workload's service account")
+    request.add_argument("--out", type=Path, required=True, metavar="DIR",
+                         help="directory to write cert-chain.pem, key.pem and root-cert.pem to")
+    request.add_argument("--addr", default=None, metavar="HOST:PORT",
+                         help="meshca's gRPC address (default: the one in <data-dir>/endpoints.json, "
+                              "else localhost:15012)")
+    request.add_argument("--token-file", type=Path, metavar="FILE",
+                         help="service-account token (default: a development token minted with "
+                              "the data dir's development issuer)")
+    request.add_argument("--ttl", type=parse_duration, metavar="DURATION",
+                         help="requested lifetime, e.g. 1h (default: the server's --default-ttl)")
     kek_file_arg(request)
-    request.add_argument("--server-name", default="localhost",
-                         help="name to verify in meshca's certificate")
+    request.add_argument("--server-name", default="localhost", metavar="NAME",
+                         help="name to verify in meshca's certificate (default localhost)")
 
     dev = commands.add_parser("dev", help="development helpers")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     token = dev_commands.add_parser("token", help="print a development service-account token")
     data_dir_arg(token)
-    token.add_argument("--namespace", required=True)
-    token.add_argument("--service-account", required=True)
-    token.add_argument("--audience", action="append", dest="audiences")
-    token.add_argument("--ttl", type=parse_duration, default=parse_duration("1h"))
-    token.add_argument("--pod-name")
-    token.add_argument("--node-name")
+    token.add_argument("--namespace", required=True, help="the token's Kubernetes namespace")
+    token.add_argument("--service-account", required=True, help="the token's service account")
+    token.add_argument("--audience", action="append", dest="audiences", metavar="AUD",
+                       help="an audience (repeatable; default istio-ca)")
+    token.add_argument("--ttl", type=parse_duration, default=parse_duration("1h"),
+                       metavar="DURATION", help="lifetime (default 1h)")
+    token.add_argument("--pod-name", metavar="NAME",
+                       help="bind the token to this pod (default: no pod claim)")
+    token.add_argument("--node-name", metavar="NAME",
+                       help="bind the token to this node (default: no node claim)")
     kek_file_arg(token)
 
     add_admin_parser(commands)
@@ -67,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"meshca: {exc}", file=sys.stderr)
             return 2
-        _log_to_stderr(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from meshca.wiring.serve import serve
         from meshca.wiring.startup import check_files
@@ -85,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"meshca agent: {exc}", file=sys.stderr)
             return 2
-        _log_to_stderr(agent_settings.log_level)
+        logs.configure(agent_settings.log_level)
         from meshca.wiring.agent import run_agent
 
         return _run(lambda: run_agent(agent_settings))
@@ -116,10 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                            pod_name=args.pod_name, node_name=args.node_name))
         return 0
     return 2
-
-
-def _log_to_stderr(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _run(start: Callable[[], Coroutine[Any, Any, None]]) -> int:

@@ -19,6 +19,23 @@ from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.infra.dev_issuer import DevIssuer
 from meshca.infra.keyfiles import KeyFileError, private_key_pem, write_private_file
 
+DEFAULT_ADDR = "localhost:15012"
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _refusal(addr: str, exc: grpc.RpcError) -> str:
+    """One line for a failed call: the server's refusal as it gave it, or, when there was no
+    server to refuse, the same words the admin commands use."""
+    code, details = exc.code(), str(exc.details() or "")
+    if code in _UNREACHABLE:
+        lowered = details.lower()
+        why = ("connection refused" if "refused" in lowered
+               else "timed out" if code is grpc.StatusCode.DEADLINE_EXCEEDED or "timeout" in lowered
+               else "TLS failed" if "ssl" in lowered or "handshake" in lowered
+               else "no answer")
+        return f"cannot reach meshca at {addr}: {why}; is `meshca serve` running?"
+    return f"{code.name}: {details}"
+
 
 def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: str | None) -> str:
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
@@ -33,14 +50,24 @@ def run_request(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     bundle_path = data_dir / "root-cert.pem"
     if not bundle_path.exists():
-        print(f"meshca: no trust bundle at {bundle_path}; is meshca serving there?", file=sys.stderr)
+        print(f"meshca: no trust bundle at {bundle_path}; is `meshca serve` running with "
+              f"--data-dir {data_dir}?", file=sys.stderr)
         return 1
     addr = args.addr
     if addr is None:
         endpoints = data_dir / ENDPOINTS_FILE
-        addr = json.loads(endpoints.read_text())["grpc"] if endpoints.exists() else "localhost:15012"
+        try:
+            addr = json.loads(endpoints.read_text())["grpc"] if endpoints.exists() else DEFAULT_ADDR
+        except (ValueError, KeyError, TypeError, OSError):
+            print(f"meshca: {endpoints} has no usable \"grpc\" address (pass --addr)", file=sys.stderr)
+            return 1
     if args.token_file:
-        token = args.token_file.read_text().strip()
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            print(f"meshca: cannot read the token file {args.token_file}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
     else:
         try:
             issuer = DevIssuer.load(data_dir, kek_file=args.kek_file)
@@ -64,7 +91,7 @@ def run_request(args: argparse.Namespace) -> int:
                 request, metadata=[("authorization", f"Bearer {token}")], timeout=30
             )
         except grpc.RpcError as exc:
-            print(f"meshca: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(f"meshca: {_refusal(addr, exc)}", file=sys.stderr)
             return 1
     chain = list(response.cert_chain)
     out: Path = args.out

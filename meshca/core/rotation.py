@@ -239,6 +239,39 @@ class Prune:
 
 Action = Prepare | Activate | Withdraw | Prune
 
+_WHY = {
+    Reason.BOOTSTRAP: "first start: no {kind} was ever active",
+    Reason.SCHEDULED: "scheduled: the active {kind} reached its rotation point",
+    Reason.TAINTED: "the active {kind} was tainted",
+    Reason.EXPIRED: "the active {kind} expired with no successor",
+    Reason.PARENT_ROTATED: "its root is no longer the active root",
+    Reason.STALE: "it can no longer be activated",
+    Reason.OUTLIVED: "every certificate under it has expired",
+}
+
+
+_NOUN = {Kind.ROOT: "root", Kind.INTERMEDIATE: "intermediate", Kind.JWT: "JWT-SVID key"}
+
+
+def describe(action: Action, created: int | None = None, *, manual: bool = False) -> str:
+    """One log line's words for an action (`created`: a prepared generation's new id)."""
+    why = "asked by an operator" if manual else _WHY[action.reason].format(kind=_NOUN[action.kind])
+    match action:
+        case Prepare(kind=kind, parent_id=parent):
+            what = f"prepared {_NOUN[kind]} generation {created if created is not None else '(new)'}"
+            what += f", signed by root generation {parent}" if parent is not None else ""
+        case Activate(generation_id=gid, kind=kind, retires=retires, lead_waived=waived):
+            what = f"activated {_NOUN[kind]} generation {gid}"
+            what += f", retiring generation {retires}" if retires is not None else ""
+            # At the first start nothing was published before, so there is no lead to wait for.
+            if waived and action.reason is not Reason.BOOTSTRAP:
+                what += " before its publish lead (waived)"
+        case Withdraw(generation_id=gid, kind=kind):
+            what = f"withdrew prepared {_NOUN[kind]} generation {gid}"
+        case Prune(generation_id=gid, kind=kind):
+            what = f"took {_NOUN[kind]} generation {gid} out of the trust bundle"
+    return f"{what} ({why})"
+
 
 # ---- thresholds ---------------------------------------------------------------------------
 

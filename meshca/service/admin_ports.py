@@ -26,6 +26,7 @@ class CertificateFilter:
     service_account: str | None = None
     active: bool | None = None  # unrevoked and within validity at `now`
     expiring_before: datetime | None = None
+    serial_prefix: str | None = None  # lower-case hex, as stored: resolves a serial typed short
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,8 +93,8 @@ class CaLifecycle:
                                      external_roots=self.external_roots)
             if not due:
                 return done
-            self._apply(due[0], generations, lease)
-            log.info("CA rotation: %s", due[0])
+            created = self._apply(due[0], generations, lease)
+            log.info("CA: %s", rotation.describe(due[0], created))
             done.append(due[0])
         raise RuntimeError("CA rotation did not settle; the journal may be inconsistent")
 
@@ -139,7 +139,7 @@ class CaLifecycle:
         for a Prepare, the new generation's id. `audit` is written in the same transaction."""
         generations, _ = self._journal.snapshot()
         created = self._apply(action, generations, lease, audit)
-        log.info("CA rotation (operator): %s", action)
+        log.info("CA: %s", rotation.describe(action, created, manual=True))
         return created
 
     def _apply(self, action: Action, generations: list[rotation.Generation],

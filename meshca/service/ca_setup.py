@@ -51,8 +51,7 @@ def bring_up(lifecycle: CaLifecycle, journal: CaJournal, leases: Leases, keys: K
         lease = leases.acquire(ROTATOR_LEASE, rotator_identity(), _LEASE_TTL, clock.now())
         if lease is not None:
             try:
-                for action in lifecycle.run_due(lease):
-                    log.info("CA journal: %s", action)
+                lifecycle.run_due(lease)  # which logs each step
             except SignerUnavailable as exc:
                 log.warning("CA rotation waits for the key service: %s", exc)
                 keys_unavailable = True

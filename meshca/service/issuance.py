@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import random_serial_number
@@ -72,6 +72,7 @@ class IssuedChain:
     cert_chain: tuple[str, ...]
     serial: str
     spiffe_id: SpiffeId
+    not_after: datetime | None = None  # the leaf's, for the issuance log line
 
 
 class IssuanceService:
@@ -230,7 +231,8 @@ class IssuanceService:
         bundle = authority.bundle.pem
         if self._federated_roots is not None:
             bundle += self._federated_roots()
-        return IssuedChain((leaf_pem, *authority.chain_pem, bundle), serial, identity)
+        return IssuedChain((leaf_pem, *authority.chain_pem, bundle), serial, identity,
+                           validity.not_after)
 
 
 @functools.lru_cache(maxsize=4096)

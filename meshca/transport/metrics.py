@@ -4,7 +4,7 @@ working, plus meshca's own for token authentication and Kubernetes API calls.
 Each worker process counts into its own row of a shared array (one writer per row, no
 locks); the process serving `/metrics` sums the rows. prometheus_client's Counter would
 expose `<name>_total` where Istio's series are `citadel_server_csr_count`, so the families
-are built here.
+are built here, Istio's as BareCounter (written by metrics_http.exposition).
 """
 
 from __future__ import annotations
@@ -185,9 +185,9 @@ class CaMetricsCollector(Collector):
         yield self._histogram("meshca_issuance_duration_seconds",
                               "Time from request to a signed, recorded certificate.",
                               ISSUANCE_BUCKETS, _ISSUE_BUCKETS, _ISSUE_SUM)
-        yield _counter("meshca_worker_issued_count", "Certificates issued, by worker process.",
+        yield _counter("meshca_worker_issued_certificates", "Certificates issued, by worker process.",
                        [({"worker": str(w)}, self._slots[w * ROW_WIDTH + _SUCCESS])
-                        for w in range(self._workers)], suffix="")
+                        for w in range(self._workers)])
         yield _counter("meshca_authentication_failures", "Refused callers, by reason.",
                        self._labelled(_REASON, "reason", REASONS))
         yield _counter("meshca_token_cache_requests", "Token cache look-ups, by outcome.",
@@ -259,9 +259,13 @@ class CaMetricsCollector(Collector):
         return histogram
 
 
+class BareCounter(Metric):
+    """A counter whose samples carry the family's name, no `_total` (Istio's names)."""
+
+
 def _counter(name: str, text: str, samples: list[tuple[dict[str, str], float]],
              suffix: str = "_total") -> Metric:
-    metric = Metric(name, text, "counter")
+    metric = Metric(name, text, "counter") if suffix else BareCounter(name, text, "counter")
     for labels, value in samples:
         metric.add_sample(name + suffix, labels, value)
     return metric

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,7 +81,8 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       service_account_tokens: TokenAuthenticator,
                       policies: PolicyStore, metrics: CaMetrics, keys: KeyBackend,
                       federation: SupervisorFederation,
-                      issuance: IssuanceCounters | None = None) -> AdminServer:
+                      issuance: IssuanceCounters | None = None,
+                      sock: socket.socket | None = None) -> AdminServer:
     engine = open_engine(database_url(settings))
     reloader = ca.reloader
     inventory, tokens = SqlInventory(engine), SqlAdminTokens(engine)
@@ -136,7 +138,7 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
     reloader.add_listener(lambda _: server.reload())
     federation.snapshot.add_listener(lambda _: server.reload())
     host, port = split_host_port(settings.admin_addr)
-    sock = listen_socket(host, port, reuse_port=False)
+    sock = sock or listen_socket(host, port, reuse_port=False)  # taken early by `meshca serve`
     await server.start(sock)
     refused.start()
     return AdminServer(f"{host}:{sock.getsockname()[1]}", server, refused)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ async def start_bundle_endpoint(settings: Settings, runtime: SupervisorFederatio
                                 bundle: TrustBundleView, clock: Clock, kek: KeyEncryptionKey,
                                 current: Callable[[], SigningAuthority],
                                 add_listener: Callable[[Callable[[SigningAuthority], None]], None],
-                                metrics: CaMetrics) -> None:
+                                metrics: CaMetrics, sock: socket.socket | None = None) -> None:
     """`--federation-addr`: this trust domain's bundle at `GET /` over HTTPS, with meshca's
     own SVID for spiffe://<td>/meshca/federation (https_spiffe, re-issued with the CA like the
     serving certificate) or the operator's certificate files (https_web, reloaded on change)."""
@@ -173,7 +174,7 @@ async def start_bundle_endpoint(settings: Settings, runtime: SupervisorFederatio
                         settings.connection_limits, max_header_bytes=settings.max_header_bytes,
                         on_refused=lambda reason: metrics.connection_refused("federation",
                                                                              reason))
-    sock = listen_socket(host, port, reuse_port=False)
+    sock = sock or listen_socket(host, port, reuse_port=False)  # taken early by `meshca serve`
     await server.start(sock)
     runtime.endpoint = server
     runtime.endpoint_address = f"{host}:{sock.getsockname()[1]}"

@@ -27,7 +27,6 @@ from meshca.service.admin.ca import TrustBundleView
 from meshca.transport.ca_metrics import CaStateCollector
 from meshca.transport.http_server import HttpServer
 from meshca.transport.issuance_counts import CollectorIssuanceCounts
-from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.transport.metrics_http import MetricsApp
 from meshca.wiring.admin import start_admin
@@ -35,6 +34,7 @@ from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
 from meshca.wiring.federation import start_bundle_endpoint, start_federation
 from meshca.wiring.keys import open_process_keys
 from meshca.wiring.limits import start_retention
+from meshca.wiring.ports import remove_endpoints, take_ports
 from meshca.wiring.publishing import start_publishing
 from meshca.wiring.serving import ServingCertKeeper
 from meshca.wiring.startup import database_url, prepare, serving_names, write_bundle
@@ -86,6 +86,8 @@ async def _start(settings: Settings, stop: asyncio.Event,
         if stop.is_set():
             raise _Stopped
 
+    # Before anything touches the data directory: a port in use stops a second server here.
+    ports = take_ports(settings, running)
     clock = SystemClock()
     keys = open_process_keys(settings)  # the only key backend of this process
     serving = ServingCertKeeper(serving_file(settings), serving_names(settings),
@@ -96,9 +98,8 @@ async def _start(settings: Settings, stop: asyncio.Event,
     check()
     settings = _pin_ext_authz_port(settings)
     workers = settings.workers
-    grpc_host, grpc_port = split_host_port(settings.grpc_addr)
-    sock = listen_socket(grpc_host, grpc_port, reuse_port=workers > 1)
-    running.callback(sock.close)
+    grpc_host, _ = split_host_port(settings.grpc_addr)
+    sock = ports.grpc
     bound_port = int(sock.getsockname()[1])
     slots = shared_slots(workers)
     links = _spawn_workers(settings, grpc_host, bound_port, slots, running)
@@ -119,13 +120,12 @@ async def _start(settings: Settings, stop: asyncio.Event,
     health = keys.health
     CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry,
                      vault_alert=(lambda: health.alert) if health is not None else None)
-    metrics_host, metrics_port = split_host_port(settings.metrics_addr)
+    metrics_host, _ = split_host_port(settings.metrics_addr)
     metrics_server = HttpServer("metrics", MetricsApp(registry), None, settings.connection_limits,
                                 max_header_bytes=settings.max_header_bytes,
                                 on_refused=lambda reason: worker_metrics.connection_refused(
                                     "metrics", reason))
-    metrics_sock = listen_socket(metrics_host, metrics_port, reuse_port=False)
-    running.callback(metrics_sock.close)
+    metrics_sock = ports.metrics
     await metrics_server.start(metrics_sock)
     running.push_async_callback(metrics_server.stop)
 
@@ -147,7 +147,7 @@ async def _start(settings: Settings, stop: asyncio.Event,
         raise ConfigurationError(f"--federate-with: {exc}") from None
     running.push_async_callback(federation.stop)
     admin = await start_admin(settings, ca, clock, worker.auth.admin_tokens, worker.policies,
-                              worker_metrics, keys, federation,
+                              worker_metrics, keys, federation, sock=ports.admin,
                               issuance=CollectorIssuanceCounts(collector))
     running.push_async_callback(admin.stop)
     check()
@@ -156,7 +156,8 @@ async def _start(settings: Settings, stop: asyncio.Event,
         TrustBundleView(lambda: ca.reloader.current, lambda: ca.reloader.sequence,
                         int(settings.bundle_refresh_hint.total_seconds()),
                         lambda: ca.reloader.jwt_keys.published),
-        clock, keys.kek, lambda: ca.reloader.current, ca.reloader.add_listener, worker_metrics)
+        clock, keys.kek, lambda: ca.reloader.current, ca.reloader.add_listener, worker_metrics,
+        ports.federation)
     check()
 
     endpoints = {"grpc": f"{grpc_host}:{bound_port}", "admin": admin.address,
@@ -166,6 +167,7 @@ async def _start(settings: Settings, stop: asyncio.Event,
     written = settings.data_dir / f"{ENDPOINTS_FILE}.tmp"
     written.write_text(json.dumps(endpoints))
     os.replace(written, settings.data_dir / ENDPOINTS_FILE)
+    running.callback(remove_endpoints, settings.data_dir)  # undone first: clients see it at once
     log.info("meshca serving CreateCertificate on %s (TLS, %d worker%s), admin API on https://%s, "
              "metrics on %s, trust domain %s", endpoints["grpc"], workers, "s" * (workers > 1),
              admin.address, endpoints["metrics"], settings.trust_domain)

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from meshca import logs
 from meshca.config import Settings
 from meshca.core.clock import SystemClock
 from meshca.core.lifetime import LifetimePolicy
@@ -32,6 +33,7 @@ from meshca.service.policy_store import PolicyStore
 from meshca.service.refusal_summary import RefusalSummary
 from meshca.transport.grpc.ca_service import IstioCertificateServicer
 from meshca.transport.grpc.decode_guard import AsyncDecodeGuard
+from meshca.transport.grpc.issuance_log import IssuanceLog
 from meshca.transport.grpc.svid_service import SvidServicer
 from meshca.transport.listen import listen_socket
 from meshca.transport.metrics import CaMetrics
@@ -145,7 +147,8 @@ async def start_worker(
     )
     peers = PeerCertificates()
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
-        IstioCertificateServicer(issuance, metrics, peers), server
+        IstioCertificateServicer(issuance, metrics, peers,
+                                 IssuanceLog() if settings.log_issuances else None), server
     )
     svid_pb2_grpc.add_SvidServiceServicer_to_server(SvidServicer(svids, metrics, peers), server)
     health_servicer = health.aio.HealthServicer()
@@ -186,8 +189,7 @@ def child_main(end: WorkerEnd, settings: Settings, host: str, port: int,
     """Entry point of worker processes 1..N-1 (spawned, so nothing is inherited by fork),
     called by `worker_entry` once the worker is tied to its supervisor. The worker reports
     through `end` that it is ready, or why it could not start."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s[w{row}]: %(message)s")
+    logs.configure(settings.log_level, settings.log_format, worker=row)
 
     async def run() -> int:
         stop = asyncio.Event()

@@ -45,6 +45,7 @@ class FakeInventory:
                     and (not where.service_account or c.service_account == where.service_account)
                     and (where.active is None or active == where.active)
                     and (not where.expiring_before or c.not_after < where.expiring_before)
+                    and (not where.serial_prefix or c.serial.startswith(where.serial_prefix))
                     and (after is None or (c.issued_at, c.serial) > (after.issued_at, after.serial)))
 
         chosen = sorted((c for c in self.certificates.values() if wanted(c)),

@@ -397,6 +397,12 @@ def _authz_put(env: Env, tag: str) -> Case:
                 applied=lambda: name in _policy_names(env), audit=("authz.policy.put", f"shop/{name}"))
 
 
+def _authz_apply(env: Env, tag: str) -> Case:
+    name = f"apply-{tag}"
+    return Case("POST", "/v1/authz/policies", 200, [_policy(name)],
+                applied=lambda: name in _policy_names(env), audit=("authz.policy.put", f"shop/{name}"))
+
+
 def _federation(td: str) -> dict[str, Any]:
     # Port 9 (discard) on loopback: nothing answers, the relationship just has no bundle.
     return {"trust_domain": td, "url": "https://127.0.0.1:9/", "profile": "https_web"}
@@ -472,6 +478,7 @@ ROUTE_CASES: dict[tuple[str, str], Callable[[Env, str], Case]] = {
     ("GET", "/v1/authz/policies"): _get("/v1/authz/policies"),
     ("GET", "/v1/authz/policies/{namespace}/{name}"): _authz_get,
     ("PUT", "/v1/authz/policies/{namespace}/{name}"): _authz_put,
+    ("POST", "/v1/authz/policies"): _authz_apply,
     ("DELETE", "/v1/authz/policies/{namespace}/{name}"): _authz_delete,
     ("GET", "/v1/federation"): _get("/v1/federation"),
     ("GET", "/v1/federation/{trust_domain}"): _federation_get,

@@ -400,7 +400,7 @@ def test_connection_refused(server: MeshcaProcess, workdir: Path) -> None:
                  str(server.data_dir / "admin-token"), "--ca-file",
                  str(server.data_dir / "root-cert.pem"), cwd=workdir)
     assert result.rc == 1
-    assert result.stderr == ("meshca: cannot reach the admin API at https://127.0.0.1:1: "
+    assert result.stderr == ("meshca: cannot reach meshca at https://127.0.0.1:1: "
                              "connection refused; is `meshca serve` running?\n")
 
 
@@ -416,7 +416,7 @@ def test_endpoint_address_becomes_a_url(server: MeshcaProcess, workdir: Path, tm
     (data_dir / "root-cert.pem").write_bytes(server.bundle_pem)
     result = cli("ca", "--data-dir", str(data_dir), cwd=workdir)
     assert result.rc == 1
-    assert result.stderr.startswith(f"meshca: cannot reach the admin API at {url}: "), result.stderr
+    assert result.stderr.startswith(f"meshca: cannot reach meshca at {url}: "), result.stderr
 
 
 def test_empty_token_file(server: MeshcaProcess, workdir: Path, tmp_path: Path) -> None:

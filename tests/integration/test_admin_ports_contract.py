@@ -169,6 +169,9 @@ def test_page_filters(ports: Ports) -> None:
     assert serials(active=True) == ["01", "04"]
     assert serials(active=False) == ["02", "03"]
     assert serials(expiring_before=NOW + 2 * HOUR) == ["02"]
+    assert serials(serial_prefix="0") == ["01", "02", "03", "04"]
+    assert serials(serial_prefix="03") == ["03"]
+    assert serials(serial_prefix="1") == []
 
 
 def test_page_after_a_position_in_another_time_zone(ports: Ports) -> None:

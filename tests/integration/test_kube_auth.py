@@ -866,7 +866,7 @@ PODS, CSRS_PER_POD, CALLERS = 1000, 10, 32
 def worker_channels(world: World, server: MeshcaProcess,
                     per_worker: int = 2) -> dict[int, list[grpc.Channel]]:
     """Channels (one TCP connection each) sorted by the worker process that serves them: each
-    channel's first CSR shows up in that worker's meshca_worker_issued_count."""
+    channel's first CSR shows up in that worker's meshca_worker_issued_certificates_total."""
     if world.pinned is not None:
         return world.pinned
     world.big.add_service_account("warm", "up")
@@ -880,8 +880,9 @@ def worker_channels(world: World, server: MeshcaProcess,
         before = scrape(server)
         issue(world, server, metadata, channel=channel)
         after = scrape(server)
-        (worker,) = [w for w in pinned if metric(after, "meshca_worker_issued_count", worker=str(w))
-                     > metric(before, "meshca_worker_issued_count", worker=str(w))]
+        issued = "meshca_worker_issued_certificates_total"
+        (worker,) = [w for w in pinned if metric(after, issued, worker=str(w))
+                     > metric(before, issued, worker=str(w))]
         pinned[worker].append(channel)
     assert all(len(c) >= per_worker for c in pinned.values()), "connections all went to one worker"
     world.pinned = {w: c[:per_worker] for w, c in pinned.items()}

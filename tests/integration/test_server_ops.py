@@ -239,8 +239,8 @@ def test_workers_share_the_port_records_and_metrics(tmp_path: Path) -> None:
         assert server.issued_count() == 30
         metrics = _metrics(server)
         assert metrics["citadel_server_success_cert_issuance_count"] == 30
-        per_worker = [metrics['meshca_worker_issued_count{worker="0"}'],
-                      metrics['meshca_worker_issued_count{worker="1"}']]
+        per_worker = [metrics['meshca_worker_issued_certificates_total{worker="0"}'],
+                      metrics['meshca_worker_issued_certificates_total{worker="1"}']]
         assert sum(per_worker) == 30 and min(per_worker) > 0, per_worker
         assert "Traceback" not in server.log_text()
     finally:
@@ -264,6 +264,7 @@ def test_a_dead_worker_stops_the_server(tmp_path: Path) -> None:
 def test_start_up_problems_are_reported_without_a_traceback(tmp_path: Path) -> None:
     result = _meshca("serve", "--data-dir", str(tmp_path / "data"), "--grpc-addr", "127.0.0.1:0",
                      "--metrics-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+                     "--ext-authz-addr", "127.0.0.1:0",  # ports are taken first: none fixed
                      "--token-issuer", "https://issuer.example",
                      "--token-jwks", str(tmp_path / "missing-jwks.json"))
     assert result.returncode == 2

@@ -179,7 +179,7 @@ def test_a_burst_over_the_identity_limit_is_told_when_to_retry_while_others_are_
     assert metric(server, "meshca_rate_limited_total", limit="source") == 0
     assert metric(server, "meshca_refused_requests_total", transport="grpc",
                   reason="rate_limited") == 4
-    assert metric(server, "citadel_server_csr_sign_err_count",
+    assert metric(server, "citadel_server_csr_sign_err_count_total",
                   error="resource_exhausted") == 4
 
     # In the audit log: summarised like every refusal, whatever each reply's retry time was.
@@ -208,7 +208,7 @@ def test_the_source_limit_turns_a_flood_away_before_any_token_is_checked(tmp_pat
                 server.create_certificate(csr_pem(), metadata=metadata)
             _, _, message = _exhausted(flooded.value)
             assert "127.0.0.1" in message and "--issuance-rate-per-source" in message
-        assert metric(server, "citadel_server_authentication_failure_count") == 10
+        assert metric(server, "citadel_server_authentication_failure_count_total") == 10
         assert metric(server, "meshca_rate_limited_total", limit="source") == 2
         assert server.issued_count() == 0
     finally:

@@ -93,6 +93,8 @@ class SqlInventory:
                                     t.not_after <= now))
         if where.expiring_before:
             query = query.where(t.not_after < _utc(where.expiring_before))
+        if where.serial_prefix:  # hex only (the API checks), so nothing to escape
+            query = query.where(t.serial.like(f"{where.serial_prefix}%"))
         if after is not None:
             issued_at = _utc(after.issued_at)
             query = query.where(or_(t.issued_at > issued_at,

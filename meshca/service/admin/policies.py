@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshca.authz import MeshConfig, parse_policies, parse_policy
+from meshca.authz import FieldError, Invalid, MeshConfig, PolicyInvalid, parse_policies, parse_policy
 from meshca.core.clock import Clock, SystemClock
 from meshca.service.admin.audit import audit_entry
 from meshca.service.admin_ports import StoredPolicies
@@ -37,6 +37,27 @@ class PolicyAdmin:
             self._clock, actor, "authz.policy.put", f"{namespace}/{name}"))
         self.reload_stored()
         return row, created
+
+    def apply(self, documents: list[dict[str, Any]], actor: str,
+              ) -> list[tuple[StoredPolicy, bool]]:
+        """Create or replace each document (which names itself in its metadata), as `kubectl
+        apply -f` does: every document is checked before any is stored, so one bad document
+        stores none (`Invalid` names each problem under `[i]`)."""
+        problems: list[FieldError] = []
+        for index, document in enumerate(documents):
+            try:
+                parse_policy(document)
+            except Invalid as exc:
+                problems += exc.prefixed(f"[{index}]").errors
+        if problems:
+            raise PolicyInvalid(problems)
+        applied = []
+        for document in documents:
+            meta = document["metadata"]
+            applied.append(self.stored.put(meta["namespace"], meta["name"], document, audit_entry(
+                self._clock, actor, "authz.policy.put", f"{meta['namespace']}/{meta['name']}")))
+        self.reload_stored()
+        return applied
 
     def delete(self, namespace: str, name: str, actor: str) -> int:
         """The new set version; NotFound unless the policy is stored."""

@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToDict
 from meshca.errors import AuthenticationError, RateLimited
 from meshca.gen.istio.v1.auth import ca_pb2, ca_pb2_grpc
 from meshca.service.issuance import CertificateRequest, IssuanceService
+from meshca.transport.grpc.issuance_log import IssuanceLog
 from meshca.transport.grpc.status import public_message, status_for, trailers_for
 from meshca.transport.metrics import CaMetrics
 from meshca.transport.tls_front import PeerCertificates
@@ -21,11 +22,13 @@ log = logging.getLogger(__name__)
 
 class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(
-        self, issuance: IssuanceService, metrics: CaMetrics, peers: PeerCertificates
+        self, issuance: IssuanceService, metrics: CaMetrics, peers: PeerCertificates,
+        issued_log: IssuanceLog | None = None,
     ) -> None:
         self._issuance = issuance
         self._metrics = metrics
         self._peers = peers
+        self._issued_log = issued_log  # None: --log-issuances off, nothing to do per issuance
 
     async def CreateCertificate(  # noqa: N802 - the RPC's name on the wire
         self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -64,5 +67,8 @@ class IstioCertificateServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
                 log.info("CreateCertificate refused: %s: %s", code.name, exc)
             await context.abort(code, public_message(exc), trailing_metadata=trailers_for(exc))
             raise  # unreachable: abort raises
-        self._metrics.issued(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._metrics.issued(elapsed)
+        if self._issued_log is not None:
+            self._issued_log(issued, elapsed)
         return ca_pb2.IstioCertificateResponse(cert_chain=list(issued.cert_chain))

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
-           413: "Content Too Large", 422: "Unprocessable Content", 429: "Too Many Requests",
+           413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+           429: "Too Many Requests",
            431: "Request Header Fields Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}
 
@@ -45,6 +46,7 @@ _MEANINGS = {
     404: "no such resource",
     409: "the resource is not in a state that allows this",
     413: "the request body is larger than --max-request-bytes",
+    415: "the body's Content-Type is not one this operation reads",
     429: "too many failed authentications from this address; wait for Retry-After",
     422: "a parameter or the body does not match this operation's schema",
     503: "meshca cannot answer this yet",

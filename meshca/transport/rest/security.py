@@ -61,6 +61,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role | None] = {
     ("POST", "/v1/authz:evaluate"): Role.VIEWER,
     ("POST", "/v1/authz:check"): Role.VIEWER,
     ("GET", "/v1/authz/policies"): Role.VIEWER,
+    ("POST", "/v1/authz/policies"): Role.ADMIN,
     ("GET", "/v1/authz/policies/{namespace}/{name}"): Role.VIEWER,
     ("PUT", "/v1/authz/policies/{namespace}/{name}"): Role.ADMIN,
     ("DELETE", "/v1/authz/policies/{namespace}/{name}"): Role.ADMIN,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from meshca.authz import (
@@ -20,7 +20,8 @@ from meshca.authz import (
 from meshca.errors import NotFound
 from meshca.service.admin.policies import PolicyAdmin
 from meshca.transport.rest.dependencies import Actor, Authz
-from meshca.transport.rest.problems import problem, problem_responses
+from meshca.transport.rest.policy_bodies import openapi_body, policy_documents
+from meshca.transport.rest.problems import BadRequest, problem, problem_responses
 
 router = APIRouter(tags=["authz"])
 _Namespace = Annotated[str, Path(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
@@ -30,6 +31,8 @@ _JSON = dict[str, Any]
 
 
 _NOT_JSON = {400: "the body is not JSON"}
+_NOT_PARSED = {400: "the body is not JSON or YAML (as its Content-Type says), or holds no document"}
+_Documents = Annotated[list[Any], Depends(policy_documents)]
 
 
 AuthzContext = PolicyAdmin  # its name before the service layer
@@ -101,10 +104,19 @@ def get_policy(context: Authz, namespace: _Namespace, name: _Name) -> Any:
 
 
 @router.put("/v1/authz/policies/{namespace}/{name}",
-            responses=problem_responses(400, 422, meanings=_NOT_JSON))
+            responses=problem_responses(400, 415, 422, meanings=_NOT_PARSED),
+            openapi_extra=openapi_body("one AuthorizationPolicy, as JSON or YAML"))
 def put_policy(request: Request, response: Response, context: Authz, actor: Actor,
-               namespace: _Namespace, name: _Name, body: Annotated[_JSON, Body()]) -> Any:
-    """Create or replace a stored policy; `metadata` may omit namespace and name."""
+               namespace: _Namespace, name: _Name, documents: _Documents) -> Any:
+    """Create or replace a stored policy (JSON, or YAML as `application/yaml`); `metadata`
+    may omit namespace and name."""
+    if len(documents) != 1:
+        raise BadRequest(f"the body holds {len(documents)} documents; PUT stores one (POST "
+                         f"/v1/authz/policies applies several)")
+    body = documents[0]
+    if not isinstance(body, dict):
+        return problem(422, "the body must be an object (an AuthorizationPolicy)", request,
+                       errors=[{"field": "body", "message": "must be an object"}])
     meta = body.get("metadata")
     document = {**body, "metadata": {**(meta if isinstance(meta, dict) else {}),
                                      "namespace": namespace, "name": name}}
@@ -119,6 +131,40 @@ def put_policy(request: Request, response: Response, context: Authz, actor: Acto
         return _invalid(request, exc, "body")
     response.status_code = 201 if created else 200
     return {**_out(context, f"{namespace}/{name}", document), "version": row.version}
+
+
+@router.post("/v1/authz/policies", responses=problem_responses(400, 415, 422, meanings=_NOT_PARSED),
+             openapi_extra=openapi_body(
+                 "AuthorizationPolicies, each naming itself in `metadata`: a JSON object or array, "
+                 "or YAML documents separated by `---` (as `kubectl apply -f` takes them)"))
+def apply_policies(request: Request, context: Authz, actor: Actor, documents: _Documents,
+                   namespace: Annotated[str | None, Query(
+                       pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+                       description="for documents whose metadata names no namespace")] = None,
+                   ) -> Any:
+    """Create or replace every policy in the body. All are checked first: one invalid
+    document stores none (422 names each problem under `body[i]`)."""
+    if not all(isinstance(d, dict) for d in documents):
+        return problem(422, "every document must be an object (an AuthorizationPolicy)", request,
+                       errors=[{"field": f"body[{i}]", "message": "must be an object"}
+                               for i, d in enumerate(documents) if not isinstance(d, dict)])
+    if namespace is not None:
+        documents = [_with_namespace(d, namespace) for d in documents]
+    try:
+        applied = context.apply(documents, actor)
+    except Invalid as exc:
+        return _invalid(request, exc, "body")
+    version = context.store.current.version
+    return {"version": version, "applied": [
+        {"namespace": row.namespace, "name": row.name, "created": created, "version": row.version}
+        for row, created in applied]}
+
+
+def _with_namespace(document: _JSON, namespace: str) -> _JSON:
+    meta = document.get("metadata")
+    if isinstance(meta, dict) and "namespace" not in meta:
+        return {**document, "metadata": {**meta, "namespace": namespace}}
+    return document
 
 
 @router.delete("/v1/authz/policies/{namespace}/{name}", responses=problem_responses(404, 422))

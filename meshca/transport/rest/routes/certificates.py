@@ -80,11 +80,15 @@ def list_certificates(
     service_account: Annotated[str | None, Query(max_length=253, pattern=NO_NUL)] = None,
     active: Annotated[bool | None, Query(description="unrevoked and valid now")] = None,
     expiring_before: Annotated[Rfc3339Time | None, Query(description="RFC 3339 time")] = None,
+    serial_prefix: Annotated[str | None, Query(
+        pattern=SERIAL, description="only serials starting with these lower-case hex digits "
+        "(how the CLI resolves a serial typed short)")] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CertificatePage:
     """Issued certificates in issue order (stable), `limit` at a time."""
-    where = CertificateFilter(spiffe_id_prefix, namespace, service_account, active, expiring_before)
+    where = CertificateFilter(spiffe_id_prefix, namespace, service_account, active, expiring_before,
+                              serial_prefix)
     after = decode_cursor(cursor) if cursor else None
     page = certificates.page(where, after, limit)
     return CertificatePage(
