@@ -1,5 +1,5 @@
 """`meshca agent` as an operator meets it: its help, and start-up refusals that say what is
-wrong (exit 2 for flags that do not fit, 1 for a configuration it cannot start with)."""
+wrong (exit 2, for flags that do not fit and for a configuration it cannot start with alike)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_a_missing_token_file_stops_the_agent_with_a_clear_message(tmp_path: Pat
     refused = agent("--attestor", "unix", "--workload", "w=uid:0=spiffe://cluster.local/ns/a/sa/b",
                     "--token-file", str(tmp_path / "nope"), "--socket", str(tmp_path / "a.sock"),
                     "--sds-socket", "off", "--health-addr", "off")
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "--token-file" in refused.stderr and "No such file" in refused.stderr
     assert "Traceback" not in refused.stderr
 
@@ -77,7 +77,7 @@ def test_a_unix_entry_the_server_cannot_sign_is_refused_at_start(tmp_path: Path)
     refused = agent("--attestor", "unix", "--workload", "ops=uid:0=spiffe://cluster.local/ops",
                     "--token-file", str(token), "--socket", str(tmp_path / "a.sock"),
                     "--sds-socket", "off", "--health-addr", "off")
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "signs only" in refused.stderr and "ns/<namespace>/sa/" in refused.stderr
     assert "Traceback" not in refused.stderr
 

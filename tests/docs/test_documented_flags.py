@@ -27,13 +27,30 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
     return {o for action in parser._actions for o in action.option_strings}
 
 
+def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
+    """Options anywhere in the tree that take a value (`--server URL`): the word after one is its
+    value, not a command, since the CLI accepts connection options at any level."""
+    found = {o for action in parser._actions if action.nargs != 0 for o in action.option_strings}
+    for child in _subparsers(parser).values():
+        found |= _takes_value(child)
+    return found
+
+
 def resolve(words: list[str]) -> tuple[list[str], set[str]]:
     """The sub-command path `words` selects and the options valid there (with its parents')."""
     parser, path, valid = build_parser(), ["meshca"], set()
     valid |= _options(parser)
+    with_value = _takes_value(parser)
+    skip = False
     for word in words:
+        if skip:
+            skip = False
+            continue
+        if word.startswith("-"):
+            skip = "=" not in word and word in with_value
+            continue
         subs = _subparsers(parser)
-        if word.startswith("-") or not subs:
+        if not subs:
             continue
         if word not in subs:
             raise LookupError(f"{' '.join(path)} has no command {word!r}")

@@ -88,11 +88,15 @@ def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("meshca",),
               ) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command path; an alias (a second name for the same parser) has no section of its own."""
     found = [(path, parser)]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
             for name, sub in action.choices.items():
-                found += _commands(sub, (*path, name))
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    found += _commands(sub, (*path, name))
     return found
 
 
