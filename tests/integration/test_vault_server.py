@@ -23,6 +23,7 @@ from meshca.infra.db.schema import ca_generations
 from tests.fakes.vault_server import FakeVault
 from tests.integration.test_ca_rotation import api, bundle_roots, eventually, issue, metrics
 from tests.support import AdminClient, MeshcaProcess, start_meshca
+from tests.unit.pki import ec_key, make_root
 
 # Only what meshca needs: create and read Transit keys, sign with them.
 MESHCA_POLICY = {"transit/keys/*": {"create", "update", "read"}, "transit/sign/*": {"update"}}
@@ -132,7 +133,9 @@ def test_with_vault_unreachable_at_first_start_meshca_waits_then_serves(tmp_path
             "--admin-addr", "127.0.0.1:0", "--ext-authz-addr", "off",
             "--keystore", "vault-transit", "--vault-addr", f"https://127.0.0.1:{port}",
             "--vault-ca-cert", str(fake_ca), "--vault-token-file", str(token_file)]
-    fake_ca.write_text("")  # replaced below, before meshca's first successful call
+    # A CA that signed nothing Vault shows (an empty file is refused at start-up, as a
+    # configuration error); replaced below, before meshca's first successful call.
+    fake_ca.write_bytes(make_root(ec_key(n=77)).public_bytes(serialization.Encoding.PEM))
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(4)

@@ -192,7 +192,9 @@ def test_a_signal_at_any_start_up_stage_stops_everything(
     server = launch()
     _wait_for_stage(server, stage)
     os.kill(server.process.pid, sig)
-    code = server.process.wait(30)
+    # Generous: on a loaded machine an interpreter that is still importing can take a while to
+    # unwind; what is asserted is that it ends, with nothing left behind.
+    code = server.process.wait(90)
     _assert_gone(server, within=10)
     assert code in STOPPED.get(stage, {}).get(sig, {0}), (code, server.log)
     if stage == "launch" and sig == signal.SIGINT:

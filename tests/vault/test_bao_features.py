@@ -216,7 +216,9 @@ def test_the_keeper_renews_an_idle_token_against_the_real_server(bao: BaoServer)
     keeper.start()
     try:
         time.sleep(6)  # longer than the token's TTL, and meshca made no call of its own
-        assert session.renewals >= 2
+        # At least one renewal: how far each renewal extends the token is OpenBao's to decide
+        # (the requested increment, capped by the token's limits), so a count is not asserted.
+        assert session.renewals >= 1
         assert session.health.reachable
         # Alive past its first TTL: OpenBao answers for it (an expired token is a 403).
         lookup = bao.client(token=token, namespace=namespace).auth.token.lookup_self()["data"]
