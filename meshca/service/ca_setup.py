@@ -7,8 +7,6 @@ does so, under the `ca-rotator` lease; the others wait until a signing generatio
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from datetime import timedelta
 
@@ -33,12 +31,8 @@ _LEASE_TTL = timedelta(seconds=60)
 _WAIT_SECONDS = 60.0
 
 
-def rotator_identity() -> str:
-    return f"{socket.gethostname()}/{os.getpid()}"
-
-
 def bring_up(lifecycle: CaLifecycle, journal: CaJournal, leases: Leases, keys: KeyBackend,
-             clock: Clock) -> SigningAuthority:
+             clock: Clock, *, identity: str) -> SigningAuthority:
     """Apply what is due (under the lease, when this replica can get it), then load.
 
     While the key service (Vault) cannot be reached, a CA that exists is served as it is and
@@ -48,7 +42,7 @@ def bring_up(lifecycle: CaLifecycle, journal: CaJournal, leases: Leases, keys: K
     delay = 0.5
     while True:
         keys_unavailable = False
-        lease = leases.acquire(ROTATOR_LEASE, rotator_identity(), _LEASE_TTL, clock.now())
+        lease = leases.acquire(ROTATOR_LEASE, identity, _LEASE_TTL, clock.now())
         if lease is not None:
             try:
                 lifecycle.run_due(lease)  # which logs each step

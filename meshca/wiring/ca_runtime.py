@@ -14,10 +14,10 @@ from meshca.core.jwt_signing import KEY_TYPES
 from meshca.infra.cacerts import PluggedCaError, PluggedCaWatcher, load_plugged_ca
 from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.lease import SqlLeases
+from meshca.infra.lease_holder import this_process
 from meshca.service.ca_lifecycle import CaLifecycle, LifecycleProfile
 from meshca.service.ca_reload import CaReloader
 from meshca.service.ca_rotator import CaRotator
-from meshca.service.ca_setup import rotator_identity
 from meshca.service.ca_source import CaSource, JournalCaSource, PluggedCaSource
 from meshca.wiring.keystore import KeyBackend
 
@@ -66,7 +66,7 @@ def rotator_for(settings: Settings, engine: Engine, clock: Clock,
     health = keys.health
     return CaRotator(lifecycle_for(settings, engine, clock, keys), SqlCaJournal(engine),
                      SqlLeases(engine), settings.rotation_policy, clock,
-                     identity=rotator_identity(),
+                     identity=this_process(),
                      waiting=health.rotation_waiting if health is not None else lambda _: None)
 
 

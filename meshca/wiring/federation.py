@@ -32,9 +32,9 @@ from meshca.infra.db.federation import SqlFederation
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.federation_fetch import HttpsBundleFetcher
 from meshca.infra.keyfiles import KeyEncryptionKey
+from meshca.infra.lease_holder import this_process
 from meshca.service.admin.ca import TrustBundleView
 from meshca.service.admin.federation import FederationAdmin
-from meshca.service.ca_setup import rotator_identity
 from meshca.service.federation_refresh import FederationRefresher
 from meshca.service.federation_snapshot import FederationSnapshot
 from meshca.transport.federation_endpoint import BundleEndpointApp
@@ -127,7 +127,7 @@ async def start_federation(settings: Settings, engine: Engine, clock: Clock,
     loop = asyncio.get_running_loop()
     collector = FederationCollector(lambda: snapshot.records, clock.now, registry)
     refresher = FederationRefresher(
-        store, SqlLeases(engine), HttpsBundleFetcher(), clock, identity=rotator_identity(),
+        store, SqlLeases(engine), HttpsBundleFetcher(), clock, identity=this_process(),
         bounds=RefreshBounds(settings.federation_refresh_min.total_seconds(),
                              settings.federation_refresh_max.total_seconds()),
         timeout=settings.federation_fetch_timeout, observe=collector.fetched)

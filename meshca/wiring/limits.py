@@ -15,7 +15,7 @@ from meshca.infra.db.audit import append_audit_many
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.db.records import SqlCertificateLog
 from meshca.infra.db.retention import SqlRetention
-from meshca.service.ca_setup import rotator_identity
+from meshca.infra.lease_holder import this_process
 from meshca.service.ports import AuditEntry
 from meshca.service.rate_limits import IssuanceRateLimits
 from meshca.service.refusal_summary import RefusalSummary, source_address
@@ -31,7 +31,7 @@ def start_retention(settings: Settings, engine: Engine, clock: Clock, stop: asyn
     """The supervisor's retention loop and its metrics."""
     policy = RetentionPolicy(settings.audit_retention, settings.certificate_retention)
     job = RetentionJob(SqlRetention(engine), SqlLeases(engine), policy, clock,
-                       identity=rotator_identity(), should_stop=stop.is_set)
+                       identity=this_process(), should_stop=stop.is_set)
     RetentionCollector(job, registry)
     return [asyncio.get_running_loop().create_task(job.run(stop, settings.retention_interval))]
 

@@ -17,8 +17,8 @@ from meshca.config import Settings
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.kube.api import KUBE_THREADS, KubeApi
 from meshca.infra.kube.configmaps import RootCertConfigMaps
+from meshca.infra.lease_holder import this_process
 from meshca.service.bundle_publisher import BundlePublisher
-from meshca.service.ca_setup import rotator_identity
 from meshca.service.kube_calls import KubeCalls
 from meshca.service.ports import AuthMetrics
 from meshca.wiring.ca_runtime import SupervisorCa
@@ -43,7 +43,7 @@ def start_publishing(settings: Settings, ca: SupervisorCa, metrics: AuthMetrics,
                                 configmaps=RootCertConfigMaps.of(api))
     leases = SqlLeases(engine)
     interval = settings.publish_interval
-    identity = rotator_identity()
+    identity = this_process()
 
     async def leader() -> bool:
         ttl = max(interval * 3, timedelta(seconds=30))

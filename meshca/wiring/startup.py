@@ -15,6 +15,7 @@ from meshca.infra.db.ca_journal import SqlCaJournal
 from meshca.infra.db.engine import database_url_for, migrate, open_engine
 from meshca.infra.db.lease import SqlLeases
 from meshca.infra.dev_issuer import DevIssuer
+from meshca.infra.lease_holder import this_process
 from meshca.service.ca_setup import bring_up
 from meshca.wiring.authn import uses_development_issuer
 from meshca.wiring.ca_runtime import ca_source, lifecycle_for
@@ -121,7 +122,7 @@ def prepare(settings: Settings, clock: Clock, serving: ServingCertKeeper,
         if settings.ca_dir is None:
             journal = SqlCaJournal(engine)
             authority = bring_up(lifecycle_for(settings, engine, clock, backend), journal,
-                                 SqlLeases(engine), backend, clock)
+                                 SqlLeases(engine), backend, clock, identity=this_process())
         else:
             authority = ca_source(settings, engine, clock, backend,
                                   publishes=True).load().authority

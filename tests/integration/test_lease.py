@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from meshca.infra.db.engine import migrate, open_engine
 from meshca.infra.db.lease import SqlLeases, holds
+from meshca.infra.lease_holder import this_process
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(seconds=30)
@@ -92,3 +95,42 @@ def test_two_processes_never_hold_one_fencing_token(url: str, store: SqlLeases) 
     for holder, _, fencing in held:
         by_token.setdefault(fencing, set()).add(holder)
     assert all(len(holders) == 1 for holders in by_token.values()), by_token
+
+
+def _identity_of_a_process_that_ended() -> str:
+    """The lease-holder identity of a real process on this host, which has exited since."""
+    ran = subprocess.run([sys.executable, "-c", "from meshca.infra.lease_holder import this_process;"
+                          "print(this_process())"], capture_output=True, text=True, check=True)
+    return ran.stdout.strip()
+
+
+def test_a_lease_whose_holder_was_killed_on_this_host_is_taken_over_at_once(store: SqlLeases) -> None:
+    gone = _identity_of_a_process_that_ended()
+    held = store.acquire("rotator", gone, timedelta(hours=1), T0)
+    assert held is not None and held.fencing == 1
+    successor = store.acquire("rotator", this_process(), TTL, T0 + timedelta(seconds=1))
+    assert successor is not None and successor.holder == this_process()
+    assert successor.fencing == 2  # the dead holder's token is fenced off
+    with store._engine.begin() as connection:
+        assert not holds(connection, held, T0 + timedelta(seconds=2))
+
+
+def test_a_live_holder_or_one_that_cannot_be_proven_gone_keeps_its_lease(
+        store: SqlLeases, tmp_path: Path) -> None:
+    alive = subprocess.Popen([sys.executable, "-c", "from meshca.infra.lease_holder import this_process;"
+                              "import sys, time; print(this_process(), flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert alive.stdout is not None
+        live = alive.stdout.readline().strip()
+        ended = _identity_of_a_process_that_ended()
+        gone_elsewhere = "other-host" + ended[ended.index("/"):]
+        for index, holder in enumerate([live, gone_elsewhere, "replica-a", "host/123"]):
+            name = f"lease-{index}"
+            assert store.acquire(name, holder, timedelta(hours=1), T0) is not None
+            assert store.acquire(name, this_process(), TTL, T0 + timedelta(seconds=1)) is None, holder
+            current = store.current(name)
+            assert current is not None and current.holder == holder and current.fencing == 1
+    finally:
+        alive.kill()
+        alive.wait()

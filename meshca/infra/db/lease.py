@@ -10,6 +10,8 @@ be much longer than any plausible skew.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, case, delete, insert, select, update
@@ -17,17 +19,22 @@ from sqlalchemy.exc import IntegrityError
 
 from meshca.infra.db.schema import leases
 from meshca.infra.db.store_errors import translated
+from meshca.infra.lease_holder import is_gone
 from meshca.service.ca_ports import Lease
 
 __all__ = ["Lease", "SqlLeases", "holds"]
+log = logging.getLogger(__name__)
 _STORE = "leases"
 
 
 class SqlLeases:
     """`service.ca_ports.Leases` on the shared database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, reclaim: Callable[[str], bool] = is_gone) -> None:
+        """`reclaim(holder)`: is that holder provably gone (e.g. killed on this host), so that
+        its unexpired lease may be taken over at once instead of after its TTL?"""
         self._engine = engine
+        self._reclaim = reclaim
 
     @translated(_STORE)
     def acquire(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
@@ -47,9 +54,23 @@ class SqlLeases:
                         connection.execute(insert(leases).values(
                             name=name, holder=holder, fencing=1, expires_at=expires))
                 except IntegrityError:
-                    return None  # someone holds it
+                    if not self._took_over(connection, name, holder, expires):
+                        return None  # someone holds it
             row = connection.execute(select(t.fencing).where(t.name == name)).one()
         return Lease(name, holder, int(row[0]), expires)
+
+    def _took_over(self, connection: Connection, name: str, holder: str, expires: datetime) -> bool:
+        """Take the lease from a holder that is provably gone; the fencing token moves on."""
+        t = leases.c
+        current = connection.execute(select(t.holder).where(t.name == name)).scalar_one_or_none()
+        if current is None or current == holder or not self._reclaim(current):
+            return False
+        taken = connection.execute(
+            update(leases).where(t.name == name, t.holder == current)
+            .values(holder=holder, expires_at=expires, fencing=t.fencing + 1))
+        if taken.rowcount == 1:
+            log.warning("lease %s taken over from %s, a holder that is no longer running", name, current)
+        return taken.rowcount == 1
 
     @translated(_STORE)
     def release(self, lease: Lease) -> None:
