@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from multiprocessing.queues import Queue
 from pathlib import Path
+from typing import Any
 
 from tests.fuzz.campaign import Tally
 from tests.support import MeshcaProcess, logs_with_tracebacks, postgres_url, reset_postgres, start_meshca
@@ -24,47 +27,100 @@ def _server(work: Path, name: str, extra: tuple[str, ...], postgres: bool) -> Me
     return start_meshca(work / name / "data", *extra, database_url=url)
 
 
-def _run_ca(work: Path, args: argparse.Namespace, focus: str = "all") -> Tally:
-    from tests.fuzz.ca_campaign import SERVER_FLAGS, fuzz_create_certificate
-
-    server = _server(work, "ca" if focus == "all" else f"ca-{focus}", SERVER_FLAGS, args.postgres)
-    try:
-        return fuzz_create_certificate(server, args.inputs, seed_value=args.seed, seconds=args.seconds,
-                                       focus=focus)
-    finally:
-        server.stop()
+# A job: (the server or None, inputs, seed, seconds, first job?) -> its tally. Job 0 also runs
+# what a campaign does once (the admin API's stateful phase).
+Job = Callable[[MeshcaProcess | None, int, int, float | None, bool], Tally]
 
 
-def _run_admin(work: Path, args: argparse.Namespace) -> Tally:
-    from tests.fuzz.admin_campaign import SERVER_FLAGS, fuzz_admin
+def _ca(focus: str) -> Job:
+    def job(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
+            first: bool) -> Tally:
+        from tests.fuzz.ca_campaign import fuzz_create_certificate
 
-    server = _server(work, "admin", SERVER_FLAGS, args.postgres)
-    try:
-        return fuzz_admin(server, args.inputs, seed_value=args.seed, seconds=args.seconds,
-                          stateful=max(20, args.inputs // 500))
-    finally:
-        server.stop()
+        assert server is not None
+        return fuzz_create_certificate(server, inputs, seed_value=seed, seconds=seconds, focus=focus)
+    return job
 
 
-def _run_authz(work: Path, args: argparse.Namespace) -> Tally:
+def _admin(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
+           first: bool) -> Tally:
+    from tests.fuzz.admin_campaign import fuzz_admin
+
+    assert server is not None
+    return fuzz_admin(server, inputs, seed_value=seed, seconds=seconds,
+                      stateful=max(20, inputs // 500) if first else 0)
+
+
+def _authz(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
+           first: bool) -> Tally:
     from tests.fuzz.authz_campaign import fuzz_authz
 
-    return fuzz_authz(args.inputs, seed_value=args.seed, seconds=args.seconds)
+    return fuzz_authz(inputs, seed_value=seed, seconds=seconds)
 
 
-def _run_ext_authz(work: Path, args: argparse.Namespace) -> Tally:
-    from tests.fuzz.ext_authz_campaign import SERVER_FLAGS, fuzz_ext_authz
+def _ext_authz(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
+               first: bool) -> Tally:
+    from tests.fuzz.ext_authz_campaign import fuzz_ext_authz
 
-    server = _server(work, "ext_authz", SERVER_FLAGS, args.postgres)
+    assert server is not None  # its policies installed by run_campaign
+    return fuzz_ext_authz(server, inputs, seed_value=seed, seconds=seconds, install=False)
+
+
+def _server_flags(name: str) -> tuple[str, ...] | None:
+    """The flags of the server a campaign runs against; None: it runs in process."""
+    if name == "authz":
+        return None
+    module = {"ca": "ca_campaign", "ca-identity": "ca_campaign", "admin": "admin_campaign",
+              "ext_authz": "ext_authz_campaign"}[name]
+    flags: tuple[str, ...] = __import__(f"tests.fuzz.{module}", fromlist=["SERVER_FLAGS"]).SERVER_FLAGS
+    return flags
+
+
+JOBS: dict[str, Job] = {"ca": _ca("all"), "ca-identity": _ca("identity"), "admin": _admin,
+                        "authz": _authz, "ext_authz": _ext_authz}
+
+
+def _job_process(job: Job, server: MeshcaProcess | None, inputs: int, seed: int,
+                 seconds: float | None, first: bool, results: Queue[dict[str, Any]]) -> None:
+    results.put(job(server, inputs, seed, seconds, first).summary())
+
+
+def run_campaign(name: str, work: Path, args: argparse.Namespace) -> Tally:
+    """One campaign: its server (if any), then `--jobs` client processes, each drawing its own
+    inputs (seed + job number) against that server; their counts added up in one tally."""
+    flags = _server_flags(name)
+    server = None if flags is None else _server(work, name, flags, args.postgres)
     try:
-        return fuzz_ext_authz(server, args.inputs, seed_value=args.seed, seconds=args.seconds)
+        if name == "ext_authz":
+            from tests.fuzz.ext_authz_campaign import install_policies
+
+            assert server is not None
+            install_policies(server)
+        if args.jobs == 1:
+            return JOBS[name](server, args.inputs, args.seed, args.seconds, True)
+        # fork: the children inherit the server's handle; none has opened a channel yet
+        context = multiprocessing.get_context("fork")
+        results: Queue[dict[str, Any]] = context.Queue()
+        shares = [args.inputs // args.jobs + (1 if i < args.inputs % args.jobs else 0)
+                  for i in range(args.jobs)]
+        tally = Tally(name)
+        children = [context.Process(target=_job_process, args=(
+            JOBS[name], server, share, args.seed + 1000 * i, args.seconds, i == 0,
+            results)) for i, share in enumerate(shares)]
+        for child in children:
+            child.start()
+        for _ in children:
+            summary = results.get()
+            tally.name = summary["campaign"] + f" ({args.jobs} jobs)"
+            tally.absorb(summary)
+        for child in children:
+            child.join()
+            if child.exitcode != 0:
+                tally.record("job failed", f"a job process ended with exit code {child.exitcode}")
+        return tally.done()
     finally:
-        server.stop()
-
-
-RUNNERS: dict[str, Callable[[Path, argparse.Namespace], Tally]] = {
-    "ca": _run_ca, "ca-identity": lambda work, args: _run_ca(work, args, "identity"),
-    "admin": _run_admin, "authz": _run_authz, "ext_authz": _run_ext_authz}
+        if server is not None:
+            server.stop()
 
 
 def main() -> int:
@@ -73,6 +129,8 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="client processes per campaign, each with its own inputs (default 1)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--postgres", action="store_true",
                         help="servers on $MESHCA_TEST_POSTGRES_URL instead of SQLite")
@@ -83,7 +141,7 @@ def main() -> int:
     failed = False
     try:
         for name in CAMPAIGNS if args.campaign == "all" else (args.campaign,):
-            tally = RUNNERS[name](work, args)
+            tally = run_campaign(name, work, args)
             tracebacks = logs_with_tracebacks(work / name) if (work / name).exists() else {}
             for path, excerpt in tracebacks.items():
                 tally.record("log traceback", f"traceback in {path.name}", excerpt)

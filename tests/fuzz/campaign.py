@@ -68,18 +68,27 @@ class Tally:
     def json(self) -> str:
         return json.dumps(self.summary())
 
+    def absorb(self, summary: dict[str, Any]) -> None:
+        """Add another process's counts (its `summary()`) to these: a campaign run in jobs."""
+        with self._lock:
+            self.outcomes.update(summary["outcomes"])
+            self.problems.update(summary["problems"])
+            self.examples += summary["examples"][:max(0, MAX_SHOWN - len(self.examples))]
+
 
 class TimeUp(Exception):
     """The campaign's time ran out: it stops with the counts it has."""
 
 
-def run_strategy(strategy: st.SearchStrategy[T], examples: int, each: Callable[[T], None],
+def run_strategy(strategy: st.SearchStrategy[T], examples: int, each: Callable[[T], bool | None],
                  *, seed_value: int = 17, seconds: float | None = None, batch: int = 1) -> None:
-    """Call `each` on `examples` generated inputs (fewer if the strategy's space is smaller, or
-    if `seconds` run out first). No shrinking and no example database: `each` records, it does
-    not raise. `batch` > 1 draws that many inputs per Hypothesis example, which spreads the
-    engine's own cost per example (its mutation of earlier examples) over the batch: the
-    campaigns use it, the normal suite's tests keep 1, so that a failure shows one input."""
+    """Call `each` on generated inputs until `examples` of them counted (fewer if the strategy's
+    space is smaller, or if `seconds` run out first); an input for which `each` returns False
+    (e.g. one the oracle cannot judge, skipped) does not count. No shrinking and no example
+    database: `each` records, it does not raise. `batch` > 1 draws that many inputs per
+    Hypothesis example, which spreads the engine's own cost per example (its mutation of
+    earlier examples) over the batch: the campaigns use it, the normal suite's tests keep 1,
+    so that a failure shows one input."""
     stop_at = None if seconds is None else time.monotonic() + seconds
     remaining = [examples]
 
@@ -89,8 +98,8 @@ def run_strategy(strategy: st.SearchStrategy[T], examples: int, each: Callable[[
                 return
             if stop_at is not None and time.monotonic() > stop_at:
                 raise TimeUp
-            remaining[0] -= 1
-            each(value)
+            if each(value) is not False:
+                remaining[0] -= 1
 
     for round_ in range(1000):
         before = remaining[0]
