@@ -12,6 +12,9 @@ _STEPS: tuple[tuple[str, str, str], ...] = (
      "refreshed their trust bundle will reject what it signs)"),
     ("activate", "no prepared", "prepare one first: `meshca ca prepare {kind}`"),
     ("activate", "no active root", "activate a root first: `meshca ca activate root`"),
+    ("prepare", "is already prepared",
+     "activate it: `meshca ca activate {kind}`, or withdraw it: `meshca ca taint ID --reason …` "
+     "(ID from `meshca ca status`)"),
     ("prepare", "", "see `meshca ca status` for the generations there are"),
     ("activate", "", "see `meshca ca status` for the generations there are"),
     ("taint", "", "see `meshca ca status`: only an active or prepared generation can be tainted"),

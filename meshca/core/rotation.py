@@ -436,14 +436,22 @@ def generations_under(generations: Iterable[Generation], generation_id: int) -> 
 
 
 def manual_prepare(generations: Iterable[Generation], kind: Kind) -> Prepare:
-    """An operator's `ca:prepare`: a new generation of `kind` (an intermediate under the active root)."""
+    """An operator's `ca:prepare`: a new generation of `kind` (an intermediate under the active root).
+
+    One prepared generation of a kind at a time (for intermediates: under the active root), as
+    the scheduler keeps it: every prepared root or JWT key is in the bundle every peer fetches,
+    so repeated requests must not grow it without bound."""
     snapshot = _validated(generations)
-    if kind is not Kind.INTERMEDIATE:
-        return Prepare(kind, None, Reason.SCHEDULED)
     root = _active(snapshot, Kind.ROOT)
-    if root is None:
+    if kind is Kind.INTERMEDIATE and root is None:
         raise ValueError("no active root to sign an intermediate")
-    return Prepare(Kind.INTERMEDIATE, root.id, Reason.SCHEDULED)
+    waiting = [g for g in _prepared(snapshot, kind)
+               if kind is not Kind.INTERMEDIATE or (root is not None and g.parent_id == root.id)]
+    if waiting:
+        raise ValueError(f"{_NOUN[kind]} generation {waiting[0].id} is already prepared: activate it, "
+                         f"or taint it to withdraw it, before preparing another")
+    return Prepare(kind, root.id if kind is Kind.INTERMEDIATE and root is not None else None,
+                   Reason.SCHEDULED)
 
 
 def manual_activate(policy: RotationPolicy, generations: Iterable[Generation], kind: Kind,

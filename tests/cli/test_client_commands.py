@@ -171,6 +171,9 @@ def test_a_409_says_what_to_do_next(server: MeshcaProcess, cwd: Path) -> None:
     early = meshca("ca", "activate", "root", *data, cwd=cwd)
     assert early.rc == 1 and "409" in early.stderr
     assert "--waive-publish-lead" in early.stderr, early.stderr
+    again = meshca("ca", "prepare", "root", *data, cwd=cwd)  # one root waits already
+    assert again.rc == 1 and "409" in again.stderr and "is already prepared" in again.stderr
+    assert "next: activate it: `meshca ca activate root`, or withdraw it" in again.stderr, again.stderr
     none_prepared = meshca("ca", "activate", "intermediate", *data, cwd=cwd)
     assert none_prepared.rc == 1
     assert "next: prepare one first: `meshca ca prepare intermediate`" in none_prepared.stderr

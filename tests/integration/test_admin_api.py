@@ -328,12 +328,21 @@ def _generations(env: Env) -> dict[int, dict[str, Any]]:
     return {g["id"]: g for g in env.admin("GET", "/v1/ca")["generations"]}
 
 
+def _withdraw_prepared_intermediates(env: Env) -> None:
+    """One intermediate waits prepared at a time: withdraw what an earlier case left waiting."""
+    for generation in _generations(env).values():
+        if generation["kind"] == "intermediate" and generation["state"] == "prepared":
+            env.admin("POST", f"/v1/ca/generations/{generation['id']}:taint", {"reason": "test reset"})
+
+
 def _prepared_intermediate(env: Env) -> int:
+    _withdraw_prepared_intermediates(env)
     answer = env.admin("POST", "/v1/ca:prepare", {"kind": "intermediate"}, expect=201)
     return int(answer["actions"][0]["generation_id"])
 
 
 def _ca_prepare(env: Env, tag: str) -> Case:
+    _withdraw_prepared_intermediates(env)
     before = len(_generations(env))
     return Case("POST", "/v1/ca:prepare", 201, {"kind": "intermediate"},
                 applied=lambda: len(_generations(env)) == before + 1,

@@ -545,6 +545,20 @@ def test_manual_prepare() -> None:
         rotation.manual_prepare([root(1, PREPARED)], INTERMEDIATE)
 
 
+def test_manual_prepare_keeps_one_prepared_generation_of_a_kind() -> None:
+    with pytest.raises(ValueError, match="root generation 2 is already prepared: activate it, or taint it"):
+        rotation.manual_prepare([root(1, ACTIVE), root(2, PREPARED)], ROOT)
+    waiting = [root(1, ACTIVE), inter(2, 1, ACTIVE), inter(3, 1, PREPARED)]
+    with pytest.raises(ValueError, match="intermediate generation 3 is already prepared"):
+        rotation.manual_prepare(waiting, INTERMEDIATE)
+    # withdrawn (tainted) or activated, it no longer holds the place
+    assert rotation.manual_prepare([root(1, ACTIVE), root(2, TAINTED)], ROOT) == Prepare(
+        ROOT, None, Reason.SCHEDULED)
+    # an intermediate prepared under a root that is no longer active does not count
+    under_old = [root(1, RETIRED), root(4, ACTIVE), inter(3, 1, PREPARED)]
+    assert rotation.manual_prepare(under_old, INTERMEDIATE) == Prepare(INTERMEDIATE, 4, Reason.SCHEDULED)
+
+
 def test_manual_activate() -> None:
     now = NB + 10 * DAY
     gens = [root(1, ACTIVE), root(2, PREPARED, prepared_at=now - timedelta(hours=1), start=now),

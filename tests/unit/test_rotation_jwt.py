@@ -110,8 +110,10 @@ def test_stale_prepared_key_is_withdrawn() -> None:
 
 
 def test_manual_prepare_and_activate() -> None:
+    assert rotation.manual_prepare([*chain(), key(3, A)], JWT) == Prepare(JWT, None, Reason.SCHEDULED)
     gens = [*chain(), key(3, A), key(4, P, start=NB + DAY)]
-    assert rotation.manual_prepare(gens, JWT) == Prepare(JWT, None, Reason.SCHEDULED)
+    with pytest.raises(ValueError, match="JWT-SVID key generation 4 is already prepared"):
+        rotation.manual_prepare(gens, JWT)  # one waits already: the bundle must not grow on request
     with pytest.raises(ValueError, match="jwt generation 4 is published only from"):
         rotation.manual_activate(POLICY, gens, JWT, NB + DAY + HOUR)
     assert rotation.manual_activate(POLICY, gens, JWT, NB + DAY + HOUR, waive_lead=True) == \

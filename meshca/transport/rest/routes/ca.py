@@ -29,7 +29,8 @@ def ca_status(ca: Ca) -> CaOut:
              responses=_CHANGE)
 def prepare(ca: Ca, actor: Actor, body: CaKindIn) -> CaChangeOut:
     """Prepare a new root (published in the bundle at once) or intermediate (under the active
-    root) now, ahead of schedule. It signs only once activated."""
+    root) now, ahead of schedule. It signs only once activated. One generation of a kind waits
+    prepared at a time: 409 while one does (activate it, or taint it to withdraw it)."""
     return CaChangeOut.model_validate(ca.prepare(Kind(body.kind), actor), from_attributes=True)
 
 
