@@ -83,7 +83,7 @@ async def start_admin(settings: Settings, ca: SupervisorCa, clock: Clock,
                       federation: SupervisorFederation,
                       issuance: IssuanceCounters | None = None,
                       sock: socket.socket | None = None) -> AdminServer:
-    engine = open_engine(database_url(settings))
+    engine = open_engine(database_url(settings), filled=True)
     reloader = ca.reloader
     inventory, tokens = SqlInventory(engine), SqlAdminTokens(engine)
     audit_log, generations = SqlAuditLog(engine), SqlCaRepository(engine)

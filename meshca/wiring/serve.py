@@ -109,7 +109,7 @@ async def _start(settings: Settings, stop: asyncio.Event,
     if not await all_ready(links, stop, WORKER_START_SECONDS):
         raise _Stopped
 
-    engine = open_engine(database_url(settings))
+    engine = open_engine(database_url(settings), filled=True)
     running.callback(engine.dispose)
     ca, ca_tasks = await start_supervisor_ca(settings, engine, clock, stop, keys)
     running.callback(_cancel, ca_tasks)

@@ -95,7 +95,7 @@ async def start_worker(
 ) -> Worker:
     """`keys`: the process's key backend (one per process, see wiring/keys.py)."""
     clock = SystemClock()
-    engine = open_engine(database_url(settings))
+    engine = open_engine(database_url(settings), filled=True)
     cleanup = contextlib.ExitStack()
     cleanup.callback(engine.dispose)
     reloader = await asyncio.to_thread(reloader_for, settings, engine, clock, keys,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from alembic import command
@@ -18,14 +19,31 @@ def database_url_for(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'meshca.db'}"
 
 
-def open_engine(url: str) -> Engine:
+# SQLite connections per engine, all of them opened at start in a long-running process, and no
+# more: a peak beyond them waits for one (SQLite runs one writer at a time anyway). No overflow,
+# because SQLite cannot close the file of a closed connection while another connection of the
+# process holds a lock on it: each peak would leave its files open, for good. Reused most-recent
+# first, so that a quiet server warms the page cache of one connection, not of all.
+SQLITE_POOL_SIZE = 8
+
+
+def open_engine(url: str, *, filled: bool = False) -> Engine:
+    """`filled`: open the SQLite pool's connections now (a long-running process). Filled lazily,
+    a pool grows by one connection at each new peak of concurrency, for hours: its database
+    handles would look like a leak to anyone watching them (the soak does)."""
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=SQLITE_POOL_SIZE, max_overflow=0,
+                               pool_use_lifo=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        if filled:
+            with contextlib.ExitStack() as held:
+                for _ in range(SQLITE_POOL_SIZE):
+                    held.enter_context(engine.connect())
         return engine
     # A database that stops answering must fail requests (UNAVAILABLE, not ready), not hang them.
     return create_engine(parsed, pool_size=8, max_overflow=8, pool_pre_ping=True,
