@@ -9,6 +9,11 @@ cannot write again, so nothing it does can race the successor (fencing would ref
 
 Anything that cannot be proven (another host, another boot, an unreadable /proc, a holder
 written in an older form) is never reclaimed: the lease then simply expires, as before.
+
+It assumes that a host name names one replica at a time on a machine, as a pod's name does (a
+restarted container keeps it, in a new pid namespace: that is the restart this serves). Two
+replicas given the same host name on one machine in separate pid namespaces would each see the
+other as gone; fencing still refuses the writes of the one that lost the lease.
 """
 
 from __future__ import annotations
