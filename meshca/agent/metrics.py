@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshca.core.jwt_svid import REASONS
+from meshca.transport.process_metrics import register_process_metrics
 
 ATTESTATION_OUTCOMES = ("ok", "no_identity", "refused", "unavailable")
 SERVED_APIS = ("workload_x509_svid", "workload_x509_bundles", "workload_jwt_svid",
@@ -21,6 +22,7 @@ class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        register_process_metrics(r)
         self.attestations = Counter(
             "meshca_agent_attestations", "workload attestations by attestor and outcome",
             ["attestor", "outcome"], registry=r)

@@ -29,6 +29,7 @@ from meshca.transport.http_server import HttpServer
 from meshca.transport.issuance_counts import CollectorIssuanceCounts
 from meshca.transport.metrics import CaMetrics, CaMetricsCollector, shared_slots
 from meshca.transport.metrics_http import MetricsApp
+from meshca.transport.process_metrics import register_process_metrics
 from meshca.wiring.admin import start_admin
 from meshca.wiring.ca_runtime import serving_file, start_supervisor_ca
 from meshca.wiring.federation import start_bundle_endpoint, start_federation
@@ -116,6 +117,7 @@ async def _start(settings: Settings, stop: asyncio.Event,
     ca.also_wake.append(worker.reloader)
     worker_metrics = CaMetrics(slots, 0)  # this process is worker 0 too
     registry = CollectorRegistry()
+    register_process_metrics(registry)
     collector = CaMetricsCollector(slots, workers, registry)
     health = keys.health
     CaStateCollector(SqlCaRepository(engine), ca.rotator, lambda: ca.reloader.sequence, registry,

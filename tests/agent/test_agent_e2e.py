@@ -203,6 +203,9 @@ def test_health_readiness_and_metrics(world: tuple[MeshcaProcess, AgentProcess])
     assert agent.metric("meshca_agent_svids_cached") >= 1
     expiry = agent.metric("meshca_agent_svid_soonest_expiry_seconds")
     assert 3600 < expiry <= 24 * 3600 + 120  # the server's default 24 h leaf
+    # The process families stock dashboards read: this agent's own, not zero.
+    assert agent.metric("process_resident_memory_bytes") > 10 * 2**20
+    assert agent.metric("python_gc_collections_total", generation="0") >= 0
     assert os.stat(agent.socket).st_mode & 0o777 == 0o666
     assert os.stat(agent.directory).st_mode & 0o777 == 0o755
 

@@ -12,12 +12,14 @@ RSS, one fd, thread or connection)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import statistics
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +78,20 @@ def process_sample(pid: int, database_port: int | None, peers: dict[str, int]) -
                        and peers.get(t[8:-1]) == database_port)
     return {"rss_kib": int(status["VmRSS"].split()[0]), "fds": len(targets),
             "threads": int(status["Threads"]), "db": database}
+
+
+def gen2_collections(server: MeshcaProcess) -> int | None:
+    """The supervisor's full (generation 2) garbage collections so far, from its /metrics; the
+    soak sets them beside its RSS to tell Python's collector from a leak."""
+    try:
+        with urllib.request.urlopen(f"http://{server.metrics_addr}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="2"} '):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return None
 
 
 def server_processes(server: MeshcaProcess) -> dict[str, int]:
@@ -275,6 +291,21 @@ class SoakReport:
                 found[process][series] = (growth, bound, growth <= bound)
         return found
 
+    def rss_falls(self, process: str = "supervisor",
+                  least_kib: int = 8192) -> tuple[list[tuple[int, int, int]], int]:
+        """([(minute, KiB fallen, gen-2 collections in that minute)] for each fall of RSS by at
+        least `least_kib`, gen-2 collections in all the other minutes)."""
+        rows = [r for r in self.samples.get(process, []) if "gc2" in r]
+        falls, elsewhere = [], 0
+        for minute, (before, after) in enumerate(itertools.pairwise(rows), start=1):
+            collections = after["gc2"] - before["gc2"]
+            fallen = before["rss_kib"] - after["rss_kib"]
+            if fallen >= least_kib:
+                falls.append((minute, fallen, collections))
+            else:
+                elsewhere += collections
+        return falls, elsewhere
+
     def problems(self) -> list[str]:
         found = [f"{count} failed {kind} requests" for kind, count in self.failures.items()]
         for process, series in self.trends().items():
@@ -293,6 +324,11 @@ class SoakReport:
             lines.append(f"   {process} fitted growth over the run: " + ", ".join(
                 f"{name} {growth:+.1f} (bound {bound:.1f}{'' if ok else ' EXCEEDED'})"
                 for name, (growth, bound, ok) in series.items()))
+        falls, elsewhere = self.rss_falls()
+        if falls:
+            lines.append("   supervisor RSS falls of 8 MiB or more: " + ", ".join(
+                f"minute {m} (-{kib / 1024:.0f} MiB, {n} gen-2 collections)" for m, kib, n in falls)
+                + f"; gen-2 collections in the other minutes: {elsewhere}")
         lines += [f"   PROBLEM {p}" for p in self.problems()]
         lines += [f"   e.g. {e}" for e in self.examples[:5]]
         return "\n".join(lines)
@@ -324,6 +360,9 @@ def run_soak(root: Path, minutes: float, *, database_url: str | None = None,
                     samples.setdefault(name, []).append(process_sample(pid, database_port, peers))
                 except OSError:
                     continue
+            full = gen2_collections(server)
+            if full is not None and "supervisor" in samples:
+                samples["supervisor"][-1]["gc2"] = full
             elapsed = time.monotonic() - started
             log(f"   minute {elapsed / 60:5.1f}: {sum(load.requests.values())} requests, "
                 f"{sum(load.failures.values())} failed; " + "; ".join(

@@ -80,3 +80,22 @@ def test_promtool_accepts_the_exposition(exposition: str) -> None:
     problems = [line for line in output if line.strip() and not (
         line.split()[0] in ISTIO_COUNTERS and "suffix" in line)]
     assert problems == [], "\n".join(problems)
+
+
+def test_the_process_families_describe_the_process_that_answers(meshca: MeshcaProcess,
+                                                                 exposition: str) -> None:
+    """Stock dashboards read `process_*` and `python_gc_*`: they must be there, typed, and be the
+    serving process's own figures (its RSS as /proc tells it, not a constant)."""
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
+    rss = families["process_resident_memory_bytes"]
+    assert rss.type == "gauge"
+    status = dict(line.split(":", 1) for line in
+                  open(f"/proc/{meshca.process.pid}/status").read().splitlines() if ":" in line)
+    proc_rss = int(status["VmRSS"].split()[0]) * 1024
+    # Scraped a moment apart: within a quarter, and far from zero or another process's size.
+    assert 0.75 * proc_rss < rss.samples[0].value < 1.25 * proc_rss
+    assert families["process_open_fds"].samples[0].value > 0
+    collections = {s.labels["generation"]: s.value for s in families["python_gc_collections"].samples}
+    assert families["python_gc_collections"].type == "counter"
+    assert set(collections) == {"0", "1", "2"} and collections["0"] > 0
+    assert families["python_info"].samples[0].labels["implementation"] == "CPython"
