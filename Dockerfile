@@ -31,6 +31,6 @@ ENV PATH=/opt/meshca/bin:$PATH \
     MESHCA_METRICS_ADDR=0.0.0.0:15014
 USER 10001:10001
 WORKDIR /var/lib/meshca
-# gRPC (Istio CA API), admin HTTPS, metrics, ext_authz.
-EXPOSE 15012 8443 15014 9191
+# gRPC (Istio CA API), admin HTTPS, metrics, ext_authz, the SPIFFE bundle endpoint (the chart's ports).
+EXPOSE 15012 8443 15014 9191 8444
 ENTRYPOINT ["meshca", "serve"]

@@ -67,14 +67,19 @@ def test_container_args_carry_the_flags_of_the_values(render: Any, case: ValueSe
     present = [a for a in args for prefix in case.absent if a.startswith(prefix)]
     assert not present, f"unexpected {present}"
     single = [a.split("=", 1)[0] for a in args if not a.startswith(
-        ("--server-dns-name", "--token-audience", "--admin-", "--trusted-node-account"))]
+        ("--server-dns-name", "--token-audience", "--admin-", "--trusted-node-account",
+         "--federate-with"))]
     assert len(single) == len(set(single)), f"a single-valued flag is repeated: {args}"
 
 
 @sets
 def test_meshca_serve_accepts_the_rendered_args(render: Any, case: ValueSet) -> None:
-    """The args go through meshca's own command-line parser: every flag exists, every value parses."""
+    """The args go through meshca's own command-line parser (every flag exists, every value
+    parses) and then the checks `meshca serve` makes across settings before it starts (e.g. a
+    leaf's longest lifetime against the intermediate's): a default that fails them is a chart
+    that installs and never starts."""
     from meshca.cli.main import build_parser
+    from meshca.cli.serve_args import settings_from
 
     args = _container(_objects(render, case))["args"]
     errors = io.StringIO()
@@ -84,6 +89,10 @@ def test_meshca_serve_accepts_the_rendered_args(render: Any, case: ValueSet) -> 
     except SystemExit:
         pytest.fail(f"meshca serve refuses the chart's args: {errors.getvalue().strip()}")
     assert isinstance(parsed, argparse.Namespace)
+    try:
+        settings_from(parsed)
+    except ValueError as exc:
+        pytest.fail(f"meshca serve would not start with the chart's args: {exc}")
 
 
 @sets
@@ -145,12 +154,16 @@ def test_probes_and_ports_agree_with_the_listen_addresses(render: Any, case: Val
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert all(len(name) <= 15 for name in ports), "port names are IANA service names (≤15)"
     expected = {"grpc": 15012, "https-admin": 8443, "http-metrics": 15014}
+    listeners = [("--grpc-addr", "grpc"), ("--admin-addr", "https-admin"),
+                 ("--metrics-addr", "http-metrics")]
     if case.extra.get("ext_authz"):
         expected["grpc-ext-authz"] = 9191
+        listeners.append(("--ext-authz-addr", "grpc-ext-authz"))
+    if case.extra.get("federation_port"):
+        expected["https-federate"] = case.extra["federation_port"]
+        listeners.append(("--federation-addr", "https-federate"))
     assert ports == expected
-    for flag, name in [("--grpc-addr", "grpc"), ("--admin-addr", "https-admin"),
-                       ("--metrics-addr", "http-metrics")] + (
-            [("--ext-authz-addr", "grpc-ext-authz")] if case.extra.get("ext_authz") else []):
+    for flag, name in listeners:
         host, port = _flag_value(args, flag).rsplit(":", 1)
         assert host == "0.0.0.0" and int(port) == ports[name], flag  # noqa: S104 (in a pod)
 
@@ -160,11 +173,17 @@ def test_probes_and_ports_agree_with_the_listen_addresses(render: Any, case: Val
         assert get["path"] == path and get["scheme"] == "HTTPS", probe
         assert ports[get["port"]] == 8443, f"{probe} must hit the admin port"
 
-    service = one(objects, "Service")
+    # The chart's Service has the Deployment's name; federation.service adds one of its own.
+    deployment = one(objects, "Deployment")
+    services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
+    service = services.pop(deployment["metadata"]["name"])
     service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
     assert service_ports == {name: (number, name) for name, number in expected.items()}
-    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
+    for other in services.values():
+        assert other["spec"]["selector"].items() <= pod_labels.items()
+        assert [p["targetPort"] for p in other["spec"]["ports"]] == ["https-federate"]
 
 
 @sets
@@ -255,6 +274,10 @@ def test_network_policy_is_on_by_default_and_every_port_names_its_peers(
     assert rules["http-metrics"]["from"] == (values.get("metricsFrom") or [{"namespaceSelector": {}}])
     if case.extra.get("ext_authz"):
         assert rules["grpc-ext-authz"]["from"] == case.values["extAuthz"]["callers"]
+    if case.extra.get("federation_port"):
+        assert rules["https-federate"]["from"] == (values.get("federationFrom") or [
+            {"namespaceSelector": {}}, {"ipBlock": {"cidr": "0.0.0.0/0"}},
+            {"ipBlock": {"cidr": "::/0"}}])
 
 
 @sets
@@ -337,7 +360,7 @@ def test_schema_is_draft_07_and_closed(chart: Any) -> None:
     # they are (checked against the API schema once rendered) are the only open objects.
     open_maps = {"affinity", "nodeSelector", "podAnnotations", "podLabels", "annotations", "labels",
                  "requests", "limits", "tolerations[]", "topologySpreadConstraints[]",
-                 "adminFrom[]", "metricsFrom[]", "grpcFrom[]", "callers[]"}
+                 "adminFrom[]", "metricsFrom[]", "grpcFrom[]", "callers[]", "federationFrom[]"}
 
     def walk(node: dict[str, Any], name: str) -> None:
         if node.get("type") == "object" and "properties" in node:

@@ -98,7 +98,9 @@ def ignore_patterns() -> list[str]:
 @pytest.fixture
 def deployment(render: Callable[..., list[Manifest]]) -> Manifest:
     callers = [{"podSelector": {"matchLabels": {"istio": "ingressgateway"}}}]
-    return one(render({"extAuthz": {"enabled": True, "callers": callers}}), "Deployment")
+    # Every listener the chart can open, so that the image's EXPOSE names each of their ports.
+    return one(render({"extAuthz": {"enabled": True, "callers": callers},
+                       "federation": {"enabled": True}}), "Deployment")
 
 
 def test_multi_stage_build_into_a_slim_python_311(stages: list[Stage], final: Stage) -> None:

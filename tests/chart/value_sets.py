@@ -57,7 +57,7 @@ VALUE_SETS = [
                "--server-dns-name=meshca.meshca-system.svc",
                "--server-dns-name=meshca.meshca-system.svc.cluster.local",
                "--server-dns-name=localhost",
-               "--trust-domain=cluster.local", "--default-ttl=24h", "--max-ttl=7d",
+               "--trust-domain=cluster.local", "--default-ttl=24h", "--max-ttl=28h",
                "--token-validation=jwks", "--token-audience=istio-ca",
                "--publish-configmaps=", "--kek-file=/etc/meshca/kek/kek"),
         absent=("--database-url", "--ca-dir", "--ext-authz-", "--vault-", "--keystore",
@@ -206,7 +206,86 @@ VALUE_SETS = [
         cluster_rules=frozenset(DISCOVERY | PUBLISH),
         extra={"pvc": True, "ext_authz": True},
     ),
+    ValueSet(
+        # Serves its bundle with its own SVID, exposed alone by a LoadBalancer; trusts one meshca
+        # peer (https_spiffe, default endpoint ID) and one SPIRE peer (its own endpoint ID).
+        "federation-spiffe",
+        {"trustDomain": "a.example.com", "ttl": {"default": "12h", "max": "1d"},
+         "federation": {"enabled": True, "refreshMin": "1m", "refreshMax": "30m",
+                        "fetchTimeout": "5s", "istioIncludeFederated": True,
+                        "service": {"enabled": True, "type": "LoadBalancer",
+                                    "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme":
+                                                    "internet-facing"},
+                                    "loadBalancerSourceRanges": ["198.51.100.0/24"]},
+                        "federateWith": [
+                            {"trustDomain": "b.example.com", "url": "https://federation.b.example.com/",
+                             "profile": "https_spiffe", "bundleConfigMap": "b-example-com-bundle"},
+                            {"trustDomain": "spire.example.org",
+                             "url": "https://spire.example.org:8443/", "profile": "https_spiffe",
+                             "endpointSpiffeId": "spiffe://spire.example.org/spire/server",
+                             "bundleConfigMap": "spire-bundle"}]}},
+        flags=(*BASE_FLAGS, "--trust-domain=a.example.com",
+               "--federation-addr=0.0.0.0:8444", "--federation-profile=https_spiffe",
+               "--federation-refresh-min=1m", "--federation-refresh-max=30m",
+               "--federation-fetch-timeout=5s", "--istio-include-federated",
+               "--federate-with=b.example.com=https://federation.b.example.com/,profile=https_spiffe,"
+               "endpoint-spiffe-id=spiffe://b.example.com/meshca/federation,"
+               "bundle=/etc/meshca/federate-with/b.example.com/bundle",
+               "--federate-with=spire.example.org=https://spire.example.org:8443/,profile=https_spiffe,"
+               "endpoint-spiffe-id=spiffe://spire.example.org/spire/server,"
+               "bundle=/etc/meshca/federate-with/spire.example.org/bundle"),
+        absent=("--federation-cert", "--federation-key", "--vault-"),
+        cluster_rules=frozenset(DISCOVERY | PUBLISH),
+        extra={"pvc": True, "secret_mounts": {"/etc/meshca/kek": "meshca-kek"},
+               "federation_port": 8444},
+    ),
+    ValueSet(
+        # A Web-PKI certificate on its own port, a node port, narrowed network policy; trusts a
+        # public https_web endpoint and one under a private CA.
+        "federation-web",
+        {"fullnameOverride": "ca", "ttl": {"default": "12h", "max": "1d"},
+         "federation": {"enabled": True, "port": 9443, "profile": "https_web",
+                        "webCertSecret": "federation-tls",
+                        "service": {"enabled": True, "type": "NodePort", "port": 8443,
+                                    "nodePort": 30443},
+                        "federateWith": [
+                            {"trustDomain": "c.example.net", "url": "https://bundles.c.example.net/c.json",
+                             "profile": "https_web"},
+                            {"trustDomain": "d.internal", "url": "https://federation.d.internal/",
+                             "profile": "https_web", "caConfigMap": "d-internal-ca"}]},
+         "networkPolicy": {"enabled": True,
+                           "federationFrom": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}},
+        flags=(*BASE_FLAGS, "--federation-addr=0.0.0.0:9443", "--federation-profile=https_web",
+               "--federation-cert=/etc/meshca/federation-tls/tls.crt",
+               "--federation-key=/etc/meshca/federation-tls/tls.key",
+               "--federate-with=c.example.net=https://bundles.c.example.net/c.json,profile=https_web",
+               "--federate-with=d.internal=https://federation.d.internal/,profile=https_web,"
+               "ca=/etc/meshca/federate-with/d.internal/ca.crt"),
+        absent=("--federation-refresh", "--federation-fetch-timeout", "--istio-include-federated"),
+        cluster_rules=frozenset(DISCOVERY | PUBLISH),
+        namespace="security",
+        extra={"pvc": True, "federation_port": 9443,
+               "secret_mounts": {"/etc/meshca/federation-tls": "federation-tls",
+                                 "/etc/meshca/kek": "ca-kek"}},
+    ),
+    ValueSet(
+        # Federation off: whatever else its block says, nothing of it is rendered.
+        "federation-off-with-entries",
+        {"federation": {"enabled": False, "profile": "https_web", "webCertSecret": "unused",
+                        "istioIncludeFederated": True, "service": {"enabled": True},
+                        "federateWith": [{"trustDomain": "b.example.com",
+                                          "url": "https://federation.b.example.com/",
+                                          "profile": "https_spiffe", "bundleConfigMap": "b-bundle"}]}},
+        flags=BASE_FLAGS,
+        absent=("--federat", "--istio-include-federated"),
+        cluster_rules=frozenset(DISCOVERY | PUBLISH),
+        extra={"pvc": True, "secret_mounts": {"/etc/meshca/kek": "meshca-kek"}},
+    ),
 ]
+
+FEDERATION_ON = {"enabled": True}
+B_SPIFFE = {"trustDomain": "b.example.com", "url": "https://federation.b.example.com/",
+            "profile": "https_spiffe", "bundleConfigMap": "b-bundle"}
 
 # Values that values.schema.json must refuse, and the word its message must name.
 BAD_VALUES = [
@@ -223,6 +302,27 @@ BAD_VALUES = [
     ({"extAuthz": {"enabled": True, "tls": "yes"}}, "tls"),
     ({"keystore": {"createKekSecret": "no"}}, "createKekSecret"),
     ({"networkPolicy": {"grpcFrom": {"namespaceSelector": {}}}}, "grpcFrom"),
+    ({"federation": {**FEDERATION_ON, "profile": "spiffe"}}, "profile"),
+    ({"federation": {**FEDERATION_ON, "port": 443}}, "port"),
+    ({"federation": {**FEDERATION_ON, "refreshMin": "soon"}}, "refreshMin"),
+    ({"federation": {**FEDERATION_ON, "enable": True}}, "enable"),
+    ({"federation": {**FEDERATION_ON, "service": {"type": "Ingress"}}}, "type"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [
+        {k: v for k, v in B_SPIFFE.items() if k != "trustDomain"}]}}, "trustDomain"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "profile": "spiffe"}]}},
+     "profile"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "trustDomain": "B.Example"}]}},
+     "trustDomain"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "trustDomain": ".."}]}},
+     "trustDomain"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [
+        {**B_SPIFFE, "url": "http://federation.b.example.com/"}]}}, "url"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [
+        {**B_SPIFFE, "url": "https://federation.b.example.com/,profile=https_web"}]}}, "url"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [
+        {**B_SPIFFE, "endpointSpiffeId": "b.example.com/meshca/federation"}]}}, "endpointSpiffeId"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "bundle": "b-bundle"}]}},
+     "bundle"),
 ]
 
 # Values the schema allows but that cannot work: the chart fails with a message saying why.
@@ -245,6 +345,24 @@ REFUSED = [
     ({"replicaCount": 2, **POSTGRES}, "would give each pod CA keys of its own"),
     ({"tokens": {"jwks": "https://example.com/keys"}}, "tokens.jwks needs tokens.issuer"),
     ({"extAuthz": {"enabled": True}}, "extAuthz.enabled with networkPolicy.enabled needs extAuthz.callers"),
+    ({"federation": {**FEDERATION_ON, "profile": "https_web"}},
+     "federation.profile https_web needs federation.webCertSecret"),
+    ({"federation": {**FEDERATION_ON, "webCertSecret": "federation-tls"}},
+     "federation.webCertSecret is only read with federation.profile https_web"),
+    ({"federation": {**FEDERATION_ON, "port": 15014}}, "federation.port 15014 is meshca's metrics port"),
+    ({"federation": {**FEDERATION_ON, "port": 9191}, "extAuthz": {"enabled": True, "callers": [{}]}},
+     "federation.port 9191 is meshca's ext_authz port"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [
+        {k: v for k, v in B_SPIFFE.items() if k != "bundleConfigMap"}]}},
+     "federation.federateWith b.example.com (profile https_spiffe) needs bundleConfigMap"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "caConfigMap": "b-ca"}]}},
+     "federation.federateWith b.example.com: caConfigMap is only read with profile https_web"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "profile": "https_web"}]}},
+     "bundleConfigMap and endpointSpiffeId are only read with profile https_spiffe"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [B_SPIFFE, {**B_SPIFFE, "url": "https://b/"}]}},
+     "federation.federateWith names trust domain b.example.com twice"),
+    ({"federation": {**FEDERATION_ON, "federateWith": [{**B_SPIFFE, "trustDomain": "cluster.local"}]}},
+     "federation.federateWith names cluster.local, this release's own trustDomain"),
 ]
 
 

@@ -70,6 +70,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.agent.enabled -}}
 {{- include "meshca.agent.validate" . -}}
 {{- end -}}
+{{- if .Values.federation.enabled -}}
+{{- include "meshca.federation.validate" . -}}
+{{- end -}}
 {{- if and .Release.IsUpgrade (not .Values.keystore.kekSecret) .Values.keystore.createKekSecret (not (lookup "v1" "Secret" .Release.Namespace (include "meshca.kekSecretName" .))) -}}
 {{- fail (printf "meshca: Secret %s (the key-encryption key) is missing on this upgrade. A release from an older chart keeps its key on the data volume (/var/lib/meshca/data.kek), and a new key could not open the keys sealed with it. Move it into a Secret: kubectl -n %s exec deploy/%s -- cat /var/lib/meshca/data.kek | kubectl -n %s create secret generic %s --from-file=kek=/dev/stdin, and set keystore.kekSecret=%s (or keystore.createKekSecret=false to leave it on the volume)." (include "meshca.kekSecretName" .) .Release.Namespace (include "meshca.fullname" .) .Release.Namespace (include "meshca.kekSecretName" .) (include "meshca.kekSecretName" .)) -}}
 {{- end -}}
@@ -195,9 +198,119 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - --ext-authz-tls
 {{- end }}
 {{- end }}
+{{- if .Values.federation.enabled }}
+{{- include "meshca.federation.args" . }}
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* ---- SPIFFE federation (federation.enabled) ---- */}}
+
+{{/* The endpoint's own Service, holding only the bundle endpoint (federation.service). */}}
+{{- define "meshca.federation.serviceName" -}}
+{{- printf "%s-federation" (include "meshca.fullname" . | trunc 52 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* Where a federateWith entry's ConfigMap is mounted (called with the entry). */}}
+{{- define "meshca.federateWith.dir" -}}
+{{- printf "/etc/meshca/federate-with/%s" .trustDomain -}}
+{{- end -}}
+
+{{/* A federateWith entry's ConfigMap (called with the entry): https_spiffe's bundleConfigMap,
+https_web's caConfigMap; empty when it has none (https_web under the system's CAs).
+meshca.federation.validate makes sure an entry names only the one its profile reads. */}}
+{{- define "meshca.federateWith.configMap" -}}
+{{- get . (ternary "bundleConfigMap" "caConfigMap" (eq .profile "https_spiffe")) -}}
+{{- end -}}
+
+{{/* The key meshca reads from that ConfigMap, which is also the file's name in its mount. */}}
+{{- define "meshca.federateWith.key" -}}
+{{- ternary "bundle" "ca.crt" (eq .profile "https_spiffe") -}}
+{{- end -}}
+
+{{/* One `--federate-with` value: TD=URL,profile=…, the endpoint's ID (https_spiffe) and the
+file of the entry's ConfigMap at the path its volume is mounted on (called with the entry). */}}
+{{- define "meshca.federateWith.value" -}}
+{{- $value := printf "%s=%s,profile=%s" .trustDomain .url .profile -}}
+{{- if eq .profile "https_spiffe" -}}
+{{- $id := get . "endpointSpiffeId" | default (printf "spiffe://%s/meshca/federation" .trustDomain) -}}
+{{- $value = printf "%s,endpoint-spiffe-id=%s" $value $id -}}
+{{- end -}}
+{{- if include "meshca.federateWith.configMap" . -}}
+{{- $option := ternary "bundle" "ca" (eq .profile "https_spiffe") -}}
+{{- $value = printf "%s,%s=%s/%s" $value $option (include "meshca.federateWith.dir" .) (include "meshca.federateWith.key" .) -}}
+{{- end -}}
+{{- $value -}}
+{{- end -}}
+
+{{/* The federation arguments of `meshca serve`. */}}
+{{- define "meshca.federation.args" -}}
+{{- $f := .Values.federation }}
+{{- /* The pod network: the servers of other trust domains fetch from it (through the
+Services; the NetworkPolicy admits networkPolicy.federationFrom). */}}
+- {{ printf "--federation-addr=0.0.0.0:%d" (int $f.port) | quote }}
+- {{ printf "--federation-profile=%v" $f.profile | quote }}
+{{- if eq $f.profile "https_web" }}
+- --federation-cert=/etc/meshca/federation-tls/tls.crt
+- --federation-key=/etc/meshca/federation-tls/tls.key
+{{- end }}
+{{- with $f.refreshMin }}
+- {{ printf "--federation-refresh-min=%v" . | quote }}
+{{- end }}
+{{- with $f.refreshMax }}
+- {{ printf "--federation-refresh-max=%v" . | quote }}
+{{- end }}
+{{- with $f.fetchTimeout }}
+- {{ printf "--federation-fetch-timeout=%v" . | quote }}
+{{- end }}
+{{- if $f.istioIncludeFederated }}
+- --istio-include-federated
+{{- end }}
+{{- range $f.federateWith }}
+- {{ printf "--federate-with=%s" (include "meshca.federateWith.value" .) | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Federation values that render but cannot work. */}}
+{{- define "meshca.federation.validate" -}}
+{{- $f := .Values.federation -}}
+{{- $port := int $f.port -}}
+{{- $taken := dict "15012" "gRPC" "8443" "admin" "15014" "metrics" -}}
+{{- if .Values.extAuthz.enabled -}}
+{{- $_ := set $taken "9191" "ext_authz" -}}
+{{- end -}}
+{{- if hasKey $taken (toString $port) -}}
+{{- fail (printf "meshca: federation.port %d is meshca's %s port: pick another." $port (get $taken (toString $port))) -}}
+{{- end -}}
+{{- if and (eq $f.profile "https_web") (not $f.webCertSecret) -}}
+{{- fail "meshca: federation.profile https_web needs federation.webCertSecret: an existing kubernetes.io/tls Secret (tls.crt, tls.key) holding a Web-PKI certificate for the host name other trust domains fetch the bundle from." -}}
+{{- end -}}
+{{- if and (ne $f.profile "https_web") $f.webCertSecret -}}
+{{- fail "meshca: federation.webCertSecret is only read with federation.profile https_web; with https_spiffe the endpoint presents meshca's own SVID. Set federation.profile=https_web, or drop the Secret." -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $f.federateWith -}}
+{{- $td := .trustDomain -}}
+{{- if hasKey $seen $td -}}
+{{- fail (printf "meshca: federation.federateWith names trust domain %s twice." $td) -}}
+{{- end -}}
+{{- $_ := set $seen $td true -}}
+{{- if eq $td $.Values.trustDomain -}}
+{{- fail (printf "meshca: federation.federateWith names %s, this release's own trustDomain: federation is with other trust domains." $td) -}}
+{{- end -}}
+{{- if eq .profile "https_spiffe" -}}
+{{- if not (get . "bundleConfigMap") -}}
+{{- fail (printf "meshca: federation.federateWith %s (profile https_spiffe) needs bundleConfigMap: a ConfigMap of this namespace whose key \"bundle\" holds %s's roots (PEM or a SPIFFE bundle), which verify its endpoint on the first fetch." $td $td) -}}
+{{- end -}}
+{{- if get . "caConfigMap" -}}
+{{- fail (printf "meshca: federation.federateWith %s: caConfigMap is only read with profile https_web; https_spiffe verifies the endpoint with the roots in bundleConfigMap." $td) -}}
+{{- end -}}
+{{- else if or (get . "bundleConfigMap") (get . "endpointSpiffeId") -}}
+{{- fail (printf "meshca: federation.federateWith %s: bundleConfigMap and endpointSpiffeId are only read with profile https_spiffe; https_web verifies the endpoint's host name under the system's CAs (or caConfigMap's)." $td) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ---- the node agent (agent.enabled) ---- */}}
