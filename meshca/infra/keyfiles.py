@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from meshca.core.keys import SigningKey
 from meshca.errors import ConfigurationError
+from meshca.infra.secret_files import FIX as SECRET_FILE_FIX
+from meshca.infra.secret_files import readable_by_others
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,9 @@ class KeyEncryptionKey:
         except FileNotFoundError:
             pass
         else:
-            if kek_file.stat().st_mode & 0o077:
-                log.warning("the key-encryption key file %s is readable by other users; make it 0600 "
-                            "(Kubernetes: defaultMode 0400 on the Secret volume)", kek_file)
+            if readable_by_others(kek_file.stat()):
+                log.warning("the key-encryption key file %s is readable by other users; %s",
+                            kek_file, SECRET_FILE_FIX)
             return cls.from_text(text, f"--kek-file {kek_file}")
         secret = secrets.token_bytes(_KEK_BYTES)
         kek_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

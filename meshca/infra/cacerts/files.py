@@ -20,6 +20,8 @@ from meshca.infra.cacerts.layout import (
     PluggedCaError,
     PluggedCaMissing,
 )
+from meshca.infra.secret_files import FIX as SECRET_FILE_FIX
+from meshca.infra.secret_files import readable_by_others
 
 _READ_ATTEMPTS = 3
 
@@ -72,13 +74,14 @@ def permission_warnings(directory: Path) -> list[str]:
     warnings: list[str] = []
     for name in CA_FILES:
         try:
-            mode = stat.S_IMODE(os.stat(directory / name).st_mode)
+            st = os.stat(directory / name)
         except OSError:
             continue
-        if name == CA_KEY and mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        if name == CA_KEY and readable_by_others(st):
             warnings.append(
-                f"{CA_KEY} is accessible to group or others (mode {mode:04o}); loaded anyway, "
-                "as Kubernetes mounts secrets 0644 by default: set defaultMode 0400 on the volume"
+                f"{CA_KEY} is readable by other users (mode {mode:04o}); loaded anyway, as "
+                f"Kubernetes mounts secrets 0644 by default: {SECRET_FILE_FIX}"
             )
         elif name != CA_KEY and mode & 0o022:
             warnings.append(f"{name} is writable by group or others (mode {mode:04o})")
