@@ -4,19 +4,15 @@ every generic check of test_chart.py (lint, Kubernetes schema, meshca's parser, 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 
-from meshca.cli.main import build_parser
 from meshca.cli.serve_args import settings_from
-from meshca.config import Settings
 from meshca.core.federation import FlagEntry
 from tests.chart.conftest import Manifest, of_kind, one
+from tests.chart.serve_args import parsed_serve_args, serve_settings
 from tests.chart.value_sets import VALUE_SETS, ValueSet
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,24 +36,6 @@ def _pod(objects: list[Manifest]) -> dict[str, Any]:
 def _args(objects: list[Manifest]) -> list[str]:
     args: list[str] = _pod(objects)["containers"][0]["args"]
     return args
-
-
-def _parsed(args: list[str]) -> argparse.Namespace:
-    """The args through `meshca serve`'s parser: every flag exists, every value parses (a
-    `--federate-with` value into a FlagEntry)."""
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            parsed = build_parser().parse_args(["serve", *args])
-    except SystemExit:
-        pytest.fail(f"meshca serve refuses the chart's args: {errors.getvalue().strip()}")
-    assert isinstance(parsed, argparse.Namespace)
-    return parsed
-
-
-def _settings(args: list[str]) -> Settings:
-    """What `meshca serve` starts with: the parsed args through Settings' cross-field checks."""
-    return settings_from(_parsed(args))
 
 
 def _services(objects: list[Manifest]) -> dict[str, Manifest]:
@@ -93,7 +71,7 @@ def test_federation_off_renders_no_flag_port_service_rule_or_mount(render: Any, 
     for policy in of_kind(objects, "NetworkPolicy"):
         assert PORT_NAME not in [r["ports"][0]["port"] for r in policy["spec"]["ingress"]]
     assert not [v["name"] for v in pod["volumes"] if "federat" in v["name"]]
-    assert not _parsed(_args(objects)).federate_with
+    assert not parsed_serve_args(_args(objects)).federate_with
 
 
 def test_federation_off_is_what_the_off_set_tests(render: Any) -> None:
@@ -108,7 +86,7 @@ def test_federation_off_is_what_the_off_set_tests(render: Any) -> None:
 def test_https_spiffe_serves_on_the_pod_network_with_its_own_svid(render: Any) -> None:
     objects = _objects(render, SPIFFE)
     args = _args(objects)
-    settings = _settings(args)
+    settings = serve_settings(args)
     assert settings.federation_addr == "0.0.0.0:8444"
     assert settings.federation_profile == "https_spiffe"
     assert settings.federation_cert is None and settings.federation_key is None
@@ -176,7 +154,7 @@ def test_the_network_policy_admits_anyone_to_the_endpoint_unless_narrowed(render
 
 def test_federate_with_files_are_the_mounted_configmaps(render: Any) -> None:
     objects = _objects(render, SPIFFE)
-    entries = _settings(_args(objects)).federate_with
+    entries = serve_settings(_args(objects)).federate_with
     assert entries == (
         FlagEntry("b.example.com", "https://federation.b.example.com/", "https_spiffe",
                   "spiffe://b.example.com/meshca/federation",
@@ -189,7 +167,7 @@ def test_federate_with_files_are_the_mounted_configmaps(render: Any) -> None:
         ("configMap", "b-example-com-bundle", "bundle"), ("configMap", "spire-bundle", "bundle")]
 
     web = _objects(render, WEB)
-    entries = _settings(_args(web)).federate_with
+    entries = serve_settings(_args(web)).federate_with
     assert entries == (
         FlagEntry("c.example.net", "https://bundles.c.example.net/c.json", "https_web"),
         FlagEntry("d.internal", "https://federation.d.internal/", "https_web",
@@ -204,7 +182,7 @@ def test_federate_with_files_are_the_mounted_configmaps(render: Any) -> None:
 
 def test_https_web_reads_its_certificate_from_the_tls_secret(render: Any) -> None:
     objects = _objects(render, WEB)
-    settings = _settings(_args(objects))
+    settings = serve_settings(_args(objects))
     assert settings.federation_addr == "0.0.0.0:9443"
     assert settings.federation_profile == "https_web"
     assert settings.federation_cert is not None and settings.federation_key is not None
@@ -228,10 +206,10 @@ def test_https_web_without_a_certificate_fails_with_the_way_out(helm: Any, chart
 def test_refresh_bounds_meshca_refuses_are_caught_by_the_settings_check(render: Any) -> None:
     """The check the tests above rely on is meshca's own: it refuses min > max."""
     values = {"ttl": SPIFFE.values["ttl"], "federation": {"enabled": True}}
-    assert _settings(_args(render(values))).federation_addr
+    assert serve_settings(_args(render(values))).federation_addr
     values["federation"].update(refreshMin="2h", refreshMax="1h")
     with pytest.raises(ValueError, match="--federation-refresh-min"):
-        _settings(_args(render(values)))
+        settings_from(parsed_serve_args(_args(render(values))))
 
 
 def test_notes_tell_peers_what_they_need(chart: Any) -> None:
