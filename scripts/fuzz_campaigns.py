@@ -27,15 +27,16 @@ def _server(work: Path, name: str, extra: tuple[str, ...], postgres: bool) -> Me
     return start_meshca(work / name / "data", *extra, database_url=url)
 
 
-# A job: (the server or None, inputs, seed, seconds, once?) -> its tally. `once`: also run what
-# a campaign does once, at its end (the admin API's stateful phase); with --jobs, the parent runs
-# it after every job is done.
-Job = Callable[[MeshcaProcess | None, int, int, float | None, bool], Tally]
+# A job: (the server or None, inputs, seed, seconds) -> its tally; `--jobs N` runs N at once.
+Job = Callable[[MeshcaProcess | None, int, int, float | None], Tally]
+# What a campaign runs once, after all its jobs: (server, the campaign's inputs, its tally).
+# The admin API's stateful phase rotates and taints CA generations, so no job may still be
+# running (it would lose its trust in the server's certificate).
+Once = Callable[[MeshcaProcess | None, int, Tally], None]
 
 
 def _ca(focus: str) -> Job:
-    def job(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
-            once: bool) -> Tally:
+    def job(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None) -> Tally:
         from tests.fuzz.ca_campaign import fuzz_create_certificate
 
         assert server is not None
@@ -43,24 +44,28 @@ def _ca(focus: str) -> Job:
     return job
 
 
-def _admin(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
-           once: bool) -> Tally:
+def _admin(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None) -> Tally:
     from tests.fuzz.admin_campaign import fuzz_admin
 
     assert server is not None
-    return fuzz_admin(server, inputs, seed_value=seed, seconds=seconds,
-                      stateful=max(20, inputs // 500) if once else 0)
+    return fuzz_admin(server, inputs, seed_value=seed, seconds=seconds)
 
 
-def _authz(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
-           once: bool) -> Tally:
+def _admin_stateful(server: MeshcaProcess | None, inputs: int, tally: Tally) -> None:
+    from tests.fuzz.admin_campaign import run_stateful
+
+    assert server is not None
+    run_stateful(server, max(20, inputs // 500), tally)
+
+
+def _authz(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None) -> Tally:
     from tests.fuzz.authz_campaign import fuzz_authz
 
     return fuzz_authz(inputs, seed_value=seed, seconds=seconds)
 
 
-def _ext_authz(server: MeshcaProcess | None, inputs: int, seed: int, seconds: float | None,
-               once: bool) -> Tally:
+def _ext_authz(server: MeshcaProcess | None, inputs: int, seed: int,
+               seconds: float | None) -> Tally:
     from tests.fuzz.ext_authz_campaign import fuzz_ext_authz
 
     assert server is not None  # its policies installed by run_campaign
@@ -79,11 +84,36 @@ def _server_flags(name: str) -> tuple[str, ...] | None:
 
 JOBS: dict[str, Job] = {"ca": _ca("all"), "ca-identity": _ca("identity"), "admin": _admin,
                         "authz": _authz, "ext_authz": _ext_authz}
+ONCE: dict[str, Once] = {"admin": _admin_stateful}
 
 
 def _job_process(job: Job, server: MeshcaProcess | None, inputs: int, seed: int,
-                 seconds: float | None, once: bool, results: Queue[dict[str, Any]]) -> None:
-    results.put(job(server, inputs, seed, seconds, once).summary())
+                 seconds: float | None, results: Queue[dict[str, Any]]) -> None:
+    results.put(job(server, inputs, seed, seconds).summary())
+
+
+def _run_jobs(job: Job, server: MeshcaProcess | None, args: argparse.Namespace) -> Tally:
+    """`--jobs` client processes, each drawing its own inputs (seed + 1000 * job number)."""
+    # fork: the children inherit the server's handle; none has opened a channel yet
+    context = multiprocessing.get_context("fork")
+    results: Queue[dict[str, Any]] = context.Queue()
+    shares = [args.inputs // args.jobs + (1 if i < args.inputs % args.jobs else 0)
+              for i in range(args.jobs)]
+    tally = Tally("")
+    children = [context.Process(target=_job_process, args=(
+        job, server, share, args.seed + 1000 * i, args.seconds, results))
+        for i, share in enumerate(shares)]
+    for child in children:
+        child.start()
+    for _ in children:
+        summary = results.get()
+        tally.name = summary["campaign"] + f" ({args.jobs} jobs)"
+        tally.absorb(summary)
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            tally.record("job failed", f"a job process ended with exit code {child.exitcode}")
+    return tally
 
 
 def run_campaign(name: str, work: Path, args: argparse.Namespace) -> Tally:
@@ -98,33 +128,12 @@ def run_campaign(name: str, work: Path, args: argparse.Namespace) -> Tally:
             assert server is not None
             install_policies(server)
         if args.jobs == 1:
-            return JOBS[name](server, args.inputs, args.seed, args.seconds, True)
-        # fork: the children inherit the server's handle; none has opened a channel yet
-        context = multiprocessing.get_context("fork")
-        results: Queue[dict[str, Any]] = context.Queue()
-        shares = [args.inputs // args.jobs + (1 if i < args.inputs % args.jobs else 0)
-                  for i in range(args.jobs)]
-        tally = Tally(name)
-        # No job runs the once-only part (the admin API's stateful phase rotates and taints CA
-        # generations: a job still running would lose its trust in the server's certificate).
-        children = [context.Process(target=_job_process, args=(
-            JOBS[name], server, share, args.seed + 1000 * i, args.seconds, False,
-            results)) for i, share in enumerate(shares)]
-        for child in children:
-            child.start()
-        for _ in children:
-            summary = results.get()
-            tally.name = summary["campaign"] + f" ({args.jobs} jobs)"
-            tally.absorb(summary)
-        for child in children:
-            child.join()
-            if child.exitcode != 0:
-                tally.record("job failed", f"a job process ended with exit code {child.exitcode}")
-        if name == "admin":  # once every job is done
-            from tests.fuzz.admin_campaign import run_stateful
-
-            assert server is not None
-            run_stateful(server, max(20, args.inputs // 500), tally)
+            tally = JOBS[name](server, args.inputs, args.seed, args.seconds)
+        else:
+            tally = _run_jobs(JOBS[name], server, args)
+        once = ONCE.get(name)
+        if once is not None:
+            once(server, args.inputs, tally)
         return tally.done()
     finally:
         if server is not None:
