@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from meshca.cli.serve_args import settings_from
-from meshca.core.federation import FlagEntry
+from meshca.core.federation import ENDPOINT_PATH, FlagEntry
 from tests.chart.conftest import Manifest, of_kind, one
 from tests.chart.serve_args import parsed_serve_args, serve_settings
 from tests.chart.value_sets import VALUE_SETS, ValueSet
@@ -157,7 +157,8 @@ def test_federate_with_files_are_the_mounted_configmaps(render: Any) -> None:
     entries = serve_settings(_args(objects)).federate_with
     assert entries == (
         FlagEntry("b.example.com", "https://federation.b.example.com/", "https_spiffe",
-                  "spiffe://b.example.com/meshca/federation",
+                  # The chart's default endpoint ID: what a meshca endpoint presents.
+                  f"spiffe://b.example.com{ENDPOINT_PATH}",
                   "/etc/meshca/federate-with/b.example.com/bundle", None),
         FlagEntry("spire.example.org", "https://spire.example.org:8443/", "https_spiffe",
                   "spiffe://spire.example.org/spire/server",
